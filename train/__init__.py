@@ -1,0 +1,7 @@
+"""Training stage: data pipeline, models, training loop and the torch-side outputs.
+
+Where things live: `config` (every knob, one dataclass), `data` (folders, decoding cache,
+augmentation), `dedup` (duplicate groups and the grouped split), `models` (registry),
+`engine` (train_one_epoch / evaluate), `trainer` (the full run), `checkpoint` (files
+that later stages read), `quantize` (the reference's dynamic int8), `report` (plots).
+"""

@@ -1,0 +1,3 @@
+from tumor_train.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""The files later stages read. Everything is loaded with weights_only=True: no pickled code.
+
+model.pth = {"format", "arch", "model_args", "state_dict", "classes", "negative_class",
+             "preprocess": {"size", "mean", "std", "grayscale", "resize"},
+             "data": {"root", "train_dir", "val_files"}, "best_epoch", "val_f2", "versions"}
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from tumor_runtime.fileio import atomic_write_bytes
+from tumor_train.models import build_model
+
+FORMAT = "tumor-kit/model-v1"
+
+
+class CheckpointError(Exception):
+    """Missing or incompatible checkpoint, reported in one line."""
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save into memory, then an atomic rename: a crash never leaves half a file."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with tumor-train or pass --checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tumor-kit model checkpoint (format {FORMAT} expected)")
+    return obj
+
+
+def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from model.pth alone: returns (model in eval mode, the checkpoint dict)."""
+    ckpt = load_file(path)
+    try:
+        model = build_model(ckpt["arch"], **ckpt["model_args"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not match its architecture: {str(exc).splitlines()[0]}") from None
+    return model.eval(), ckpt

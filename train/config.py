@@ -1,0 +1,31 @@
+"""Every training knob in one dataclass; `tumor-train --help` mirrors these fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    data: str = "Data"  # dataset root: DIR/Train (or Training), optional Validation, Testing; or DIR/<class>/
+    out: str = "artifacts"  # where model.pth, metrics.json, plots and the resumable checkpoint go
+    arch: str = "compact"  # model registry key: "compact" (default, ~0.6M params) or "alexnet" (reference, ~58M)
+    width: int = 32  # compact only: channels of the stem; later stages use 2x, 4x, 8x
+    dropout: float = 0.2  # dropout before the classifier (alexnet uses 0.5 as the original)
+    epochs: int = 50  # passes over the training split
+    batch_size: int = 32  # the reference recipe's batch size
+    lr: float = 2e-3  # peak AdamW learning rate (the reference used Adam at 3e-4; see --lr)
+    weight_decay: float = 5e-4  # AdamW decoupled weight decay
+    warmup_epochs: float = 2.0  # linear warm-up before the cosine decay
+    label_smoothing: float = 0.05  # softens one-hot targets; helps calibration of the tumour threshold
+    image_size: int = 227  # square input side, as AlexNet
+    val_fraction: float = 0.15  # share of images carved for validation when there is no Validation folder
+    dup_threshold: float = 0.92  # Pearson correlation of 48x48 thumbnails at or above which two images are one group
+    rotation: float = 15.0  # augmentation: max rotation in degrees
+    translate: float = 0.1  # augmentation: max shift as a fraction of the side
+    scale: float = 0.1  # augmentation: zoom in [1 - scale, 1 + scale]
+    hflip: float = 0.5  # augmentation: probability of a horizontal flip
+    seed: int = 0  # seeds the split, the initial weights, the batch order and the augmentation
+    bf16: bool = True  # bf16 autocast for training on CPUs with native bf16 (AVX512-BF16 / AMX); ignored elsewhere
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)
+    max_per_class: int = 0  # cap on training images per class, for quick trials; 0 = all

@@ -1,0 +1,134 @@
+"""Data pipeline: find the splits, decode every image once into a uint8 cache, augment batches.
+
+All 5,708 slices at 227x227 fit in ~300 MB as uint8, so each is decoded once and kept in
+memory. A much larger set would instead stream: a torch Dataset calling the same
+`tumor_runtime.preprocess.load_gray` per item inside DataLoader workers, with this batch
+augmentation applied after collation.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tumor_runtime.preprocess import ImageError, is_image_file, load_gray
+
+TRAIN_NAMES = ("Train", "Training")
+VALIDATION_NAMES = ("Validation", "Val")
+TEST_NAMES = ("Testing", "Test")
+
+
+class DataError(Exception):
+    """A problem with the data folder, reported to the user in one line."""
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one split: uint8 (N, H, W), integer labels (N,), and their files."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def subset(self, index) -> "ImageSet":
+        index = np.asarray(index, dtype=np.int64)
+        return ImageSet(self.images[index], self.labels[index], [self.paths[i] for i in index])
+
+
+def _first_existing(root: Path, names) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def find_splits(root: Path) -> dict[str, Path | None]:
+    """{'train', 'validation', 'test'} folders under root; a plain DIR/<class>/ layout is all train."""
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; point --data at a folder with Train/<class>/ "
+                        "(or Training/<class>/) or <class>/ subfolders")
+    train = _first_existing(root, TRAIN_NAMES) or root
+    return {"train": train, "validation": _first_existing(root, VALIDATION_NAMES), "test": _first_existing(root, TEST_NAMES)}
+
+
+def class_names(train_dir: Path) -> list[str]:
+    names = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(names) < 2:
+        raise DataError(f"{train_dir} needs at least two class folders, found {len(names)}")
+    return names
+
+
+def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[list[Path], np.ndarray]:
+    """Sorted image files per class folder; a missing or empty class folder is an error."""
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if not folder.is_dir():
+            raise DataError(f"class folder {folder} is missing")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        if not files:
+            raise DataError(f"class folder {folder} has no images ({', '.join(('.jpg', '.png', '...'))})")
+        files = files[:limit] if limit else files
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def decode_images(paths: list[Path], labels: np.ndarray, size: int, progress=None) -> ImageSet:
+    """Decode every file once (threads: PIL releases the GIL); unreadable files are skipped and named."""
+
+    def decode(path):
+        try:
+            return load_gray(path, size), None
+        except (ImageError, OSError) as exc:
+            return None, str(exc)
+
+    images, kept, skipped = [], [], []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for i, (image, error) in enumerate(pool.map(decode, paths)):
+            if progress is not None:
+                progress.update(1)
+            if error is not None:
+                warnings.warn(f"skipping {paths[i]}: {error}", stacklevel=2)
+                skipped.append((str(paths[i]), error))
+                continue
+            images.append(image)
+            kept.append(i)
+    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    return ImageSet(stacked, labels[kept], [paths[i] for i in kept], skipped)
+
+
+def pixel_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the [0, 1]-scaled pixels of the training split (stored with the model)."""
+    x = images.astype(np.float64) / 255.0
+    return float(x.mean()), float(x.std())
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator, rotation: float, translate: float,
+            scale: float, hflip: float) -> torch.Tensor:
+    """Random rotation, flip, shift and zoom as one affine warp per image: float (N, 1, H, W) in, same out."""
+    n = batch.shape[0]
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand(n, generator=generator)
+
+    angle = uniform(-rotation, rotation) * math.pi / 180
+    zoom = uniform(1 - scale, 1 + scale)
+    flip = torch.where(torch.rand(n, generator=generator) < hflip, -1.0, 1.0)
+    shift = torch.stack([uniform(-translate, translate), uniform(-translate, translate)], 1) * 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # affine_grid maps output to input coordinates: inverse rotation and zoom, x mirrored by `flip`.
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def to_input(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, H, W), the torch twin of tumor_runtime.preprocess.normalize."""
+    return (images_u8.unsqueeze(1).float() / 255.0 - mean) / std

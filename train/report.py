@@ -1,0 +1,80 @@
+"""Human-readable outputs of a run: history.csv and the four plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tumor_runtime.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_accuracy", "train_f2", "val_loss", "val_accuracy", "val_f2", "seconds"]
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _save(fig, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_curves(history: list[dict], out: Path) -> None:
+    """accuracy.png and loss.png: train and validation against epochs."""
+    epochs = [h["epoch"] for h in history]
+    for key, name in (("accuracy", "accuracy.png"), ("loss", "loss.png")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        _save(fig, out / name)
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "Validation") -> None:
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title} confusion matrix")
+    _save(fig, path)
+
+
+def plot_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, classes: list[str], path: Path,
+                     count: int = 16, seed: int = 0) -> None:
+    """A grid of validation images titled true/predicted; mistakes first, in red."""
+    rng = np.random.default_rng(seed)
+    wrong = np.flatnonzero(true != pred)
+    right = rng.permutation(np.flatnonzero(true == pred))
+    chosen = np.concatenate([wrong, right])[:count]
+    cols = 4
+    rows = max(1, int(np.ceil(len(chosen) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, i in zip(np.atleast_1d(axes).ravel(), chosen):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ok = true[i] == pred[i]
+        ax.set_title(f"true {classes[true[i]]}\npred {classes[pred[i]]}", fontsize=8, color="black" if ok else "red")
+    _save(fig, path)
