@@ -48,8 +48,12 @@ def to_gray(img: Image.Image) -> Image.Image:
     return img.convert("RGB").convert("L")  # RGB, CMYK, YCbCr, P, ...
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open and fully decode an image file, refusing empty files, non-images and bombs."""
+def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
+    """Open and fully decode an image file, refusing empty files, non-images and bombs.
+
+    With `size`, JPEGs are decoded straight to grayscale, at the smallest DCT scale that is
+    still at least `size` pixels (PIL's draft mode): about twice as fast, same pixels here.
+    """
     path = Path(path)
     if path.stat().st_size == 0:
         raise ImageError("empty file")
@@ -60,6 +64,8 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     with img:
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS})")
+        if size is not None and img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
+            img.draft("L", (size, size))
         try:
             img.load()
         except Exception as exc:
@@ -74,7 +80,7 @@ def load_gray(source, size: int) -> np.ndarray:
     elif isinstance(source, Image.Image):
         img = source
     else:
-        img = open_image(source)
+        img = open_image(source, size)
     gray = to_gray(img)
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.BILINEAR)

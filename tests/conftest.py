@@ -49,6 +49,17 @@ def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     data = make_dataset(root / "data", per_class=12)
     result = CliRunner().invoke(main, ["--data", str(data), "--out", str(root / "out"), "--epochs", "2",
-                                       "--width", "8", "--lr", "0.01"])
+                                       "--width", "16", "--lr", "0.01"])
     assert result.exit_code == 0, result.output
     return root / "out"
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory) -> Path:
+    """The tiny model exported to FP32 and int8 once per session; returns its folder."""
+    from tumor_export.pipeline import ExportOptions, run_export
+
+    out = tmp_path_factory.mktemp("exported")
+    run_export(ExportOptions(checkpoint=trained / "model.pth", out=out, int8=True, calibration_size=32),
+               log=lambda msg: None)
+    return out

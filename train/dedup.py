@@ -64,7 +64,8 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, val_fraction: float, s
     """Stratified split by whole groups: returns (train_index, val_index).
 
     Each group takes its majority label; groups of each class are shuffled and moved to
-    validation until that class has its share of images.
+    validation until that class has its share of images (skipping groups that would
+    overshoot the share by half, so one huge group cannot empty the training side).
     """
     rng = np.random.default_rng(seed)
     val = []
@@ -77,6 +78,8 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, val_fraction: float, s
             if taken >= target:
                 break
             members = np.flatnonzero(groups == g)
+            if taken + len(members) > 1.5 * target:
+                continue  # a group this big would distort the split: it stays in training
             val.extend(members)
             taken += len(members)
     is_val = np.zeros(len(labels), bool)

@@ -1,0 +1,3 @@
+from tumor_export.cli import main
+
+main()

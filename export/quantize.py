@@ -1,0 +1,55 @@
+"""ONNX Runtime static int8 quantization: QDQ format, per-channel int8 weights.
+
+Softmax always stays in float: quantizing probabilities to 256 levels would blur the
+tumour probability that the screening threshold reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # layers the fallback search may keep in float
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> None:
+    """quant_pre_process: symbolic shape inference and graph optimisation before quantizing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """Names of the compute nodes, in graph order (the candidates to keep in float)."""
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE]
+
+
+def float_only_nodes(path: Path) -> list[str]:
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
+
+
+def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax", activation: str = "u8",
+                  keep_float: list[str] = ()) -> None:
+    """Write a QDQ int8 model to `out_path`; `keep_float` names nodes left in FP32."""
+    reader.rewind()
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node at INFO
+    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=ACTIVATION_TYPES[activation], weight_type=QuantType.QInt8,
+            calibrate_method=CALIBRATION_METHODS[method],
+            nodes_to_exclude=[*float_only_nodes(prepared), *keep_float],
+            extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True,
+                           "CalibTensorRangeSymmetric": False},
+            calibration_cache_path=None,
+        )
+        del scratch
