@@ -1,0 +1,3 @@
+from tumor_runtime.cli import main
+
+main()
