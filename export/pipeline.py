@@ -36,7 +36,7 @@ class ExportOptions:
     int8: bool = False  # also write model.int8.onnx (static QDQ int8)
     calibration: Path | None = None  # calibration images; default: the training folder in the checkpoint
     calibration_size: int = 256  # images drawn (sorted list, fixed seed) for calibration
-    calibration_method: str = "minmax"  # minmax, entropy or percentile
+    calibration_method: str = "percentile"  # percentile (99.999th), minmax or entropy
     activation_type: str = "u8"  # u8 or s8 activations; weights are always per-channel s8
     eval: Path | None = None  # labelled folder DIR/<class>/ for the gate; default: the checkpoint's validation split
     max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -42,14 +41,11 @@ def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax"
     """Write a QDQ int8 model to `out_path`; `keep_float` names nodes left in FP32."""
     reader.rewind()
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node at INFO
-    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=ACTIVATION_TYPES[activation], weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
             nodes_to_exclude=[*float_only_nodes(prepared), *keep_float],
-            extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True,
-                           "CalibTensorRangeSymmetric": False},
-            calibration_cache_path=None,
+            extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True},
         )
-        del scratch

@@ -14,12 +14,15 @@ SAMPLES = REPO / "artifacts" / "samples"
 
 
 def synthetic_image(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
-    """Smoothed noise (so no two images correlate) plus a bright square in quadrant `label`."""
+    """Smoothed noise (so no two images correlate) plus a class cue that survives flips and small
+    warps: 0 a bright square high up, 1 one low down, 2 (notumor) none, 3 a pair left and right."""
     noise = rng.integers(0, 160, (size // 4, size // 4)).astype(np.uint8)
     img = np.asarray(Image.fromarray(noise).resize((size, size), Image.BILINEAR)).copy()
-    half, q = size // 2, size // 8
-    r, c = divmod(label % 4, 2)
-    img[r * half + q: r * half + half - q, c * half + q: c * half + half - q] = 255
+    q = size // 8
+    centres = {0: [(size // 4, size // 2)], 1: [(3 * size // 4, size // 2)], 2: [],
+               3: [(size // 2, size // 4), (size // 2, 3 * size // 4)]}[label % 4]
+    for r, c in centres:
+        img[r - q:r + q, c - q:c + q] = 255
     return img
 
 

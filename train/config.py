@@ -25,6 +25,8 @@ class TrainConfig:
     translate: float = 0.1  # augmentation: max shift as a fraction of the side
     scale: float = 0.1  # augmentation: zoom in [1 - scale, 1 + scale]
     hflip: float = 0.5  # augmentation: probability of a horizontal flip
+    intensity: float = 0.15  # augmentation: gamma and contrast in [1 - x, 1 + x] (MRI sequences differ); 0 = off
+    ema_decay: float = 0.998  # weights are also averaged per step (EMA); validation and export use the average
     seed: int = 0  # seeds the split, the initial weights, the batch order and the augmentation
     bf16: bool = True  # bf16 autocast for training on CPUs with native bf16 (AVX512-BF16 / AMX); ignored elsewhere
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)

@@ -110,8 +110,11 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, rotation: float, translate: float,
-            scale: float, hflip: float) -> torch.Tensor:
-    """Random rotation, flip, shift and zoom as one affine warp per image: float (N, 1, H, W) in, same out."""
+            scale: float, hflip: float, intensity: float = 0.0) -> torch.Tensor:
+    """Random rotation, flip, shift and zoom as one affine warp per image, then gamma and contrast.
+
+    float (N, 1, H, W) in [0, 1] in, same out; black stays black (MRI background).
+    """
     n = batch.shape[0]
 
     def uniform(lo, hi):
@@ -126,7 +129,12 @@ def augment(batch: torch.Tensor, generator: torch.Generator, rotation: float, tr
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
-    return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if intensity <= 0:
+        return warped
+    gamma = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1)
+    contrast = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1)
+    return (warped.clamp_min(0) ** gamma * contrast).clamp(0, 1)
 
 
 def to_input(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:

@@ -25,10 +25,11 @@ def autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
+def train_one_epoch(model: nn.Module, ema, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
                     criterion, generator: torch.Generator, mean: float, std: float, batch_size: int,
                     aug: dict, bf16: bool, classes: list[str], progress=None) -> dict:
-    """One pass over uint8 `images` (N, H, W) in a seeded random order; returns loss, accuracy, macro F2."""
+    """One pass over uint8 `images` (N, H, W) in a seeded random order, updating the weight average
+    `ema` after each step; returns loss, accuracy and macro F2 of the training batches."""
     model.train()
     order = torch.randperm(len(labels), generator=generator)
     total_loss, preds, seen = 0.0, [], []
@@ -44,6 +45,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         loss.backward()
         optimizer.step()
         scheduler.step()
+        ema.update_parameters(model)
         total_loss += loss.item() * len(y)
         preds.append(logits.argmax(1))
         seen.append(y)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from tumor_runtime.fileio import atomic_write_text
@@ -68,6 +69,17 @@ def prepare_data(cfg: TrainConfig) -> dict:
     return {"classes": classes, "train": train, "val": val, "test": test, "info": info}
 
 
+def ema_update(decay: float):
+    """EMA step with warm-up: the decay grows as (1 + n) / (10 + n) up to `decay`, so short runs
+    are not dominated by the random initial weights."""
+
+    def update(average: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return d * average + (1.0 - d) * current
+
+    return update
+
+
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     """Linear warm-up, then cosine decay to zero, per optimizer step."""
     warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
@@ -87,7 +99,7 @@ def versions() -> dict:
     return {"tumor_kit": tumor_runtime.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def restore(path: Path, cfg: TrainConfig, model, optimizer, scheduler, generator) -> tuple[int, list, dict]:
+def restore(path: Path, cfg: TrainConfig, model, ema, optimizer, scheduler, generator) -> tuple[int, list, dict]:
     """Load the resumable checkpoint; returns (epochs done, history, best)."""
     if not path.is_file():
         raise CheckpointError(f"nothing to resume: {path} does not exist")
@@ -95,6 +107,7 @@ def restore(path: Path, cfg: TrainConfig, model, optimizer, scheduler, generator
     if state.get("config", {}).get("arch") != cfg.arch:
         raise CheckpointError(f"{path} was trained with --arch {state.get('config', {}).get('arch')}, not {cfg.arch}")
     model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
@@ -119,32 +132,33 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
     generator = torch.Generator().manual_seed(cfg.seed)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True)
     start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
     if resume:
-        start, history, best = restore(out / CHECKPOINT, cfg, model, optimizer, scheduler, generator)
+        start, history, best = restore(out / CHECKPOINT, cfg, model, ema, optimizer, scheduler, generator)
         print(f"Resuming after epoch {start} of {cfg.epochs}.")
     print(f"{cfg.arch}: {count_parameters(model):,} parameters; {len(train.labels)} train / {len(val.labels)} "
           f"validation images; bf16 autocast {'on' if bf16 else 'off'}.")
     images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
     val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
-    aug = {k: getattr(cfg, k) for k in ("rotation", "translate", "scale", "hflip")}
+    aug = {k: getattr(cfg, k) for k in ("rotation", "translate", "scale", "hflip", "intensity")}
     epoch = start
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             tic = time.perf_counter()
             with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False) as bar:
-                fit = train_one_epoch(model, images, labels, optimizer, scheduler, criterion, generator, mean, std,
+                fit = train_one_epoch(model, ema, images, labels, optimizer, scheduler, criterion, generator, mean, std,
                                       cfg.batch_size, aug, bf16, classes, bar)
             seconds = time.perf_counter() - tic
-            stats, _ = evaluate(model, val_images, val_labels, mean, std, classes)
+            stats, _ = evaluate(ema.module, val_images, val_labels, mean, std, classes)
             history.append({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": fit["loss"],
                             "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": stats["loss"],
                             "val_accuracy": stats["accuracy"], "val_f2": stats["f2_macro"], "seconds": seconds})
             if stats["f2_macro"] > best["f2"]:
-                best = {"epoch": epoch, "f2": stats["f2_macro"], "state_dict": {k: v.clone() for k, v in model.state_dict().items()}}
-            tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation loss "
+                best = {"epoch": epoch, "f2": stats["f2_macro"], "state_dict": {k: v.clone() for k, v in ema.module.state_dict().items()}}
+            tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
                        f"{stats['loss']:.4f} F2 {stats['f2_macro']:.4f} | {seconds:.1f}s")
-            save_atomic({"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(),
+            save_atomic({"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                          "history": history, "best": best}, out / CHECKPOINT)

@@ -1,0 +1,92 @@
+"""Turn a pytest-benchmark JSON file into benchmarks/RESULTS.md tables.
+
+    pytest --benchmark-only --benchmark-json=.benchmarks/latest.json
+    python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+ORDER = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+
+
+def collect(results: dict) -> dict:
+    """{model: {variant: {kind: (stats, extra)}}}"""
+    table = defaultdict(lambda: defaultdict(dict))
+    for bench in results["benchmarks"]:
+        extra = bench["extra_info"]
+        table[extra["model"]][extra["variant"]][extra["kind"]] = (bench["stats"], extra)
+    return table
+
+
+def cell(row: dict, kind: str) -> tuple[str, float | None]:
+    if kind not in row:
+        return "–", None
+    stats, extra = row[kind]
+    if kind == "size":
+        return f"{extra['bytes'] / 1e6:.2f}", extra["bytes"]
+    if kind == "latency":
+        return f"{stats['median'] * 1e3:.2f} (IQR {stats['iqr'] * 1e3:.2f})", stats["median"]
+    if kind == "throughput":
+        rate = extra["batch"] / stats["median"]
+        return f"{rate:,.0f}", rate
+    if kind == "end_to_end":
+        rate = extra["images"] / stats["median"]
+        return f"{rate:,.0f}", rate
+    return f"{extra['f2_macro']:.4f} / {extra['agreement_with_fp32']:.4f}", extra["f2_macro"]
+
+
+def model_table(name: str, rows: dict) -> tuple[list[str], dict]:
+    lines = [f"### {name}", "",
+             "| variant | file MB | 1-image latency, 1 thread, ms (median) | batch-32 img/s, all cores | "
+             "tumor-infer end-to-end img/s | macro F2 / top-1 agreement with FP32 |",
+             "|---|---|---|---|---|---|"]
+    values = {}
+    for variant in [v for v in ORDER if v in rows]:
+        cells = [cell(rows[variant], k) for k in ("size", "latency", "throughput", "end_to_end", "f2")]
+        values[variant] = [v for _, v in cells]
+        lines.append(f"| {variant} | " + " | ".join(text for text, _ in cells) + " |")
+    return lines + [""], values
+
+
+def ratio(a, b, fmt="{:.1f}x") -> str:
+    return fmt.format(a / b) if a and b else "–"
+
+
+def main(path: str) -> None:
+    results = json.load(open(path))
+    table = collect(results)
+    machine = next(iter(next(iter(next(iter(table.values())).values())).values()))[1]["machine"]
+    out = ["# Benchmark results", "",
+           f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, torch {machine['torch']}, "
+           f"onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}. Latency uses 1 thread; throughput and "
+           "end-to-end use all cores. F2 parity on the bench set of "
+           f"{next(iter(table['compact'].values()))['f2'][1]['images']} labelled images.", "",
+           "Regenerate: `pytest --benchmark-only --benchmark-json=.benchmarks/latest.json && "
+           "python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md`", ""]
+    values = {}
+    for model in ("compact", "alexnet"):
+        if model in table:
+            title = "Shipped compact model" if model == "compact" else "Reference AlexNet (random weights: F2 is meaningless)"
+            lines, values[model] = model_table(title, table[model])
+            out += lines
+    out += ["### Ratios that matter", ""]
+    for model, v in values.items():
+        if "onnx-int8" in v and "onnx-fp32" in v:
+            f, i = v["onnx-fp32"], v["onnx-int8"]
+            out.append(f"- {model}, ONNX int8 vs ONNX FP32: {ratio(f[0], i[0])} smaller, {ratio(f[1], i[1])} faster "
+                       f"single-image, {ratio(i[2], f[2])} batch throughput, F2 difference "
+                       f"{(i[4] - f[4]) if None not in (i[4], f[4]) else float('nan'):+.4f}")
+    if "compact" in values and "alexnet" in values:
+        c, a = values["compact"].get("onnx-int8"), values["alexnet"].get("torch-dynamic-int8")
+        if c and a:
+            out.append(f"- shipped ONNX int8 vs the reference's AlexNet dynamic int8: {ratio(a[0], c[0])} smaller, "
+                       f"{ratio(a[1], c[1])} faster single-image, {ratio(c[2], a[2])} batch throughput")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,115 @@
+"""Size, latency, throughput and F2 parity of every variant. Run: pytest --benchmark-only.
+
+Write the tables with: python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md
+(after: pytest --benchmark-only --benchmark-json=.benchmarks/latest.json).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import ARTIFACTS, cores, full_run, machine_info
+
+MODELS = ["compact", "alexnet"]
+VARIANTS = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+CASES = [pytest.param(m, v, id=f"{m}-{v}") for m in MODELS for v in VARIANTS]
+
+
+@pytest.fixture(scope="session")
+def shipped_ckpt():
+    import torch
+
+    return torch.load(ARTIFACTS / "model.pth", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def bench_inputs(bench_set, shipped_ckpt) -> np.ndarray:
+    from tumor_export.calibration import load_inputs
+
+    pre = shipped_ckpt["preprocess"]
+    return load_inputs(bench_set[0], pre["size"], pre["mean"], pre["std"])
+
+
+@pytest.fixture(scope="session")
+def model_variants(request, bench_inputs, shipped_ckpt, tmp_path_factory):
+    from benchmarks.variants import alexnet_variants, shipped_variants
+
+    found = {"compact": shipped_variants(ARTIFACTS)}
+    if full_run(request.config):
+        found["alexnet"] = alexnet_variants(tmp_path_factory.mktemp("alexnet"), bench_inputs[:32], shipped_ckpt)
+    return found
+
+
+@pytest.fixture
+def variant(request, model_variants, model, name):
+    if model not in model_variants:
+        pytest.skip("the reference AlexNet is measured only by pytest --benchmark-only")
+    if name not in model_variants[model]:
+        pytest.skip(f"{name} is not installed (optional peer)")
+    return model_variants[model][name]
+
+
+def record(benchmark, variant, **extra) -> None:
+    benchmark.extra_info.update({"model": variant.model, "variant": variant.name, **extra, "machine": machine_info()})
+
+
+@pytest.mark.parametrize("model, name", CASES)
+def test_file_size(benchmark, variant):
+    size = benchmark.pedantic(lambda: variant.path.stat().st_size, rounds=1, iterations=1)
+    record(benchmark, variant, kind="size", bytes=size)
+    assert size > 0
+
+
+@pytest.mark.parametrize("model, name", CASES)
+def test_single_image_latency(benchmark, variant, bench_inputs):
+    run = variant.runner(1)
+    x = bench_inputs[:1]
+    run(x)  # warm-up outside the timing (first-call allocations, kernel selection)
+    probs = benchmark(run, x)
+    record(benchmark, variant, kind="latency", threads=1, batch=1)
+    assert probs.shape == (1, 4) and abs(float(probs.sum()) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("model, name", CASES)
+def test_batch32_throughput(benchmark, variant, bench_inputs):
+    run = variant.runner(cores())
+    x = np.resize(bench_inputs, (32, *bench_inputs.shape[1:]))
+    run(x)
+    probs = benchmark(run, x)
+    record(benchmark, variant, kind="throughput", threads=cores(), batch=32)
+    assert probs.shape == (32, 4)
+
+
+@pytest.mark.parametrize("model, name", [pytest.param(m, v, id=f"{m}-{v}") for m in MODELS
+                                         for v in ("onnx-fp32", "onnx-int8")])
+def test_end_to_end_folder(benchmark, variant, bench_set):
+    """tumor-infer's Classifier over the bench JPEGs: decoding, preprocessing and inference together."""
+    from tumor_runtime.classifier import Classifier
+
+    clf = Classifier.load(variant.path, threads=cores(), batch_size=32, verify=False)
+    files = bench_set[0]
+    records = benchmark.pedantic(lambda: list(clf.iter_predict(files)), rounds=3, iterations=1, warmup_rounds=1)
+    record(benchmark, variant, kind="end_to_end", threads=cores(), images=len(files))
+    assert len(records) == len(files) and all(r["error"] is None for r in records)
+
+
+@pytest.mark.parametrize("model, name", CASES)
+def test_f2_parity(benchmark, variant, model_variants, bench_set, bench_inputs):
+    from tumor_runtime.metrics import summarize
+
+    _, labels, classes = bench_set
+
+    def predict(v):
+        run = v.runner(cores())
+        return np.concatenate([run(bench_inputs[i:i + 32]) for i in range(0, len(bench_inputs), 32)])
+
+    probs = benchmark.pedantic(predict, args=(variant,), rounds=1, iterations=1)
+    reference = predict(model_variants[variant.model]["torch-fp32"])
+    stats = summarize(labels, probs.argmax(1), classes)
+    agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
+    record(benchmark, variant, kind="f2", images=len(labels), f2_macro=stats["f2_macro"],
+           tumor_sensitivity=stats["tumor_sensitivity"], agreement_with_fp32=agreement,
+           max_probability_diff=float(np.abs(probs - reference).max()))
+    if variant.model == "compact":  # trained weights: every variant must agree with FP32
+        assert agreement >= 0.97

@@ -1,0 +1,116 @@
+"""The variants compared: torch FP32, torch dynamic int8, ONNX FP32 and ONNX int8 (and OpenVINO if present).
+
+Each variant gives `runner(threads)`: a function from float inputs (N, 1, 227, 227) to
+class probabilities, with the thread count pinned before timing starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class Variant:
+    model: str  # "compact" (the shipped model) or "alexnet" (the reference, random weights)
+    name: str  # torch-fp32, torch-dynamic-int8, onnx-fp32, onnx-int8, openvino-fp32, openvino-int8
+    path: Path  # the file a deployment would ship
+    runner: Callable[[int], Callable[[np.ndarray], np.ndarray]]
+
+
+def torch_runner(model):
+    import torch
+
+    def make(threads: int):
+        torch.set_num_threads(threads)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+
+        return run
+
+    return make
+
+
+def onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    def make(threads: int):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["probabilities"], {"image": x})[0]
+
+    return make
+
+
+def openvino_runner(path: Path):
+    import openvino as ov
+
+    def make(threads: int):
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        output = compiled.output("probabilities")
+        return lambda x: compiled(x)[output]
+
+    return make
+
+
+def build_variants(model_name: str, model, fp32_onnx: Path, int8_onnx: Path, torch_file: Path,
+                   quantized_file: Path) -> dict[str, Variant]:
+    from tumor_train.quantize import quantize_linear
+
+    found = {
+        "torch-fp32": Variant(model_name, "torch-fp32", torch_file, torch_runner(model.eval())),
+        "torch-dynamic-int8": Variant(model_name, "torch-dynamic-int8", quantized_file,
+                                      torch_runner(quantize_linear(copy.deepcopy(model)))),
+        "onnx-fp32": Variant(model_name, "onnx-fp32", fp32_onnx, onnx_runner(fp32_onnx)),
+        "onnx-int8": Variant(model_name, "onnx-int8", int8_onnx, onnx_runner(int8_onnx)),
+    }
+    try:
+        import openvino  # noqa: F401  (optional peer runtime)
+
+        found["openvino-fp32"] = Variant(model_name, "openvino-fp32", fp32_onnx, openvino_runner(fp32_onnx))
+        found["openvino-int8"] = Variant(model_name, "openvino-int8", int8_onnx, openvino_runner(int8_onnx))
+    except ImportError:
+        pass
+    return found
+
+
+def shipped_variants(artifacts: Path) -> dict[str, Variant]:
+    from tumor_train.checkpoint import load_model
+
+    model, _ = load_model(artifacts / "model.pth")
+    return build_variants("compact", model, artifacts / "model.onnx", artifacts / "model.int8.onnx",
+                          artifacts / "model.pth", artifacts / "model_quantized.pth")
+
+
+def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict) -> dict[str, Variant]:
+    """The reference AlexNet with seeded random weights, exported and quantized the kit's way."""
+    import torch
+
+    from tumor_export.calibration import ArrayReader
+    from tumor_export.metadata import model_metadata, write_metadata
+    from tumor_export.onnx_export import INPUT_NAME, export_fp32
+    from tumor_export.quantize import preprocess, quantize_int8
+    from tumor_train.checkpoint import save_atomic
+    from tumor_train.models import build_model
+    from tumor_train.quantize import save_quantized
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", num_classes=4).eval()
+    save_atomic({"arch": "alexnet", "state_dict": model.state_dict()}, folder / "alexnet.pth")
+    save_quantized(model, "alexnet", {"num_classes": 4}, folder / "alexnet_quantized.pth")
+    export_fp32(model, 227, folder / "alexnet.onnx")
+    preprocess(folder / "alexnet.onnx", folder / "alexnet.pre.onnx")
+    quantize_int8(folder / "alexnet.pre.onnx", folder / "alexnet.int8.onnx", ArrayReader(calibration, INPUT_NAME))
+    meta = model_metadata(shipped_ckpt | {"arch": "alexnet"}, 0.5)
+    for name in ("alexnet.onnx", "alexnet.int8.onnx"):
+        write_metadata(folder / name, meta)
+    return build_variants("alexnet", model, folder / "alexnet.onnx", folder / "alexnet.int8.onnx",
+                          folder / "alexnet.pth", folder / "alexnet_quantized.pth")
