@@ -73,6 +73,19 @@ def main(path: str) -> None:
             title = "Shipped compact model" if model == "compact" else "Reference AlexNet (random weights: F2 is meaningless)"
             lines, values[model] = model_table(title, table[model])
             out += lines
+    process = table["compact"].get("onnx-int8", {})
+    if "startup" in process or "memory" in process:
+        out += ["### tumor-infer as a process (shipped int8 model)", ""]
+        if "startup" in process:
+            stats, _ = process["startup"]
+            out.append(f"- start-up to first result (`tumor-infer one.jpg`, new interpreter): median "
+                       f"{stats['median']:.2f} s")
+        for bench in results["benchmarks"]:
+            extra = bench["extra_info"]
+            if extra.get("kind") == "memory":
+                out.append(f"- peak resident memory over {extra['images']:,} images: "
+                           f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} img/s)")
+        out.append("")
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:

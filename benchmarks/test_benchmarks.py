@@ -113,3 +113,51 @@ def test_f2_parity(benchmark, variant, model_variants, bench_set, bench_inputs):
            max_probability_diff=float(np.abs(probs - reference).max()))
     if variant.model == "compact":  # trained weights: every variant must agree with FP32
         assert agreement >= 0.97
+
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child of a big
+# pytest process would report the parent's peak.
+PEAK_RSS_WRAPPER = """
+import atexit, sys
+out = sys.argv.pop(1)
+def peak():
+    kb = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    open(out, "w").write(str(int(kb) * 1024))
+atexit.register(peak)
+from tumor_runtime.cli import main
+sys.argv[0] = "tumor-infer"
+main()
+"""
+
+
+def run_cli(args: list[str], rss_file: str) -> None:
+    """tumor-infer in a fresh process, which writes its own peak resident memory (bytes) to `rss_file`."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, rss_file, *args], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_cli_start_up_to_first_result(benchmark, bench_set, tmp_path):
+    """Wall time of `tumor-infer one.jpg`: interpreter start, imports, model load, one result."""
+    rss = str(tmp_path / "rss")
+    benchmark.pedantic(run_cli, args=([str(bench_set[0][0]), "--format", "jsonl"], rss), rounds=5, iterations=1,
+                       warmup_rounds=1)
+    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "startup",
+                                 "peak_rss_bytes": int(open(rss).read()), "machine": machine_info()})
+
+
+@pytest.mark.parametrize("count", [1_000, 10_000])
+def test_cli_peak_memory_is_flat(benchmark, request, bench_set, tmp_path, count):
+    """Peak RSS of tumor-infer over folders of 1,000 and 10,000 JPEGs (links to the bench images)."""
+    count = count if full_run(request.config) else 40  # plain pytest: just exercise the path
+    folder, files, rss = tmp_path / "folder", bench_set[0], str(tmp_path / "rss")
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i:05d}.jpg").symlink_to(files[i % len(files)].resolve())
+    benchmark.pedantic(run_cli, args=([str(folder), "--format", "jsonl"], rss), rounds=1, iterations=1)
+    peak = int(open(rss).read())
+    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "memory", "images": count,
+                                 "peak_rss_bytes": peak, "machine": machine_info()})
+    assert 0 < peak < 1e9

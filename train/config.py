@@ -9,8 +9,8 @@ from dataclasses import dataclass
 class TrainConfig:
     data: str = "Data"  # dataset root: DIR/Train (or Training), optional Validation, Testing; or DIR/<class>/
     out: str = "artifacts"  # where model.pth, metrics.json, plots and the resumable checkpoint go
-    arch: str = "compact"  # model registry key: "compact" (default, ~0.6M params) or "alexnet" (reference, ~58M)
-    width: int = 32  # compact only: channels of the stem; later stages use 2x, 4x, 8x
+    arch: str = "compact"  # model registry key: "compact" (default, ~0.9M params at width 40) or "alexnet" (reference, ~58M)
+    width: int = 40  # compact only: channels of the stem; later stages use 2x, 4x, 8x (40: ~0.9M parameters)
     dropout: float = 0.2  # dropout before the classifier (alexnet uses 0.5 as the original)
     epochs: int = 50  # passes over the training split
     batch_size: int = 32  # the reference recipe's batch size
