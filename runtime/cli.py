@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 
 import click
@@ -47,10 +48,14 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     records = run(classifier, files, quiet)
-    if evaluate:
-        failed = evaluate_and_print(classifier, records, labels, fmt, output)
-    else:
-        failed = write_records(classifier, records, fmt, output)
+    try:
+        if evaluate:
+            failed = evaluate_and_print(classifier, records, labels, fmt, output)
+        else:
+            failed = write_records(classifier, records, fmt, output)
+    except BrokenPipeError:  # e.g. `tumor-infer dir/ | head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     sys.exit(1 if failed else 0)
 
 
