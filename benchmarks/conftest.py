@@ -63,7 +63,7 @@ def bench_set(request) -> tuple[list[Path], np.ndarray, list[str]]:
         files, labels = list_images(Path(chosen), classes)
     elif (SHARED / "Training").is_dir():
         root = Path(ckpt["data"]["root"])
-        root = root if root.is_dir() else SHARED / "Training"
+        root = root if root.is_dir() else SHARED  # val_files are relative to the dataset root
         files = [root / f for f in ckpt["data"]["val_files"]]
         labels = np.array([classes.index(f.parent.name) for f in files])
     else:

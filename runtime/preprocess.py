@@ -7,6 +7,7 @@ same two functions, driven by the model's metadata, so both sides see identical 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,11 @@ def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError("empty file")
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ImageError(f"image too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
     except Exception as exc:  # PIL raises several unrelated types for "not an image"
         raise ImageError(f"not a readable image ({type(exc).__name__})") from None
     with img:
