@@ -160,3 +160,24 @@ def test_empty_class_folder_is_an_error(dataset, tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "pituitary" in result.stderr
+
+
+def test_pixel_stats_match_float_computation():
+    from tumor_train.data import pixel_stats
+
+    images = np.random.default_rng(0).integers(0, 256, (300, 40, 40)).astype(np.uint8)
+    mean, std = pixel_stats(images, chunk=64)
+    assert mean == pytest.approx((images / 255.0).mean(), abs=1e-12)
+    assert std == pytest.approx((images / 255.0).std(), abs=1e-12)
+
+
+def test_augment_flip_only_mirrors_and_keeps_shape():
+    from tumor_train.data import augment
+
+    x = torch.rand(4, 1, 20, 20)
+    g = torch.Generator().manual_seed(0)
+    flipped = augment(x, g, rotation=0, translate=0, scale=0, hflip=1.0)
+    assert flipped.shape == x.shape
+    torch.testing.assert_close(flipped, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
+    same = augment(x, g, rotation=0, translate=0, scale=0, hflip=0.0)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
