@@ -6,7 +6,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,20 +99,65 @@ def versions() -> dict:
     return {"tumor_kit": tumor_runtime.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-def restore(path: Path, cfg: TrainConfig, model, ema, optimizer, scheduler, generator) -> tuple[int, list, dict]:
-    """Load the resumable checkpoint; returns (epochs done, history, best)."""
-    if not path.is_file():
-        raise CheckpointError(f"nothing to resume: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config", {}).get("arch") != cfg.arch:
-        raise CheckpointError(f"{path} was trained with --arch {state.get('config', {}).get('arch')}, not {cfg.arch}")
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["epoch"], state["history"], state["best"]
+@dataclass
+class TrainingState:
+    """Everything that changes during training and goes into the resumable checkpoint."""
+
+    model: nn.Module
+    ema: AveragedModel  # the weight average that is validated, selected and exported
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # batch order and augmentation
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int) -> "TrainingState":
+        model = build_model(cfg.arch, **model_args)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return cls(model, AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True), optimizer,
+                   torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
+                   torch.Generator().manual_seed(cfg.seed))
+
+    def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
+        return {"epoch": epoch, "config": asdict(cfg), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best": best}
+
+    def restore(self, path: Path, cfg: TrainConfig) -> tuple[int, list, dict]:
+        """Load the resumable checkpoint; returns (epochs done, history, best)."""
+        if not path.is_file():
+            raise CheckpointError(f"nothing to resume: {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("config", {}).get("arch") != cfg.arch:
+            raise CheckpointError(f"{path} was trained with --arch {state.get('config', {}).get('arch')}, not {cfg.arch}")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        return state["epoch"], state["history"], state["best"]
+
+
+def run_epoch(cfg: TrainConfig, state: TrainingState, data: dict, stats: tuple[float, float], bf16: bool,
+              epoch: int) -> dict:
+    """Train one epoch, validate the weight average; returns the history row."""
+    train, val, classes, (mean, std) = data["train"], data["val"], data["classes"], stats
+    aug = {k: getattr(cfg, k) for k in ("rotation", "translate", "scale", "hflip", "intensity")}
+    tic = time.perf_counter()
+    with tqdm(total=math.ceil(len(train.labels) / cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
+              unit="batch", leave=False) as bar:
+        fit = train_one_epoch(state.model, state.ema, torch.from_numpy(train.images), torch.from_numpy(train.labels),
+                              state.optimizer, state.scheduler, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
+                              state.generator, mean, std, cfg.batch_size, aug, bf16, classes, bar)
+    seconds = time.perf_counter() - tic
+    val_stats, _ = evaluate(state.ema.module, torch.from_numpy(val.images), torch.from_numpy(val.labels), mean, std,
+                            classes)
+    tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
+               f"{val_stats['loss']:.4f} F2 {val_stats['f2_macro']:.4f} | {seconds:.1f}s")
+    return {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
+            "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": val_stats["loss"],
+            "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"], "seconds": seconds}
 
 
 def run(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -123,52 +168,30 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     bf16 = cfg.bf16 and cpu_has_native_bf16()
     data = prepare_data(cfg)
-    classes, train, val = data["classes"], data["train"], data["val"]
-    mean, std = pixel_stats(train.images)
-    args = model_args_for(cfg.arch, len(classes), cfg.width, cfg.dropout)
-    model = build_model(cfg.arch, **args)
-    steps = math.ceil(len(train.labels) / cfg.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    ema = AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True)
+    stats = pixel_stats(data["train"].images)
+    args = model_args_for(cfg.arch, len(data["classes"]), cfg.width, cfg.dropout)
+    state = TrainingState.create(cfg, args, math.ceil(len(data["train"].labels) / cfg.batch_size))
     start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
     if resume:
-        start, history, best = restore(out / CHECKPOINT, cfg, model, ema, optimizer, scheduler, generator)
+        start, history, best = state.restore(out / CHECKPOINT, cfg)
         print(f"Resuming after epoch {start} of {cfg.epochs}.")
-    print(f"{cfg.arch}: {count_parameters(model):,} parameters; {len(train.labels)} train / {len(val.labels)} "
-          f"validation images; bf16 autocast {'on' if bf16 else 'off'}.")
-    images, labels = torch.from_numpy(train.images), torch.from_numpy(train.labels)
-    val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels)
-    aug = {k: getattr(cfg, k) for k in ("rotation", "translate", "scale", "hflip", "intensity")}
+    print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data['train'].labels)} train / "
+          f"{len(data['val'].labels)} validation images; bf16 autocast {'on' if bf16 else 'off'}.")
     epoch = start
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
-            tic = time.perf_counter()
-            with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False) as bar:
-                fit = train_one_epoch(model, ema, images, labels, optimizer, scheduler, criterion, generator, mean, std,
-                                      cfg.batch_size, aug, bf16, classes, bar)
-            seconds = time.perf_counter() - tic
-            stats, _ = evaluate(ema.module, val_images, val_labels, mean, std, classes)
-            history.append({"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train_loss": fit["loss"],
-                            "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": stats["loss"],
-                            "val_accuracy": stats["accuracy"], "val_f2": stats["f2_macro"], "seconds": seconds})
-            if stats["f2_macro"] > best["f2"]:
-                best = {"epoch": epoch, "f2": stats["f2_macro"], "state_dict": {k: v.clone() for k, v in ema.module.state_dict().items()}}
-            tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
-                       f"{stats['loss']:.4f} F2 {stats['f2_macro']:.4f} | {seconds:.1f}s")
-            save_atomic({"epoch": epoch, "config": asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                         "history": history, "best": best}, out / CHECKPOINT)
+            history.append(run_epoch(cfg, state, data, stats, bf16, epoch))
+            if history[-1]["val_f2"] > best["f2"]:
+                weights = {k: v.clone() for k, v in state.ema.module.state_dict().items()}
+                best = {"epoch": epoch, "f2": history[-1]["val_f2"], "state_dict": weights}
+            save_atomic(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted in epoch {epoch}; the checkpoint after epoch {epoch - 1} is in "
                           f"{out / CHECKPOINT}: continue with --resume") from None
     if best["state_dict"] is None:
         raise CheckpointError(f"no epochs to run: {out / CHECKPOINT} already holds {start} of {cfg.epochs} epochs")
-    model.load_state_dict(best["state_dict"])
-    return write_outputs(cfg, model, args, data, history, best, (mean, std), bf16)
+    state.model.load_state_dict(best["state_dict"])
+    return write_outputs(cfg, state.model, args, data, history, best, stats, bf16)
 
 
 def split_report(model, split: ImageSet, mean: float, std: float, classes: list[str]) -> tuple[dict, np.ndarray]:
