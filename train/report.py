@@ -63,11 +63,11 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
 
 def plot_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, classes: list[str], path: Path,
                      count: int = 16, seed: int = 0) -> None:
-    """A grid of validation images titled true/predicted; mistakes first, in red."""
+    """A grid of validation images titled true/predicted: up to half mistakes (in red), the rest correct."""
     rng = np.random.default_rng(seed)
-    wrong = np.flatnonzero(true != pred)
-    right = rng.permutation(np.flatnonzero(true == pred))
-    chosen = np.concatenate([wrong, right])[:count]
+    wrong = rng.permutation(np.flatnonzero(true != pred))[: count // 2]
+    right = rng.permutation(np.flatnonzero(true == pred))[: count - len(wrong)]
+    chosen = np.concatenate([wrong, right])
     cols = 4
     rows = max(1, int(np.ceil(len(chosen) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))
