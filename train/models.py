@@ -18,7 +18,7 @@ class CompactNet(nn.Module):
     """AlexNet's layout at 1% of its size: an 11x11 stride-4 stem, a 5x5 stage, three 3x3
     convolutions, batch norm throughout, global average pooling and a small dropout head."""
 
-    def __init__(self, num_classes: int = 4, width: int = 40, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 4, width: int = 40, dropout: float = 0.3):
         super().__init__()
         w = width
         self.features = nn.Sequential(
