@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from tumor_export import gate
 from tumor_export.calibration import ArrayReader, load_inputs, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
-from tumor_export.onnx_export import INPUT_NAME, ExportError, check_against_torch, export_fp32
+from tumor_export.onnx_export import INPUT_NAME, check_against_torch, export_fp32
 from tumor_export.quantize import preprocess
 from tumor_export.threshold import choose_threshold, screening_stats
 from tumor_runtime.fileio import atomic_write_text, sha256_file

@@ -72,7 +72,7 @@ def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[li
             raise DataError(f"class folder {folder} is missing")
         files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
         if not files:
-            raise DataError(f"class folder {folder} has no images ({', '.join(('.jpg', '.png', '...'))})")
+            raise DataError(f"class folder {folder} has no images (.jpg, .png, .bmp, .tif)")
         files = files[:limit] if limit else files
         paths += files
         labels += [label] * len(files)

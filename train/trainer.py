@@ -19,7 +19,7 @@ from tumor_runtime.fileio import atomic_write_text
 from tumor_runtime.metrics import NEGATIVE_CLASS
 from tumor_runtime.preprocess import RESIZE_METHOD
 from tumor_train import report
-from tumor_train.checkpoint import FORMAT, CheckpointError, load_file, save_atomic
+from tumor_train.checkpoint import FORMAT, CheckpointError, save_atomic
 from tumor_train.config import TrainConfig
 from tumor_train.data import DataError, ImageSet, class_names, decode_images, find_splits, list_images, pixel_stats
 from tumor_train.dedup import duplicate_groups, grouped_split
