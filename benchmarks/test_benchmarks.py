@@ -94,18 +94,31 @@ def test_end_to_end_folder(benchmark, variant, bench_set):
     assert len(records) == len(files) and all(r["error"] is None for r in records)
 
 
+def predict_all(variant, inputs: np.ndarray) -> np.ndarray:
+    run = variant.runner(cores())
+    return np.concatenate([run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])
+
+
+@pytest.fixture(scope="session")
+def fp32_reference(model_variants, bench_inputs):
+    """Torch FP32 probabilities per model, computed once and shared by every parity case."""
+    cache = {}
+
+    def get(model: str) -> np.ndarray:
+        if model not in cache:
+            cache[model] = predict_all(model_variants[model]["torch-fp32"], bench_inputs)
+        return cache[model]
+
+    return get
+
+
 @pytest.mark.parametrize("model, name", CASES)
-def test_f2_parity(benchmark, variant, model_variants, bench_set, bench_inputs):
+def test_f2_parity(benchmark, variant, fp32_reference, bench_set, bench_inputs):
     from tumor_runtime.metrics import summarize
 
     _, labels, classes = bench_set
-
-    def predict(v):
-        run = v.runner(cores())
-        return np.concatenate([run(bench_inputs[i:i + 32]) for i in range(0, len(bench_inputs), 32)])
-
-    probs = benchmark.pedantic(predict, args=(variant,), rounds=1, iterations=1)
-    reference = predict(model_variants[variant.model]["torch-fp32"])
+    probs = benchmark.pedantic(predict_all, args=(variant, bench_inputs), rounds=1, iterations=1)
+    reference = fp32_reference(variant.model)
     stats = summarize(labels, probs.argmax(1), classes)
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
     record(benchmark, variant, kind="f2", images=len(labels), f2_macro=stats["f2_macro"],
