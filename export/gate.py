@@ -48,11 +48,10 @@ def quantize_with_gate(prepared: Path, out_path: Path, reader, fp32: Scored, eva
             quantize_int8(prepared, out_path, reader, method, activation, keep + [node])
             result = score(out_path, eval_inputs, labels, classes)
             trials.append({"keep_float": keep + [node], "f2": result.f2})
-            candidates.append((result.f2, node))
+            candidates.append((result.f2, node, result))
         if not candidates:
             break
-        _, node = max(candidates)
+        _, node, best = max(candidates, key=lambda c: (c[0], c[1]))
         keep.append(node)
-        quantize_int8(prepared, out_path, reader, method, activation, keep)
-        best = score(out_path, eval_inputs, labels, classes)
+        quantize_int8(prepared, out_path, reader, method, activation, keep)  # later trials overwrote the file
     return best, keep, trials
