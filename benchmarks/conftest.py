@@ -21,8 +21,9 @@ SHARED = REPO.parent / "shared" / "data" / "brain-tumor-mri"
 
 def pytest_addoption(parser):
     parser.addoption("--bench-data", default=None,
-                     help="Labelled folder DIR/<class>/ for F2 parity [default: the shipped model's validation "
-                          "split when ../shared is present, else artifacts/samples].")
+                     help="Labelled folder DIR/<class>/ for F2 parity and end-to-end runs [default: the shipped "
+                          "model's validation split when ../shared is present, else the 20 images of "
+                          "artifacts/samples]. The chosen set is printed in the header.")
     parser.addoption("--bench-limit", default=400, type=int, help="At most this many bench images (sorted, seeded).")
 
 
@@ -30,6 +31,17 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not config.getoption("benchmark_only", False) and hasattr(config, "_benchmarksession"):
         config._benchmarksession.disabled = True  # plain pytest: run each benchmark once, untimed
+
+
+def pytest_report_header(config):
+    """Say loudly which bench set and which CPU every figure comes from."""
+    try:
+        description = choose_bench_set(config.getoption("--bench-data"), config.getoption("--bench-limit"))[3]
+        info = machine_info()
+    except Exception as exc:  # the header must never stop a test run
+        return f"bench set: unknown ({type(exc).__name__})"
+    return [f"bench set: {description}", f"CPU: {info['cpu']}, {info['cores']} cores; int8/bf16 features: "
+            f"{', '.join(info['features']) or 'none'}"]
 
 
 def full_run(config) -> bool:
@@ -40,35 +52,62 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
+CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_features() -> list[str]:
+    """The CPU flags that decide int8 and bf16 speed (VNNI, AVX-512, AMX): figures depend on them."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [f for f in CPU_FEATURES if f in flags]
+
+
 def machine_info() -> dict:
     import onnxruntime
-    import torch
 
+    try:
+        import torch
+
+        torch_version = str(torch.__version__)
+    except ImportError:
+        torch_version = "not installed"
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": cores(), "python": platform.python_version(), "torch": str(torch.__version__),
-            "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    return {"cpu": cpu, "cores": cores(), "features": cpu_features(), "python": platform.python_version(),
+            "torch": torch_version, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def choose_bench_set(chosen: str | None, limit: int, shared: Path = SHARED):
+    """(files, labels, classes, description) of the labelled bench images, and where they come from."""
+    from tumor_runtime.model import ModelInfo
+    from tumor_export.metadata import read_metadata
+    from tumor_train.data import list_images
+
+    classes = ModelInfo.from_metadata(read_metadata(ARTIFACTS / "model.int8.onnx")).classes
+    if chosen:
+        files, labels = list_images(Path(chosen), classes)
+        description = f"--bench-data {chosen}"
+    elif (shared / "Training").is_dir():
+        import torch
+
+        ckpt = torch.load(ARTIFACTS / "model.pth", weights_only=True)
+        files = [shared / f for f in ckpt["data"]["val_files"]]  # val_files are relative to the dataset root
+        labels = np.array([classes.index(f.parent.name) for f in files])
+        description = f"the shipped model's validation split under {shared}"
+    else:
+        files, labels = list_images(ARTIFACTS / "samples", classes)
+        description = (f"artifacts/samples ONLY ({len(files)} images: {shared} is absent); figures from so few "
+                       "images are rough. Pass --bench-data DIR for a real set")
+    if len(files) > limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(files), limit, replace=False))
+        files, labels = [files[i] for i in keep], np.asarray(labels)[keep]
+    return files, np.asarray(labels), classes, f"{description} ({len(files)} images)"
 
 
 @pytest.fixture(scope="session")
 def bench_set(request) -> tuple[list[Path], np.ndarray, list[str]]:
     """(files, labels, classes) of the labelled bench images."""
-    import torch
-
-    from tumor_train.data import list_images
-
-    ckpt = torch.load(ARTIFACTS / "model.pth", weights_only=True)
-    classes, limit = ckpt["classes"], request.config.getoption("--bench-limit")
-    chosen = request.config.getoption("--bench-data")
-    if chosen:
-        files, labels = list_images(Path(chosen), classes)
-    elif (SHARED / "Training").is_dir():
-        root = Path(ckpt["data"]["root"])
-        root = root if root.is_dir() else SHARED  # val_files are relative to the dataset root
-        files = [root / f for f in ckpt["data"]["val_files"]]
-        labels = np.array([classes.index(f.parent.name) for f in files])
-    else:
-        files, labels = list_images(ARTIFACTS / "samples", classes)
-    if len(files) > limit:
-        keep = np.sort(np.random.default_rng(0).choice(len(files), limit, replace=False))
-        files, labels = [files[i] for i in keep], labels[keep]
-    return files, np.asarray(labels), classes
+    files, labels, classes, _ = choose_bench_set(request.config.getoption("--bench-data"),
+                                                 request.config.getoption("--bench-limit"))
+    return files, labels, classes

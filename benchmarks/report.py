@@ -10,7 +10,8 @@ import json
 import sys
 from collections import defaultdict
 
-ORDER = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+ORDER = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "baseline-int8", "openvino-fp32",
+         "openvino-int8"]
 
 
 def collect(results: dict) -> dict:
@@ -56,14 +57,20 @@ def ratio(a, b, fmt="{:.1f}x") -> str:
     return fmt.format(a / b) if a and b else "–"
 
 
+def machine_lines(machine: dict) -> list[str]:
+    return [f"Machine: {machine['cpu']}, {machine['cores']} cores; int8/bf16 features: "
+            f"{', '.join(machine.get('features', [])) or 'none found'}. Python {machine['python']}, torch "
+            f"{machine['torch']}, onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}.", "",
+            "These figures depend on the CPU: int8 speed on VNNI (AVX-512 VNNI or AVX-VNNI) and AMX, bf16 on "
+            "AVX512-BF16 and AMX, and on the core count. Rerun the benchmarks on your machine before relying on them."]
+
+
 def main(path: str) -> None:
     results = json.load(open(path))
     table = collect(results)
     machine = next(iter(next(iter(next(iter(table.values())).values())).values()))[1]["machine"]
-    out = ["# Benchmark results", "",
-           f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, torch {machine['torch']}, "
-           f"onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}. Latency uses 1 thread; throughput and "
-           "end-to-end use all cores. F2 parity on the bench set of "
+    out = ["# Benchmark results", "", *machine_lines(machine), "",
+           "Latency uses 1 thread; throughput and end-to-end use all cores. F2 parity on the bench set of "
            f"{next(iter(table['compact'].values()))['f2'][1]['images']} labelled images.", "",
            "Regenerate: `pytest --benchmark-only --benchmark-json=.benchmarks/latest.json && "
            "python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md`", ""]
@@ -84,8 +91,14 @@ def main(path: str) -> None:
             extra = bench["extra_info"]
             if extra.get("kind") == "memory":
                 out.append(f"- peak resident memory over {extra['images']:,} images: "
-                           f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} img/s)")
+                           f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} "
+                           f"img/s); over a tenth as many: {extra.get('peak_rss_small_bytes', 0) / 2**20:.0f} MiB")
         out.append("")
+    if "end_to_end_heatmaps" in process and "end_to_end" in process:
+        with_maps = process["end_to_end_heatmaps"][1]["images"] / process["end_to_end_heatmaps"][0]["median"]
+        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        out += [f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
+                f"({plain / with_maps:.2f}x the time per image)", ""]
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:
@@ -93,6 +106,12 @@ def main(path: str) -> None:
             out.append(f"- {model}, ONNX int8 vs ONNX FP32: {ratio(f[0], i[0])} smaller, {ratio(f[1], i[1])} faster "
                        f"single-image, {ratio(i[2], f[2])} batch throughput, F2 difference "
                        f"{(i[4] - f[4]) if None not in (i[4], f[4]) else float('nan'):+.4f}")
+    c = values.get("compact", {})
+    if "onnx-int8" in c and "baseline-int8" in c:
+        n, b = c["onnx-int8"], c["baseline-int8"]
+        out.append(f"- shipped ONNX int8 vs the previous shipped int8 (baseline-int8): {ratio(n[0], b[0], '{:.2f}x')} "
+                   f"the size, {ratio(b[1], n[1], '{:.2f}x')} single-image speed, {ratio(n[2], b[2], '{:.2f}x')} "
+                   "batch throughput")
     if "compact" in values and "alexnet" in values:
         c, a = values["compact"].get("onnx-int8"), values["alexnet"].get("torch-dynamic-int8")
         if c and a:

@@ -38,13 +38,10 @@ def torch_runner(model):
 
 
 def onnx_runner(path: Path):
-    import onnxruntime as ort
+    from tumor_runtime.model import create_session
 
     def make(threads: int):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = create_session(path, threads, spinning=True)  # as measured before: spinning allowed
         return lambda x: session.run(["probabilities"], {"image": x})[0]
 
     return make
@@ -84,12 +81,18 @@ def build_variants(model_name: str, model, fp32_onnx: Path, int8_onnx: Path, tor
     return found
 
 
+BASELINE_INT8 = Path(__file__).resolve().parent / "baseline" / "model.int8.onnx"  # the model shipped before
+
+
 def shipped_variants(artifacts: Path) -> dict[str, Variant]:
     from tumor_train.checkpoint import load_model
 
     model, _ = load_model(artifacts / "model.pth")
-    return build_variants("compact", model, artifacts / "model.onnx", artifacts / "model.int8.onnx",
-                          artifacts / "model.pth", artifacts / "model_quantized.pth")
+    found = build_variants("compact", model, artifacts / "model.onnx", artifacts / "model.int8.onnx",
+                           artifacts / "model.pth", artifacts / "model_quantized.pth")
+    if BASELINE_INT8.is_file():  # today's model against the previous one, on the same machine and run
+        found["baseline-int8"] = Variant("compact", "baseline-int8", BASELINE_INT8, onnx_runner(BASELINE_INT8))
+    return found
 
 
 def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict) -> dict[str, Variant]:

@@ -7,35 +7,52 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from tumor_runtime.preprocess import ImageError, is_image_file, load_gray, normalize
+from tumor_runtime.inputs import images_in
+from tumor_runtime.preprocess import ImageError, load_gray, normalize
+
+MAX_CALIBRATION_BATCH = 16
+
+
+class CalibrationError(Exception):
+    """No usable calibration images; reported in one line."""
 
 
 def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = frozenset()) -> list[Path]:
     """`count` image files drawn with a fixed seed from the sorted recursive listing of `folder`."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p) and p.resolve() not in exclude)
+    files = sorted(p for p in images_in(Path(folder), recursive=True) if p.resolve() not in exclude)
     if not files:
-        raise FileNotFoundError(f"no images under {folder}")
+        raise CalibrationError(f"no calibration images (.jpg .png .bmp .tif) under {folder}; pass --calibration DIR")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(files), size=min(count, len(files)), replace=False)
     return [files[i] for i in sorted(chosen)]
 
 
 def load_inputs(files: list[Path], size: int, mean: float, std: float) -> np.ndarray:
-    """float32 (N, 1, size, size) model inputs; unreadable files are left out."""
+    """float32 (N, 1, size, size) model inputs; unreadable files are left out (N may be 0)."""
     images = []
     for path in files:
         try:
             images.append(load_gray(path, size))
         except (ImageError, OSError):
             continue
-    return normalize(np.stack(images), mean, std)
+    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+    return normalize(stacked, mean, std)
+
+
+def batch_size_for(count: int, largest: int = MAX_CALIBRATION_BATCH) -> int:
+    """The largest batch size <= `largest` that divides `count`: ONNX Runtime's histogram collectors
+    (percentile, entropy) stack per-batch outputs and fail on a short last batch."""
+    return next(b for b in range(min(largest, max(count, 1)), 0, -1) if count % b == 0)
 
 
 class ArrayReader(CalibrationDataReader):
-    """Feeds pre-decoded inputs one batch at a time; `rewind` lets one sample serve many trials."""
+    """Feeds pre-decoded inputs in equal batches; `rewind` lets one sample serve many trials."""
 
-    def __init__(self, inputs: np.ndarray, input_name: str, batch_size: int = 16):
-        self.inputs, self.input_name, self.batch_size = inputs, input_name, batch_size
+    def __init__(self, inputs: np.ndarray, input_name: str, batch_size: int | None = None):
+        if len(inputs) == 0:
+            raise CalibrationError("none of the calibration images could be read")
+        self.inputs, self.input_name = inputs, input_name
+        self.batch_size = batch_size or batch_size_for(len(inputs))
         self.position = 0
 
     def get_next(self):

@@ -7,25 +7,33 @@ from pathlib import Path
 
 import click
 
+from tumor_runtime import __version__
+from tumor_runtime.cli_common import FiniteFloat
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--checkpoint", default="artifacts/model.pth", show_default=True, type=click.Path(dir_okay=False),
-              help="model.pth written by tumor-train.")
-@click.option("--out", type=click.Path(file_okay=False), help="Output folder [default: the checkpoint's folder].")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (ONNX Runtime static int8, QDQ).")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="model.pth written by tumor-train (for example runs/<time>/model.pth).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder [default: the checkpoint's folder]. Replacing the shipped model is explicit: "
+                   "--out artifacts.")
+@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (ONNX Runtime static int8, QDQ). Without it, "
+                                           "a model.int8.onnx of an earlier export in the folder is removed.")
 @click.option("--calibration", type=click.Path(file_okay=False),
               help="Calibration images [default: the training folder recorded in the checkpoint, validation excluded].")
-@click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--calibration-method", default="percentile", show_default=True,
               type=click.Choice(["percentile", "minmax", "entropy"]),
               help="Activation ranges: the 99.999th percentile, the full min-max, or KL entropy (with ONNX "
                    "Runtime's 128-bin default, entropy often equals minmax).")
 @click.option("--activation-type", default="u8", show_default=True, type=click.Choice(["u8", "s8"]))
 @click.option("--eval", "eval_dir", type=click.Path(file_okay=False),
-              help="Labelled folder DIR/<class>/ for the parity gate [default: the checkpoint's validation split].")
-@click.option("--max-f2-drop", default=0.005, show_default=True, type=float,
-              help="Largest macro-F2 loss int8 may have against FP32 before layers are kept in float.")
+              help="Labelled folder DIR/<class>/ for the parity gate and the tumour threshold [default: the "
+                   "checkpoint's validation split, if its images are at hand; FP32-only exports need none].")
+@click.option("--max-f2-drop", default=0.005, show_default=True, type=FiniteFloat(0, 1),
+              help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration sample.")
+@click.version_option(__version__, "--version", prog_name="tumor-export")
 def main(checkpoint, out, int8, calibration, calibration_size, calibration_method, activation_type, eval_dir,
          max_f2_drop, seed) -> None:
     """Export a trained model to ONNX (FP32) and, with --int8, to a static int8 ONNX model.
@@ -34,8 +42,13 @@ def main(checkpoint, out, int8, calibration, calibration_size, calibration_metho
     must keep FP32's macro F2 within --max-f2-drop. Writes model.onnx, model.int8.onnx,
     export_report.json and manifest.json; nothing is written if a check fails.
     """
+    from tumor_runtime.cli_common import fail, interrupted_exit_code, raise_on_sigterm, require_extra
+
+    require_extra("export", "tumor-export")
+    raise_on_sigterm()
+    from tumor_export.calibration import CalibrationError
     from tumor_export.onnx_export import ExportError
-    from tumor_export.pipeline import ExportOptions, GateError, run_export
+    from tumor_export.pipeline import ExportOptions, GateError, OutputError, run_export
     from tumor_train.checkpoint import CheckpointError
     from tumor_train.data import DataError
 
@@ -45,26 +58,33 @@ def main(checkpoint, out, int8, calibration, calibration_size, calibration_metho
                          eval=Path(eval_dir) if eval_dir else None, max_f2_drop=max_f2_drop, seed=seed)
     try:
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
-    except (CheckpointError, DataError) as exc:
+    except (CheckpointError, DataError, CalibrationError, OutputError, ValueError) as exc:
         fail(str(exc), 2)
     except (ExportError, GateError) as exc:
         fail(str(exc), 1)
+    except KeyboardInterrupt as exc:
+        click.echo("Stopped: interrupted; the output folder is unchanged", err=True)
+        sys.exit(interrupted_exit_code(exc))
+    except OSError as exc:
+        fail(f"could not write the export: {exc.strerror or exc}", 1)
     click.echo(format_report(report))
 
 
 def format_report(report: dict) -> str:
     lines = [f"{name}: {info['bytes'] / 1e6:.2f} MB" for name, info in report["files"].items()]
-    lines.append(f"FP32 macro F2 {report['fp32']['f2_macro']:.4f}")
+    if report["fp32"] is None:
+        lines.append("FP32 not scored (no evaluation images); tumour threshold "
+                     f"{report['tumor_threshold']:.4f} (default)")
+    else:
+        lines.append(f"FP32 macro F2 {report['fp32']['f2_macro']:.4f}")
     if "int8" in report:
         p = report["parity"]
         lines.append(f"int8 macro F2 {report['int8']['f2_macro']:.4f}, top-1 agreement {p['top1_agreement']:.4f}, "
                      f"max probability difference {p['max_probability_diff']:.4f}, layers kept in float: "
                      f"{', '.join(p['nodes_kept_float']) or 'none'}")
-    lines.append(f"Tumour threshold {report['tumor_threshold']:.4f} (sensitivity "
-                 f"{report['fp32']['screening']['sensitivity']}) ; {report['seconds']:.1f}s")
+    if report["fp32"] is not None:
+        sensitivity = report["fp32"]["screening"]["sensitivity"]
+        lines.append(f"Tumour threshold {report['tumor_threshold']:.4f} (flag sensitivity "
+                     f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')})")
+    lines.append(f"{report['seconds']:.1f}s")
     return "\n".join(lines)
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(code)

@@ -1,29 +1,35 @@
-"""The parity gate: int8 must keep FP32's macro F2 within `max_drop`, or layers go back to float."""
+"""The parity gate: int8 must keep FP32's macro F2 within `max_drop`, or layers go back to float.
+
+`search` is the decision alone, a pure function over a `trial` callback (which quantizes
+with a set of layers kept in float and scores the result), so it is tested with a fake
+scorer; `quantize_with_gate` wires it to ONNX Runtime.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 
-from tumor_runtime.metrics import summarize
 from tumor_export.quantize import quantizable_nodes, quantize_int8
+from tumor_runtime.metrics import summarize
+from tumor_runtime.model import create_session, output_name
 
 
 @dataclass
 class Scored:
     probabilities: np.ndarray  # (N, classes)
     f2: float
-    summary: dict = field(repr=False)
+    summary: dict = field(repr=False, default_factory=dict)
 
 
 def score(model_path: Path, inputs: np.ndarray, labels: np.ndarray, classes: list[str]) -> Scored:
     """Run an ONNX file on float inputs (N, 1, H, W) and score it against `labels`."""
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    probs = np.concatenate([session.run(["probabilities"], {"image": inputs[i:i + 64]})[0]
-                            for i in range(0, len(inputs), 64)])
+    session = create_session(model_path)
+    name, output = session.get_inputs()[0].name, output_name(session)
+    probs = np.concatenate([session.run([output], {name: inputs[i:i + 64]})[0] for i in range(0, len(inputs), 64)])
     summary = summarize(labels, probs.argmax(1), classes)
     return Scored(probs, summary["f2_macro"], summary)
 
@@ -32,26 +38,41 @@ def agreement(a: Scored, b: Scored) -> float:
     return float((a.probabilities.argmax(1) == b.probabilities.argmax(1)).mean())
 
 
+def search(trial: Callable[[frozenset[str]], Scored], candidates: list[str], reference_f2: float,
+           max_drop: float, max_float: int = 3) -> tuple[Scored, list[str], list[dict]]:
+    """Greedy fallback: start fully int8; while F2 is more than `max_drop` below `reference_f2` and fewer
+    than `max_float` layers are in float, try each remaining candidate in float and keep the one that
+    scores best (ties: the later name). Returns (chosen score, layers kept in float, every trial)."""
+    keep: list[str] = []
+    best = trial(frozenset())
+    trials = [{"keep_float": [], "f2": best.f2}]
+    while reference_f2 - best.f2 > max_drop and len(keep) < max_float:
+        results = []
+        for node in [n for n in candidates if n not in keep]:
+            result = trial(frozenset(keep + [node]))
+            trials.append({"keep_float": keep + [node], "f2": result.f2})
+            results.append((result.f2, node, result))
+        if not results:
+            break
+        _, node, best = max(results, key=lambda r: (r[0], r[1]))
+        keep.append(node)
+    return best, keep, trials
+
+
 def quantize_with_gate(prepared: Path, out_path: Path, reader, fp32: Scored, eval_inputs: np.ndarray,
                        labels: np.ndarray, classes: list[str], max_drop: float, method: str, activation: str,
                        max_float_nodes: int = 3, log=print) -> tuple[Scored, list[str], list[dict]]:
-    """Quantize; while F2 drops more than `max_drop`, greedily keep in float the layer whose
-    exclusion helps most (one trial per remaining layer). Returns (int8 score, float nodes, trials)."""
-    keep: list[str] = []
-    quantize_int8(prepared, out_path, reader, method, activation, keep)
-    best = score(out_path, eval_inputs, labels, classes)
-    trials = [{"keep_float": [], "f2": best.f2}]
-    while fp32.f2 - best.f2 > max_drop and len(keep) < max_float_nodes:
-        log(f"int8 F2 {best.f2:.4f} vs FP32 {fp32.f2:.4f}: searching for a layer to keep in float")
-        candidates = []
-        for node in [n for n in quantizable_nodes(prepared) if n not in keep]:
-            quantize_int8(prepared, out_path, reader, method, activation, keep + [node])
-            result = score(out_path, eval_inputs, labels, classes)
-            trials.append({"keep_float": keep + [node], "f2": result.f2})
-            candidates.append((result.f2, node, result))
-        if not candidates:
-            break
-        _, node, best = max(candidates, key=lambda c: (c[0], c[1]))
-        keep.append(node)
-        quantize_int8(prepared, out_path, reader, method, activation, keep)  # later trials overwrote the file
-    return best, keep, trials
+    """Quantize `prepared` into `out_path` behind the gate; the file left there is the chosen one."""
+    written: list[frozenset] = []
+
+    def trial(keep: frozenset) -> Scored:
+        if keep:
+            log(f"int8 F2 below FP32 {fp32.f2:.4f} by more than {max_drop}: trying {', '.join(sorted(keep))} in float")
+        quantize_int8(prepared, out_path, reader, method, activation, sorted(keep))
+        written.append(keep)
+        return score(out_path, eval_inputs, labels, classes)
+
+    best, kept, trials = search(trial, quantizable_nodes(prepared), fp32.f2, max_drop, max_float_nodes)
+    if written[-1] != frozenset(kept):  # later trials overwrote the file: write the chosen one again
+        quantize_int8(prepared, out_path, reader, method, activation, kept)
+    return best, kept, trials

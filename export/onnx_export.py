@@ -13,49 +13,94 @@ from torch import nn
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAMES = ["probabilities", "logits"]
+CAM_OUTPUT = "cam"  # (N, classes, h, w) class activation maps, for models with a GAP + linear head
 
 
 class ExportError(Exception):
     """An export that failed a check; nothing is written at the target path."""
 
 
-class WithProbabilities(nn.Module):
-    """(N, 1, H, W) -> (probabilities (N, classes), logits (N, classes))."""
+def supports_cam(model: nn.Module) -> bool:
+    """Class activation maps are exact for a global-average-pool + linear head (the compact model)."""
+    head = getattr(model, "head", None)
+    return (hasattr(model, "features") and isinstance(head, nn.Sequential)
+            and isinstance(head[0], nn.AdaptiveAvgPool2d) and isinstance(head[-1], nn.Linear))
 
-    def __init__(self, model: nn.Module):
+
+class WithProbabilities(nn.Module):
+    """(N, 1, H, W) -> probabilities (N, classes), logits (N, classes) [, cam (N, classes, h, w)].
+
+    CAM (Zhou et al. 2016): cam_c = sum_k W[c, k] * A_k, where A (N, k, h, w) is the last feature
+    map and W the head's weights: a 1x1 convolution of A, so it lives in the graph, torch-free.
+    """
+
+    def __init__(self, model: nn.Module, cam: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.cam = model, cam
 
     def forward(self, image: torch.Tensor):
-        logits = self.model(image)
-        return torch.softmax(logits, dim=1), logits
+        if not self.cam:
+            logits = self.model(image)
+            return torch.softmax(logits, dim=1), logits
+        features = self.model.features(image)  # (N, k, h, w)
+        logits = self.model.head(features)
+        weight = self.model.head[-1].weight  # (classes, k)
+        cam = nn.functional.conv2d(features, weight[:, :, None, None])  # (N, classes, h, w)
+        return torch.softmax(logits, dim=1), logits, cam
 
 
-def export_fp32(model: nn.Module, size: int, path: Path) -> None:
-    """Write `path` with the current (dynamo) exporter and a dynamic batch axis."""
-    wrapped = WithProbabilities(model).eval()
+def export_fp32(model: nn.Module, size: int, path: Path) -> bool:
+    """Write `path` with the current (dynamo) exporter and a dynamic batch axis; returns whether the
+    graph has the `cam` output (compact model: yes; the reference AlexNet has no GAP head: no)."""
+    cam = supports_cam(model)
+    wrapped = WithProbabilities(model, cam).eval()
     example = (torch.zeros(2, 1, size, size),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(wrapped, example, input_names=[INPUT_NAME], output_names=OUTPUT_NAMES,
+        program = torch.onnx.export(wrapped, example, input_names=[INPUT_NAME],
+                                    output_names=OUTPUT_NAMES + ([CAM_OUTPUT] if cam else []),
                                     dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
                                     opset_version=OPSET, dynamo=True, verbose=False)
     program.save(str(path))
+    return cam
+
+
+def torch_cam(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The CAM computed in torch, independently of the export wrapper: (N, classes, h, w)."""
+    with torch.no_grad():
+        features = model.eval().features(inputs)
+        return torch.einsum("ck,nkhw->nchw", model.head[-1].weight, features)
+
+
+def check_onnx(path: Path) -> None:
+    """onnx.checker with full shape inference; ExportError if it rejects the file."""
+    try:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"onnx.checker rejected {Path(path).name}: {str(exc).splitlines()[0]}") from None
 
 
 def check_against_torch(path: Path, model: nn.Module, inputs: np.ndarray, atol: float = 1e-4) -> float:
     """onnx.checker (full), then ONNX Runtime vs torch on `inputs` (N, 1, H, W); returns max |dp|."""
-    import onnxruntime as ort
+    from tumor_runtime.model import create_session
 
-    try:
-        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"onnx.checker rejected the export: {str(exc).splitlines()[0]}") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check_onnx(path)
+    session = create_session(path)
     ort_probs = session.run(["probabilities"], {INPUT_NAME: inputs.astype(np.float32)})[0]
     with torch.no_grad():
         torch_probs = torch.softmax(model.eval()(torch.from_numpy(inputs)), 1).numpy()
     diff = float(np.abs(ort_probs - torch_probs).max())
     if not diff <= atol:
         raise ExportError(f"ONNX Runtime and torch disagree by {diff:.2e} (allowed {atol:.0e})")
+    if CAM_OUTPUT in [o.name for o in session.get_outputs()]:
+        ort_cam = session.run([CAM_OUTPUT], {INPUT_NAME: inputs.astype(np.float32)})[0]
+        expected = torch_cam(model, torch.from_numpy(inputs)).numpy()
+        cam_diff = float(np.abs(ort_cam - expected).max() / max(1.0, float(np.abs(expected).max())))
+        if not cam_diff <= 1e-4:
+            raise ExportError(f"ONNX Runtime and torch class activation maps disagree by {cam_diff:.2e} (relative)")
     return diff
+
+
+def fixed_inputs(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal inputs (count, 1, size, size): the parity check when no images are at hand."""
+    return np.random.default_rng(seed).standard_normal((count, 1, size, size)).astype(np.float32)

@@ -1,13 +1,16 @@
 """The whole export: FP32 ONNX, checks, threshold, int8 behind the parity gate, report, manifest.
 
-Files are built in a scratch folder inside the output folder and renamed into place only
-when every check has passed, so a failed or interrupted export changes nothing.
+Files are built in a scratch folder inside the output folder. The commit keeps the folder
+usable at every instant (see `commit`): a failed, interrupted or killed export never
+leaves a model that the manifest does not vouch for, nor one it wrongly vouches for.
+Scratch folders of killed exports are removed by the next export.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,133 +19,225 @@ from pathlib import Path
 import numpy as np
 
 from tumor_export import gate
-from tumor_export.calibration import ArrayReader, load_inputs, sample_files
+from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
-from tumor_export.onnx_export import INPUT_NAME, check_against_torch, export_fp32
+from tumor_export.onnx_export import INPUT_NAME, check_against_torch, check_onnx, export_fp32, fixed_inputs
 from tumor_export.quantize import preprocess
-from tumor_export.threshold import choose_threshold, screening_stats
+from tumor_runtime import tumor
 from tumor_runtime.fileio import atomic_write_text, sha256_file
-from tumor_runtime.model import MANIFEST
+from tumor_runtime.model import MANIFEST, ModelError, read_manifest
+from tumor_runtime.validate import finite_in_range, int_in_range
 from tumor_train.checkpoint import load_model
 from tumor_train.data import DataError, list_images
 
-PARITY_SAMPLES = 8  # real validation inputs on which ONNX Runtime must match torch to 1e-4
+PARITY_SAMPLES = 8  # inputs on which ONNX Runtime must match torch to 1e-4
+SCRATCH_PREFIX = ".export-"
+MODEL_FILES = ("model.onnx", "model.int8.onnx")
 
 
 @dataclass
 class ExportOptions:
-    checkpoint: Path = Path("artifacts/model.pth")  # model.pth written by tumor-train
+    checkpoint: Path  # model.pth written by tumor-train
     out: Path | None = None  # output folder; default: the checkpoint's folder
     int8: bool = False  # also write model.int8.onnx (static QDQ int8)
     calibration: Path | None = None  # calibration images; default: the training folder in the checkpoint
     calibration_size: int = 256  # images drawn (sorted list, fixed seed) for calibration
     calibration_method: str = "percentile"  # percentile (99.999th), minmax or entropy
     activation_type: str = "u8"  # u8 or s8 activations; weights are always per-channel s8
-    eval: Path | None = None  # labelled folder DIR/<class>/ for the gate; default: the checkpoint's validation split
-    max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32
+    eval: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
+    max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32, in [0, 1]
     seed: int = 0  # seeds the calibration sample
+
+    def check(self) -> None:
+        """ValueError for options that would silently disable a check (NaN or negative allowed drop)."""
+        finite_in_range("--max-f2-drop", self.max_f2_drop, 0.0, 1.0)
+        int_in_range("--calibration-size", self.calibration_size, 1, 1_000_000)
 
 
 class GateError(Exception):
     """int8 could not meet the parity gate; nothing was written."""
 
 
-def evaluation_set(opts: ExportOptions, ckpt: dict) -> tuple[list[Path], np.ndarray]:
+class OutputError(Exception):
+    """The output folder cannot be written; reported before any work."""
+
+
+def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[list[Path], np.ndarray] | None:
+    """Labelled images for the gate and the threshold: --eval, else the checkpoint's validation split.
+    None when neither is at hand and the export does not need them (FP32 only)."""
     classes = ckpt["classes"]
     if opts.eval is not None:
         if not Path(opts.eval).is_dir():
             raise DataError(f"--eval folder {opts.eval} does not exist")
         return list_images(Path(opts.eval), classes)
-    root = Path(ckpt["data"]["root"])
-    files = [root / f for f in ckpt["data"]["val_files"]]
-    if not files or not all(f.is_file() for f in files[:5]):
-        raise DataError(f"the validation images recorded in the checkpoint are not under {root}; pass --eval DIR")
-    return files, np.array([classes.index(f.parent.name) for f in files])
+    root = Path(ckpt.get("data", {}).get("root", ""))
+    files = [root / f for f in ckpt.get("data", {}).get("val_files", [])]
+    if files and all(f.is_file() for f in files):
+        return files, np.array([classes.index(f.parent.name) for f in files])
+    if required:
+        raise DataError(f"--int8 needs labelled images for the parity gate and images to calibrate on; the "
+                        f"validation split recorded in the checkpoint is not under {root}: pass --eval DIR "
+                        "(DIR/<class>/...) and --calibration DIR")
+    return None
 
 
 def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> tuple[np.ndarray, list[Path]]:
-    folder = opts.calibration or Path(ckpt["data"]["train_dir"])
+    folder = opts.calibration or Path(ckpt.get("data", {}).get("train_dir", ""))
     if not Path(folder).is_dir():
         raise DataError(f"calibration folder {folder} does not exist; pass --calibration DIR")
     pre = ckpt["preprocess"]
     files = sample_files(Path(folder), opts.calibration_size, opts.seed, {p.resolve() for p in exclude})
-    return load_inputs(files, pre["size"], pre["mean"], pre["std"]), files
+    inputs = load_inputs(files, pre["size"], pre["mean"], pre["std"])
+    if len(inputs) == 0:
+        raise CalibrationError(f"none of the {len(files)} calibration images drawn from {folder} could be read")
+    return inputs, files
+
+
+def remove_stale_scratch(out: Path, log) -> None:
+    """Scratch folders left by killed exports (their process is gone) are deleted."""
+    for folder in out.glob(f"{SCRATCH_PREFIX}*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if folder.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"Removed {folder.name}, left by an interrupted export")
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def open_scratch(out: Path) -> tempfile.TemporaryDirectory:
+    """The scratch folder, created before any work so that an unwritable output folder fails first."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return tempfile.TemporaryDirectory(dir=out, prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
 
 def run_export(opts: ExportOptions, log=print) -> dict:
     """Export (and with opts.int8 quantize); returns the report written to export_report.json."""
     tic = time.perf_counter()
+    opts.check()
     model, ckpt = load_model(opts.checkpoint)
     out = Path(opts.out or Path(opts.checkpoint).parent)
-    out.mkdir(parents=True, exist_ok=True)
-    classes, pre = ckpt["classes"], ckpt["preprocess"]
-    eval_files, labels = evaluation_set(opts, ckpt)
-    eval_inputs = load_inputs(eval_files, pre["size"], pre["mean"], pre["std"])
-    if len(eval_inputs) != len(labels):
-        raise DataError("some evaluation images could not be read")
-    is_tumor = labels != classes.index(ckpt["negative_class"])
-    report = {"checkpoint": str(opts.checkpoint), "arch": ckpt["arch"], "classes": classes,
-              "evaluation": {"source": str(opts.eval or "validation split in checkpoint"), "images": len(labels)},
-              "versions": tool_versions()}
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as scratch:
-        scratch = Path(scratch)
-        fp32_path = scratch / "model.onnx"
-        log("Exporting FP32 ONNX ...")
-        export_fp32(model, pre["size"], fp32_path)
-        report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, eval_inputs[:PARITY_SAMPLES])
-        fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
-        threshold = choose_threshold(1 - fp32.probabilities[:, classes.index(ckpt["negative_class"])], is_tumor)
-        meta = model_metadata(ckpt, threshold)
-        write_metadata(fp32_path, meta | {"precision": "fp32"})
-        report["fp32"] = summary(fp32, is_tumor, threshold, classes, ckpt)
-        report["tumor_threshold"] = threshold
-        written = {"model.onnx": fp32_path}
-        if opts.int8:
-            written["model.int8.onnx"] = quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, eval_files,
-                                                  meta, report, is_tumor, log)
-        for name, path in written.items():
-            report.setdefault("files", {})[name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-        for name, path in written.items():
-            os.replace(path, out / name)  # same folder: each rename is atomic
-    manifest_path = out / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"files": {}}
-    manifest["files"].update({name: info["sha256"] for name, info in report["files"].items()})
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    with open_scratch(out) as scratch:
+        remove_stale_scratch(out, log)
+        report = export_into(Path(scratch), opts, model, ckpt, log)
+        commit(out, {name: Path(scratch) / name for name in report["files"]},
+               stale=[] if opts.int8 else ["model.int8.onnx"], log=log)
     report["seconds"] = round(time.perf_counter() - tic, 2)
     atomic_write_text(out / "export_report.json", json.dumps(report, indent=2))
     return report
 
 
-def summary(scored: gate.Scored, is_tumor: np.ndarray, threshold: float, classes: list[str], ckpt: dict) -> dict:
-    tumor_p = 1 - scored.probabilities[:, classes.index(ckpt["negative_class"])]
+def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> dict:
+    """Build model.onnx (and model.int8.onnx) in `scratch`, every check passed; returns the report."""
+    classes, pre = ckpt["classes"], ckpt["preprocess"]
+    labelled = evaluation_set(opts, ckpt, required=opts.int8)
+    calibration = calibration_inputs(opts, ckpt, labelled[0]) if opts.int8 else None  # its errors come first
+    report = {"checkpoint": str(opts.checkpoint), "arch": ckpt["arch"], "classes": classes,
+              "versions": tool_versions(), "fp32": None}
+    fp32_path = scratch / "model.onnx"
+    log("Exporting FP32 ONNX ...")
+    report["cam_output"] = export_fp32(model, pre["size"], fp32_path)
+    if not report["cam_output"]:
+        log(f"{ckpt['arch']} has no global-average-pool head: exported without the 'cam' heat-map output")
+    if labelled is None:
+        log("No evaluation images at hand: FP32 checked against torch on fixed inputs, not scored.")
+        report["evaluation"] = None
+        parity_inputs, threshold = fixed_inputs(pre["size"], PARITY_SAMPLES), ckpt.get("tumor_threshold",
+                                                                                      tumor.MAX_THRESHOLD)
+    else:
+        eval_files, labels = labelled
+        eval_inputs = load_inputs(eval_files, pre["size"], pre["mean"], pre["std"])
+        if len(eval_inputs) != len(labels):
+            raise DataError(f"{len(labels) - len(eval_inputs)} of the {len(labels)} evaluation images could not "
+                            "be read")
+        report["evaluation"] = {"source": str(opts.eval or "validation split in checkpoint"), "images": len(labels)}
+        parity_inputs = eval_inputs[:PARITY_SAMPLES]
+    report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
+    if labelled is not None:
+        fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
+        threshold = tumor.choose_threshold(tumor.tumor_probability(fp32.probabilities, classes,
+                                                                   ckpt["negative_class"]), is_tumor(labels, ckpt))
+        report["fp32"] = summary(fp32, labels, threshold, ckpt)
+    meta = model_metadata(ckpt, threshold)
+    write_metadata(fp32_path, meta | {"precision": "fp32"})
+    report["tumor_threshold"] = threshold
+    if opts.int8:
+        quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
+    report["files"] = {name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
+                       for name in MODEL_FILES if (scratch / name).is_file()}
+    return report
+
+
+def commit(out: Path, written: dict[str, Path], stale: list[str], log=print) -> None:
+    """Move the new models into `out` and re-vouch the manifest, usable at every instant:
+
+    1. the manifest lists the new hashes and, under "replacing", the old ones, and drops `stale` files
+       (an int8 model of an earlier checkpoint, when only FP32 was exported): those are deleted;
+    2. each model is renamed into place (one atomic rename each): old or new, it is vouched for;
+    3. the manifest is rewritten without "replacing".
+    """
+    try:
+        manifest = read_manifest(out) or {"files": {}, "replacing": {}}
+    except ModelError:
+        manifest = {"files": {}, "replacing": {}}  # unreadable: rebuilt from what this export writes
+    files = {k: v for k, v in manifest["files"].items() if k not in stale}
+    new = {name: sha256_file(path) for name, path in written.items()}
+    replacing = {name: files[name] for name in new if name in files}
+    atomic_write_text(out / MANIFEST, json.dumps({"files": files | new, "replacing": replacing}, indent=2))
+    for name in stale:
+        if (out / name).exists():
+            (out / name).unlink()
+            log(f"Removed {name}: it was exported from an earlier checkpoint")
+    for name, path in written.items():
+        os.replace(path, out / name)  # same folder: each rename is atomic
+    atomic_write_text(out / MANIFEST, json.dumps({"files": files | new}, indent=2))
+
+
+def is_tumor(labels: np.ndarray, ckpt: dict) -> np.ndarray:
+    return np.asarray(labels) != ckpt["classes"].index(ckpt["negative_class"])
+
+
+def summary(scored: gate.Scored, labels: np.ndarray, threshold: float, ckpt: dict) -> dict:
+    tumor_p = tumor.tumor_probability(scored.probabilities, ckpt["classes"], ckpt["negative_class"])
     return {"f2_macro": scored.f2, "accuracy": scored.summary["accuracy"],
             "tumor_sensitivity": scored.summary["tumor_sensitivity"],
             "confusion_matrix": scored.summary["confusion_matrix"],
-            "screening": screening_stats(tumor_p, is_tumor, threshold)}
+            "screening": tumor.screening_stats(tumor_p, is_tumor(labels, ckpt), threshold)}
 
 
 def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, eval_inputs: np.ndarray,
-             labels: np.ndarray, eval_files: list[Path], meta: dict, report: dict, is_tumor, log) -> Path:
-    """Calibrate, quantize behind the gate and return the int8 path in `scratch`; GateError if it fails."""
-    classes = ckpt["classes"]
-    calib, calib_files = calibration_inputs(opts, ckpt, eval_files)
+             labels: np.ndarray, calibration: tuple[np.ndarray, list[Path]], meta: dict, report: dict, log) -> None:
+    """Calibrate and quantize behind the gate into scratch/model.int8.onnx; GateError if it fails."""
+    calib, calib_files = calibration
     log(f"Calibrating int8 ({opts.calibration_method}, {opts.activation_type}) on {len(calib)} images ...")
     prepared, int8_path = scratch / "model.pre.onnx", scratch / "model.int8.onnx"
     preprocess(scratch / "model.onnx", prepared)
     int8, kept, trials = gate.quantize_with_gate(prepared, int8_path, ArrayReader(calib, INPUT_NAME), fp32,
-                                                 eval_inputs, labels, classes, opts.max_f2_drop,
+                                                 eval_inputs, labels, ckpt["classes"], opts.max_f2_drop,
                                                  opts.calibration_method, opts.activation_type, log=log)
+    prepared.unlink()
     report["calibration"] = {"folder": str(opts.calibration or ckpt["data"]["train_dir"]), "images": len(calib),
                              "seed": opts.seed, "method": opts.calibration_method,
                              "activation_type": opts.activation_type, "weight_type": "s8 per-channel",
                              "format": "QDQ", "first_files": [str(f) for f in calib_files[:3]]}
-    report["int8"] = summary(int8, is_tumor, report["tumor_threshold"], classes, ckpt)
+    report["int8"] = summary(int8, labels, report["tumor_threshold"], ckpt)
     report["parity"] = {"f2_drop": fp32.f2 - int8.f2, "max_f2_drop": opts.max_f2_drop,
                         "top1_agreement": gate.agreement(fp32, int8),
                         "max_probability_diff": float(np.abs(fp32.probabilities - int8.probabilities).max()),
                         "nodes_kept_float": kept, "trials": trials}
     if fp32.f2 - int8.f2 > opts.max_f2_drop:
+        int8_path.unlink()
         raise GateError(f"int8 macro F2 {int8.f2:.4f} is {fp32.f2 - int8.f2:.4f} below FP32 {fp32.f2:.4f} "
                         f"(allowed {opts.max_f2_drop}) even with {len(kept)} layers in float; nothing written")
+    check_onnx(int8_path)
     write_metadata(int8_path, meta | {"precision": "int8", "calibration": json.dumps(report["calibration"])})
-    return int8_path

@@ -1,7 +1,7 @@
 """ONNX Runtime static int8 quantization: QDQ format, per-channel int8 weights.
 
 Softmax always stays in float: quantizing probabilities to 256 levels would blur the
-tumour probability that the screening threshold reads.
+tumour probability that the screening threshold reads. So does the `cam` head (signed maps).
 """
 
 from __future__ import annotations
@@ -21,31 +21,49 @@ ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # layers the fallback search may keep in float
 
 
+@contextlib.contextmanager
+def quiet_logging():
+    """The quantizer logs every node at INFO through the root logger: raise its level for this call only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def preprocess(fp32_path: Path, out_path: Path) -> None:
     """quant_pre_process: symbolic shape inference and graph optimisation before quantizing."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
 
 
 def quantizable_nodes(path: Path) -> list[str]:
     """Names of the compute nodes, in graph order (the candidates to keep in float)."""
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE]
+    always_float = set(float_only_nodes(path))
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE and n.name not in always_float]
 
 
 def float_only_nodes(path: Path) -> list[str]:
-    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Softmax"]
+    """Softmax, and the node that makes the `cam` output: a heat-map has signed values that u8
+    activations would clip, and its 1x1 convolution costs next to nothing in float."""
+    graph = onnx.load(str(path)).graph
+    return [n.name for n in graph.node if n.op_type == "Softmax" or "cam" in n.output]
 
 
 def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax", activation: str = "u8",
                   keep_float: list[str] = ()) -> None:
     """Write a QDQ int8 model to `out_path`; `keep_float` names nodes left in FP32."""
     reader.rewind()
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every node at INFO
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
             str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=ACTIVATION_TYPES[activation], weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
             nodes_to_exclude=[*float_only_nodes(prepared), *keep_float],
-            extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True},
+            # A dedicated Q/DQ pair per consumer: the `cam` head shares the last feature map with the
+            # classifier, and must not change how the classifier's path is quantized and fused.
+            extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True,
+                           "DedicatedQDQPair": True},
         )

@@ -11,10 +11,31 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tumor_runtime.model import ModelInfo, available_cores, open_session
+from tumor_runtime import tumor
+from tumor_runtime.inputs import Unreadable
+from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
+from tumor_runtime.heatmap import CAM_OUTPUT, normalized_cam
+from tumor_runtime.model import ModelError, ModelInfo, available_cores, open_session, output_name
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
+from tumor_runtime.validate import finite_in_range, int_in_range
 
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
+MAX_BATCH_SIZE = 4096
+NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export it again with tumor-export "
+          "(compact models; the reference AlexNet has no global-average-pool head)")
+
+
+def expand_dicom(items: Iterable) -> Iterator:
+    """Each DICOM file becomes its frames (one row each); a DICOM file that cannot give frames becomes an
+    `Unreadable` with the reason. Everything else passes through. Lazy: folders of any size stream."""
+    for item in items:
+        if isinstance(item, (str, Path)) and is_dicom_file(Path(item)):
+            try:
+                yield from frames_of(Path(item))
+            except (ImageError, OSError) as exc:
+                yield Unreadable(Path(item), str(exc))
+        else:
+            yield item
 
 
 class Classifier:
@@ -22,46 +43,75 @@ class Classifier:
 
     def __init__(self, session, info: ModelInfo, threads: int, batch_size: int = 32,
                  tumor_threshold: float | None = None):
-        self.session, self.info, self.threads, self.batch_size = session, info, threads, batch_size
-        self.tumor_threshold = info.tumor_threshold if tumor_threshold is None else tumor_threshold
-        self.input_name = session.get_inputs()[0].name
-        self.negative_index = info.classes.index(info.negative_class) if info.negative_class in info.classes else None
+        self.session, self.info = session, info
+        self.threads = min(int_in_range("threads", threads, 1, 1 << 16), available_cores())
+        self.batch_size = int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        self.tumor_threshold = finite_in_range(
+            "tumor_threshold", info.tumor_threshold if tumor_threshold is None else tumor_threshold, 0.0, 1.0)
+        self.input_name, self.output_name = session.get_inputs()[0].name, output_name(session)
+        self.has_cam = CAM_OUTPUT in [o.name for o in session.get_outputs()]
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, threads: int | None = None, batch_size: int = 32,
              tumor_threshold: float | None = None, verify: bool = True) -> "Classifier":
-        """Open `path` (default: the shipped int8 model); `threads` defaults to the cores available."""
-        threads = threads or available_cores()
+        """Open `path` (default: the shipped int8 model); `threads` defaults to (and is capped at) the cores
+        available. Bad arguments raise ValueError before the model is opened."""
+        threads = available_cores() if threads is None else int_in_range("threads", threads, 1, 1 << 16)
+        int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        if tumor_threshold is not None:
+            finite_in_range("tumor_threshold", tumor_threshold, 0.0, 1.0)
+        threads = min(threads, available_cores())
         session, info = open_session(path, threads, verify)
         return cls(session, info, threads, batch_size, tumor_threshold)
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) at the model's input size -> class probabilities (N, classes)."""
         x = normalize(gray, self.info.mean, self.info.std)
-        return self.session.run(None, {self.input_name: x})[0]
+        return self.session.run([self.output_name], {self.input_name: x})[0]
 
-    def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None) -> dict:
+    def probabilities_and_cams(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (N, H, W) -> (probabilities (N, classes), class activation maps (N, classes, h, w))."""
+        if not self.has_cam:
+            raise ModelError(NO_CAM)
+        x = normalize(gray, self.info.mean, self.info.std)
+        probs, cams = self.session.run([self.output_name, CAM_OUTPUT], {self.input_name: x})
+        return probs, cams
+
+    def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None,
+               cams: np.ndarray | None = None) -> dict:
         if probs is None:
-            return {"path": path, "label": None, "confidence": None, "probabilities": None,
-                    "tumor_probability": None, "tumor": None, "error": error}
+            rec = {"path": path, "label": None, "confidence": None, "probabilities": None,
+                   "tumor_probability": None, "tumor": None, "error": error}
+            return rec | ({"cam": None} if cams is not None else {})
         best = int(np.argmax(probs))
-        tumor_p = 1.0 - float(probs[self.negative_index]) if self.negative_index is not None else None
+        tumor_p = tumor.tumor_probability(probs, self.info.classes, self.info.negative_class)
         return {"path": path, "label": self.info.classes[best], "confidence": float(probs[best]),
                 "probabilities": {c: float(p) for c, p in zip(self.info.classes, probs)},
-                "tumor_probability": tumor_p,
-                "tumor": bool(tumor_p >= self.tumor_threshold) if tumor_p is not None else None, "error": None}
+                "tumor_probability": None if tumor_p is None else float(tumor_p),
+                "tumor": None if tumor_p is None else bool(tumor.flag(tumor_p, self.tumor_threshold)),
+                "error": None} | ({} if cams is None else {"cam": normalized_cam(cams, best, self.info.input_size)})
 
     def _decode(self, item):
+        """item -> (uint8 image at the input size or None, error or None, DICOM context or None)."""
+        if isinstance(item, Unreadable):
+            return None, item.reason, None
         try:
-            return load_gray(item, self.info.input_size), None
+            if isinstance(item, DicomFrame):
+                gray, dicom = load_frame(item)
+                return load_gray(gray, self.info.input_size), None, dicom
+            return load_gray(item, self.info.input_size), None, None
         except (ImageError, OSError, ValueError, TypeError) as exc:
-            return None, str(exc) or type(exc).__name__
+            return None, str(exc) or type(exc).__name__, None
 
-    def iter_predict(self, items: Iterable) -> Iterator[dict]:
-        """Stream records in input order; bad items give a record with `error` set, never an exception."""
-        numbered = enumerate(items)  # (position, item): arrays are named by position
+    def iter_predict(self, items: Iterable, heatmaps: bool = False) -> Iterator[dict]:
+        """Stream records in input order; bad items give a record with `error` set, never an exception.
+        With `heatmaps`, each record also has "cam": the predicted class's map, float32 in [0, 1] at the
+        model's input resolution (ModelError at once if the model has no `cam` output)."""
+        if heatmaps and not self.has_cam:
+            raise ModelError(NO_CAM)
+        numbered = enumerate(expand_dicom(items))  # (position, item): arrays are named by position
         chunks = iter(lambda: list(islice(numbered, self.batch_size)), [])
-        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
+        with ThreadPoolExecutor(max_workers=self.threads) as pool:
             pending = deque()
             for chunk in islice(chunks, PREFETCH_BATCHES):
                 pending.append((chunk, [pool.submit(self._decode, x) for _, x in chunk]))
@@ -70,18 +120,25 @@ class Classifier:
                 following = next(chunks, None)
                 if following:
                     pending.append((following, [pool.submit(self._decode, x) for _, x in following]))
-                yield from self._classify(chunk, [f.result() for f in futures])
+                yield from self._classify(chunk, [f.result() for f in futures], heatmaps)
 
-    def _classify(self, chunk: list, decoded: list) -> Iterator[dict]:
-        good = [i for i, (image, _) in enumerate(decoded) if image is not None]
-        probs = self.probabilities(np.stack([decoded[i][0] for i in good])) if good else []
-        by_index = dict(zip(good, probs))
+    def _classify(self, chunk: list, decoded: list, heatmaps: bool) -> Iterator[dict]:
+        good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
+        batch = np.stack([decoded[i][0] for i in good]) if good else None
+        probs, cams = [], []
+        if batch is not None:
+            probs, cams = self.probabilities_and_cams(batch) if heatmaps else (self.probabilities(batch), [])
+        by_index, cam_by_index = dict(zip(good, probs)), dict(zip(good, cams))
         for i, (position, item) in enumerate(chunk):
-            name = str(item) if isinstance(item, (str, Path)) else f"<array {position}>"
-            yield self.record(name, by_index.get(i), decoded[i][1])
+            name = str(item) if isinstance(item, (str, Path, Unreadable, DicomFrame)) else f"<array {position}>"
+            cam = cam_by_index.get(i, np.zeros(0)) if heatmaps else None
+            rec = self.record(name, by_index.get(i), decoded[i][1], cam)
+            if isinstance(item, DicomFrame):
+                rec["dicom"] = decoded[i][2]
+            yield rec
 
-    def predict(self, items) -> list[dict]:
+    def predict(self, items, heatmaps: bool = False) -> list[dict]:
         """Paths, arrays (H, W) / (H, W, C), or a mix; a single path or array is accepted too."""
         if isinstance(items, (str, Path, np.ndarray)):
             items = [items]
-        return list(self.iter_predict(items))
+        return list(self.iter_predict(items, heatmaps))

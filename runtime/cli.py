@@ -6,8 +6,14 @@ import contextlib
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
+
+from tumor_runtime import __version__
+from tumor_runtime.cli_common import FiniteFloat
+
+FORMATS = ["table", "csv", "json", "jsonl"]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -15,103 +21,215 @@ import click
 @click.option("--model", "-m", type=click.Path(dir_okay=False),
               help="ONNX model exported by tumor-export [default: the shipped int8 model].")
 @click.option("--recursive", "-r", is_flag=True, help="Also look in subfolders of the folders given.")
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "csv", "json", "jsonl"]))
-@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results here (atomically) instead of stdout.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Write results to this regular file (atomically; through a symlink to its file) instead of "
+                   "stdout; '-' is stdout. Never one of the inputs.")
 @click.option("--evaluate", is_flag=True,
               help="PATHS is one folder with a subfolder per class: print macro/weighted F2, accuracy, "
-                   "tumour sensitivity and the confusion matrix.")
-@click.option("--tumor-threshold", type=click.FloatRange(0, 1),
+                   "tumour sensitivity, the tumour flag's sensitivity and false alarms, and the confusion matrix.")
+@click.option("--tumor-threshold", type=FiniteFloat(0, 1),
               help="Flag a tumour when P(tumour) = 1 - P(notumor) reaches this [default: stored in the model].")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--threads", type=click.IntRange(1), help="Inference and decoding threads [default: all cores available].")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--threads", type=click.IntRange(1),
+              help="Inference and decoding threads [default and maximum: the cores available].")
+@click.option("--heatmaps", type=click.Path(file_okay=False),
+              help="Write one overlay PNG per classified input into this folder: the slice, the predicted class's "
+                   "activation map, and a legend (label, confidence, P(tumour)). Needs a model with a 'cam' output.")
+@click.option("--model-info", is_flag=True, help="Print the model's card (classes, input, threshold, precision, "
+                                                 "sha256, provenance) as JSON and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, quiet) -> None:
+@click.version_option(__version__, "--version", prog_name="tumor-infer")
+def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps, model_info,
+         quiet) -> None:
     """Classify brain MRI slices (JPEG, PNG, BMP, TIFF) as glioma, meningioma, notumor or pituitary.
 
-    PATHS are image files and folders. Exit code 0: all classified; 1: some files could
-    not be read (each gets an error row); 2: usage error. For research and education,
-    not for diagnosis.
+    PATHS are image files and folders. Exit code 0: all classified; 1: some inputs could
+    not be read (each gets an error row) or the results could not be written; 2: usage
+    error; 130: interrupted. For research and education, not for diagnosis.
     """
+    from tumor_runtime.cli_common import fail, interrupted_exit_code, raise_on_sigterm
+
+    raise_on_sigterm()
+    try:
+        sys.exit(run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads,
+                             heatmaps, model_info, quiet))
+    except KeyboardInterrupt as exc:
+        click.echo("Stopped: interrupted; no output file was written" if output not in (None, "-") else
+                   "Stopped: interrupted", err=True)
+        sys.exit(interrupted_exit_code(exc))
+    except BrokenPipeError:  # e.g. `tumor-infer dir/ | head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except OSError as exc:  # a full disk, a vanished folder: the results could not be written
+        fail(f"could not write the results: {exc.strerror or exc}", 1)
+
+
+def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps,
+                model_info, quiet) -> int:
+    from tumor_runtime.cli_common import fail
     from tumor_runtime.classifier import Classifier
     from tumor_runtime.inputs import UsageError, collect, labelled
     from tumor_runtime.model import ModelError
 
     try:
         classifier = Classifier.load(model, threads=threads, batch_size=batch_size, tumor_threshold=tumor_threshold)
+        if model_info:
+            click.echo(json.dumps(model_card(classifier, model), indent=2))
+            return 0
         if evaluate:
             if len(paths) != 1:
                 raise UsageError("--evaluate takes exactly one folder")
             files, labels = labelled(paths[0], classifier.info.classes)
         else:
             files, labels = collect(list(paths), recursive), None
-    except (ModelError, UsageError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    records = run(classifier, files, quiet)
-    try:
+        target = output_target(output, files)
+        if heatmaps:
+            heatmap_folder(heatmaps, classifier)
+    except (ModelError, UsageError, ValueError) as exc:
+        fail(str(exc))
+    with contextlib.ExitStack() as stack:
+        try:  # the output file is created before any work, so an unwritable target costs nothing
+            stream = stack.enter_context(destination(target))
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+        records = progress(classifier, files, quiet, heatmaps)
         if evaluate:
-            failed = evaluate_and_print(classifier, records, labels, fmt, output)
-        else:
-            failed = write_records(classifier, records, fmt, output)
-    except BrokenPipeError:  # e.g. `tumor-infer dir/ | head`: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
-    sys.exit(1 if failed else 0)
+            return write_evaluation(classifier, records, labels, fmt, stream)
+        return write_records(classifier, records, fmt, stream)
 
 
-def run(classifier, files, quiet: bool):
+def model_card(classifier, model) -> dict:
+    from tumor_runtime.fileio import sha256_file
+    from tumor_runtime.model import default_model_path
+
+    info, path = classifier.info, Path(model) if model else default_model_path()
+    meta = info.metadata
+    card = {"path": str(path), "sha256": sha256_file(path), "classes": info.classes,
+            "negative_class": info.negative_class, "input": {"size": info.input_size, "channels": 1,
+                                                             "mean": info.mean, "std": info.std,
+                                                             "resize": meta.get("resize")},
+            "tumor_threshold": info.tumor_threshold, "precision": meta.get("precision", "unknown"), "arch": info.arch,
+            "version": json.loads(meta.get("exported_with", "{}")).get("tumor_kit")}
+    for key in ("trained_with", "exported_with", "calibration", "training"):
+        if key in meta:
+            card[key] = json.loads(meta[key])
+    return card
+
+
+def output_target(output: str | None, inputs: list) -> Path | None:
+    """The regular file that -o names (symlinks followed), or None for stdout; refuses anything else."""
+    from tumor_runtime.inputs import UsageError
+
+    if output is None or output == "-":
+        return None
+    target = Path(os.path.realpath(output))
+    if target.exists() and not target.is_file():
+        raise UsageError(f"--output {output} is not a regular file (a folder, device or pipe); "
+                         "use '-' and a redirection for those")
+    existing = next((p for p in target.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"--output {output}: {existing} is a file, not a folder")
+    if target.exists():
+        mine = os.stat(target)
+        for item in inputs:
+            with contextlib.suppress(OSError, TypeError):
+                other = os.stat(item)
+                if (other.st_dev, other.st_ino) == (mine.st_dev, mine.st_ino):
+                    raise UsageError(f"--output {output} is one of the inputs; refusing to overwrite a scan")
+    return target
+
+
+@contextlib.contextmanager
+def destination(target: Path | None):
+    """stdout, or an atomic temporary file renamed onto `target` only when everything was written.
+
+    File names that are not UTF-8 are written back as their original bytes (surrogateescape)."""
+    if target is None:
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(errors="surrogateescape")
+        yield sys.stdout
+        sys.stdout.flush()  # a full disk shows up here, inside the error handling
+        return
+    from tumor_runtime.fileio import atomic_path
+
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as stream:
+        yield stream
+
+
+def heatmap_folder(folder: str, classifier) -> None:
+    """Refuse before any work: a model without heat-maps, or a folder that cannot be written."""
+    from tumor_runtime.classifier import NO_CAM
+    from tumor_runtime.inputs import UsageError
+    from tumor_runtime.model import ModelError
+
+    if not classifier.has_cam:
+        raise ModelError(NO_CAM)
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write heat-maps to {folder}: {exc.strerror or exc}") from None
+
+
+def write_heatmap(rec: dict, folder: str, size: int) -> None:
+    """DIR/<name>.<hash>.png for a classified file; the record gets its path under "heatmap"."""
+    import io
+
+    from tumor_runtime.fileio import atomic_write_bytes
+    from tumor_runtime.heatmap import heatmap_name, legend_for, overlay
+    from tumor_runtime.preprocess import load_gray
+
+    cam = rec.pop("cam", None)
+    rec["heatmap"] = None
+    if rec["error"] or cam is None:
+        return
+    buffer = io.BytesIO()
+    overlay(load_gray(rec["path"], size), cam, legend_for(rec)).save(buffer, format="PNG")
+    target = Path(folder) / heatmap_name(rec["path"])
+    atomic_write_bytes(target, buffer.getvalue())
+    rec["heatmap"] = str(target)
+
+
+def progress(classifier, files, quiet: bool, heatmaps: str | None = None):
     """Yield records with a progress bar on stderr (only on a terminal), errors reported as they come."""
     show = not quiet and sys.stderr.isatty() and len(files) > classifier.batch_size
     bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr) if show else None
     with bar if bar is not None else contextlib.nullcontext():
-        for rec in classifier.iter_predict(files):
+        for rec in classifier.iter_predict(files, heatmaps=bool(heatmaps)):
+            if heatmaps:
+                write_heatmap(rec, heatmaps, classifier.info.input_size)
             if rec["error"]:
-                click.echo(f"\nerror: {rec['path']}: {rec['error']}" if show else f"error: {rec['path']}: {rec['error']}",
-                           err=True)
+                name = rec["path"].encode("utf-8", "backslashreplace").decode("utf-8")
+                click.echo(f"{chr(10) if show else ''}error: {name}: {rec['error']}", err=True)
             if bar is not None:
                 bar.update(1)
             yield rec
 
 
-@contextlib.contextmanager
-def destination(output: str | None):
-    if output is None:
-        yield sys.stdout
-        return
-    from tumor_runtime.fileio import atomic_path
-
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as stream:
-        yield stream
-
-
-def write_records(classifier, records, fmt: str, output: str | None) -> int:
+def write_records(classifier, records, fmt: str, stream) -> int:
+    """Stream rows; on an interrupt the JSON array is still closed, so stdout stays valid JSON."""
+    from tumor_runtime.cli_common import DeferredInterrupts
     from tumor_runtime.output import Writer
 
     failed = 0
-    with destination(output) as stream:
-        writer = Writer(stream, fmt, classifier.info.classes)
-        for rec in records:
-            failed += rec["error"] is not None
-            writer.write(rec)
+    writer = Writer(stream, fmt, classifier.info.classes)
+    try:
+        with DeferredInterrupts() as interrupts:
+            for rec in records:
+                interrupts.check()
+                failed += rec["error"] is not None
+                writer.write(rec)
+            interrupts.check()
+    finally:
         writer.close()
-    return failed
+    return 1 if failed else 0
 
 
-def evaluate_and_print(classifier, records, labels, fmt: str, output: str | None) -> int:
-    from tumor_runtime.metrics import summarize
-    from tumor_runtime.output import evaluation_text
+def write_evaluation(classifier, records, labels, fmt: str, stream) -> int:
+    from tumor_runtime.evaluation import evaluate_records
+    from tumor_runtime.output import evaluation_output
 
-    classes = classifier.info.classes
-    y_true, y_pred, failed = [], [], 0
-    for rec, label in zip(records, labels):
-        if rec["error"]:
-            failed += 1
-            continue
-        y_true.append(label)
-        y_pred.append(classes.index(rec["label"]))
-    stats = summarize(y_true, y_pred, classes, classifier.info.negative_class)
-    result = {key: stats[key] for key in ("f2_macro", "f2_weighted", "accuracy", "tumor_sensitivity",
-                                          "confusion_matrix", "classes", "n_images")} | {"n_errors": failed}
-    with destination(output) as stream:
-        stream.write(json.dumps(result, indent=2) + "\n" if fmt in ("json", "jsonl") else evaluation_text(result))
-    return failed
+    info = classifier.info
+    result = evaluate_records(records, labels, info.classes, info.negative_class, classifier.tumor_threshold)
+    stream.write(evaluation_output(result, fmt))
+    return 1 if result["n_errors"] else 0

@@ -1,10 +1,18 @@
-"""Turn command-line paths into a list of files, and labelled folders into (file, label) pairs."""
+"""Turn command-line paths into a list of inputs, and labelled folders into (file, label) pairs.
+
+`images_in` is the kit's one rule for listing images (training, calibration and the
+runtime all use it): image extensions and DICOM files (.dcm, or no extension with the DICOM
+preamble), hidden files and folders skipped, sorted.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from tumor_runtime.dicom import is_dicom_file
 from tumor_runtime.preprocess import is_image_file
 
 
@@ -12,36 +20,67 @@ class UsageError(Exception):
     """Bad paths on the command line (exit code 2)."""
 
 
-def images_in(folder: Path, recursive: bool) -> list[Path]:
-    """Image files in `folder` (and below with `recursive`), sorted; hidden files and folders skipped."""
+@dataclass(frozen=True)
+class Unreadable:
+    """An input that cannot even be listed or opened (an unreadable folder or file): it becomes an error row."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def images_in(folder: Path, recursive: bool, errors: list | None = None) -> list[Path]:
+    """Image files in `folder` (and below with `recursive`), sorted; hidden files and folders skipped.
+
+    Folders that cannot be read are appended to `errors` as `Unreadable` (ignored when None).
+    """
+    def unreadable(exc: OSError) -> None:
+        if errors is not None:
+            errors.append(Unreadable(Path(exc.filename or folder), f"cannot read folder ({exc.strerror or exc})"))
+
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f))]
+        found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f)) or is_dicom_file(Path(root) / f)]
     return found
 
 
-def collect(paths: list[str], recursive: bool) -> list[Path]:
-    """Files as given (tried even without an image extension) plus the images of each folder."""
+def collect(paths: list[str], recursive: bool) -> list:
+    """Files as given (tried even without an image extension) plus the images of each folder.
+
+    A missing path is a usage error; anything that exists but cannot be read (a file or a
+    folder without permission) becomes an `Unreadable` item, which gets an error row.
+    """
     if not paths:
         raise UsageError("give at least one image file or folder")
-    files = []
+    items = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found = images_in(path, recursive)
-            if not found:
+        try:
+            is_dir = path.is_dir()
+            os.stat(path)
+        except FileNotFoundError:
+            raise UsageError(f"no such file or folder: {path}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise UsageError(f"no such file or folder: {path}") from None
+            items.append(Unreadable(path, f"cannot open ({exc.strerror or exc})"))
+            continue
+        if is_dir:
+            errors: list[Unreadable] = []
+            found = images_in(path, recursive, errors)
+            if not found and not errors:
                 hint = "" if recursive else " (use --recursive for subfolders)"
-                raise UsageError(f"no images (.jpg .png .bmp .tif) in {path}{hint}")
-            files += found
-        elif path.exists():
-            files.append(path)
+                raise UsageError(f"no images (.jpg .png .bmp .tif .dcm) in {path}{hint}")
+            items += found + errors
         else:
-            raise UsageError(f"no such file or folder: {path}")
-    return files
+            items.append(path)
+    return items
 
 
-def labelled(folder: str, classes: list[str]) -> tuple[list[Path], list[int]]:
+def labelled(folder: str, classes: list[str]) -> tuple[list, list[int]]:
     """DIR/<class>/... for --evaluate: class folders must be the model's classes."""
     root = Path(folder)
     if not root.is_dir():
@@ -53,7 +92,8 @@ def labelled(folder: str, classes: list[str]) -> tuple[list[Path], list[int]]:
                          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
     files, labels = [], []
     for name in present:
-        found = images_in(root / name, recursive=True)
+        errors: list[Unreadable] = []
+        found = images_in(root / name, True, errors) + errors
         files += found
         labels += [classes.index(name)] * len(found)
     if not files:

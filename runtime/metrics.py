@@ -1,14 +1,15 @@
-"""Classification metrics in plain numpy: confusion matrix, F-beta, tumour sensitivity.
+"""Classification metrics in plain numpy: confusion matrix, F-beta, and the summary every stage reports.
 
 F2 weighs recall four times as much as precision, because a missed tumour costs more
 than a false alarm. Every stage (training, export gate, runtime evaluation) uses these.
+Tumour-specific figures (sensitivity, the screening flag) live in `tumor_runtime.tumor`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-NEGATIVE_CLASS = "notumor"
+from tumor_runtime.tumor import NEGATIVE_CLASS, tumor_sensitivity
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
@@ -19,7 +20,7 @@ def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 
 def per_class_scores(cm: np.ndarray, beta: float = 2.0) -> dict[str, np.ndarray]:
-    """Precision, recall and F-beta per class; 0 where undefined (as scikit-learn's zero_division=0)."""
+    """Precision, recall, F-beta ("fbeta") and support per class; 0 where undefined (scikit-learn's zero_division=0)."""
     tp = np.diag(cm).astype(np.float64)
     predicted, actual = cm.sum(axis=0), cm.sum(axis=1)
     precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
@@ -27,37 +28,28 @@ def per_class_scores(cm: np.ndarray, beta: float = 2.0) -> dict[str, np.ndarray]
     b2 = beta * beta
     denom = b2 * precision + recall
     fbeta = np.divide((1 + b2) * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {"precision": precision, "recall": recall, "f2": fbeta, "support": actual}
-
-
-def tumor_sensitivity(cm: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS) -> float | None:
-    """Share of tumour images (any class but `negative`) predicted as any tumour class."""
-    if negative not in classes:
-        return None
-    neg = classes.index(negative)
-    tumor_rows = np.delete(cm, neg, axis=0)
-    total = tumor_rows.sum()
-    return float((total - tumor_rows[:, neg].sum()) / total) if total else None
+    return {"precision": precision, "recall": recall, "fbeta": fbeta, "support": actual}
 
 
 def summarize(y_true, y_pred, classes: list[str], negative: str = NEGATIVE_CLASS) -> dict:
     """All headline numbers for one labelled set, as JSON-ready values."""
     cm = confusion_matrix(y_true, y_pred, len(classes))
-    scores = per_class_scores(cm)
+    scores = per_class_scores(cm, beta=2.0)
     support = scores["support"]
-    present = support > 0
+    # Macro over classes present in y_true or y_pred, as scikit-learn does with labels unset.
+    present = (support > 0) | (cm.sum(axis=0) > 0)
     n = int(cm.sum())
     return {
         "n_images": n,
         "accuracy": float(np.trace(cm) / n) if n else 0.0,
-        # Macro over classes present in y_true or y_pred, as scikit-learn does with labels unset.
-        "f2_macro": float(scores["f2"][present | (cm.sum(axis=0) > 0)].mean()) if n else 0.0,
-        "f2_weighted": float((scores["f2"] * support).sum() / support.sum()) if n else 0.0,
+        "f2_macro": float(scores["fbeta"][present].mean()) if n else 0.0,
+        "f2_weighted": float((scores["fbeta"] * support).sum() / n) if n else 0.0,
         "tumor_sensitivity": tumor_sensitivity(cm, classes, negative),
         "confusion_matrix": cm.tolist(),
         "classes": list(classes),
         "per_class": {
-            name: {key: float(scores[key][i]) for key in ("precision", "recall", "f2")} | {"support": int(support[i])}
+            name: {"precision": float(scores["precision"][i]), "recall": float(scores["recall"][i]),
+                   "f2": float(scores["fbeta"][i]), "support": int(support[i])}
             for i, name in enumerate(classes)
         },
     }

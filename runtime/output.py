@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from typing import IO
+
+
+DICOM_COLUMNS = ("sop_instance_uid", "series_instance_uid", "instance_number")  # empty for other files
 
 
 class Writer:
@@ -15,7 +19,7 @@ class Writer:
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             self.csv.writerow(["path", "label", "confidence", "tumor_probability", "tumor",
-                               *[f"p_{c}" for c in classes], "error"])
+                               *[f"p_{c}" for c in classes], *DICOM_COLUMNS, "error"])
         elif fmt == "json":
             stream.write("[")
         elif fmt == "table":
@@ -27,10 +31,11 @@ class Writer:
         elif self.fmt == "json":
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(rec))
         elif self.fmt == "csv":
-            probs = rec["probabilities"] or {}
+            probs, dicom = rec["probabilities"] or {}, rec.get("dicom") or {}
             self.csv.writerow([rec["path"], rec["label"] or "", _num(rec["confidence"]), _num(rec["tumor_probability"]),
                                "" if rec["tumor"] is None else str(rec["tumor"]).lower(),
-                               *[_num(probs.get(c)) for c in self.classes], rec["error"] or ""])
+                               *[_num(probs.get(c)) for c in self.classes],
+                               *["" if dicom.get(k) is None else dicom[k] for k in DICOM_COLUMNS], rec["error"] or ""])
         else:
             self.stream.write(_table_row(rec))
         self.count += 1
@@ -52,14 +57,46 @@ def _table_row(rec: dict) -> str:
     return f"{path:<48} {rec['label']:<12} {rec['confidence']:>10.4f} {rec['tumor_probability']:>9.4f}  {flag}\n"
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def evaluation_text(result: dict) -> str:
     classes, cm = result["classes"], result["confusion_matrix"]
     width = max(10, *map(len, classes)) + 1
     lines = [f"images {result['n_images']}  errors {result['n_errors']}",
-             f"macro F2      {result['f2_macro']:.4f}", f"weighted F2   {result['f2_weighted']:.4f}",
-             f"accuracy      {result['accuracy']:.4f}",
-             f"tumour sensitivity {result['tumor_sensitivity'] if result['tumor_sensitivity'] is None else format(result['tumor_sensitivity'], '.4f')}",
-             "", "confusion matrix (rows true, columns predicted)",
-             " " * width + "".join(f"{c:>{width}}" for c in classes)]
+             f"macro F2      {_fmt(result['f2_macro'])}", f"weighted F2   {_fmt(result['f2_weighted'])}",
+             f"accuracy      {_fmt(result['accuracy'])}",
+             f"tumour sensitivity (argmax) {_fmt(result['tumor_sensitivity'])}"]
+    if "screening" in result:
+        s = result["screening"]
+        lines.append(f"tumour flag at threshold {s['threshold']:.4f}: sensitivity {_fmt(s['sensitivity'])}, "
+                     f"false alarms {_fmt(s['false_alarm_rate'])}")
+    lines += ["", "confusion matrix (rows true, columns predicted)",
+              " " * width + "".join(f"{c:>{width}}" for c in classes)]
     lines += [f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row) for c, row in zip(classes, cm)]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_csv(result: dict) -> str:
+    """One row per class (precision, recall, F2, support), then the macro and weighted F2 rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f2", "support"])
+    for name in result["classes"]:
+        row = result["per_class"][name]
+        writer.writerow([name, _num(row["precision"]), _num(row["recall"]), _num(row["f2"]), row["support"]])
+    writer.writerow(["macro", "", "", _num(result["f2_macro"]), result["n_images"]])
+    writer.writerow(["weighted", "", "", _num(result["f2_weighted"]), result["n_images"]])
+    return buffer.getvalue()
+
+
+def evaluation_output(result: dict, fmt: str) -> str:
+    """The evaluation summary in any of the four formats."""
+    if fmt == "json":
+        return json.dumps(result, indent=2) + "\n"
+    if fmt == "jsonl":
+        return json.dumps(result) + "\n"
+    if fmt == "csv":
+        return evaluation_csv(result)
+    return evaluation_text(result)

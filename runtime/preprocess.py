@@ -27,19 +27,50 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+HOT_PIXEL_PERCENTILE = 99.99  # above this rank, a maximum more than twice as bright is a hot pixel
+BIT_DEPTHS = (8, 10, 12, 14, 16, 20, 24, 31)
+
+
+def white_point(values: np.ndarray, integer: bool) -> float:
+    """The value that maps to 255.
+
+    The brightest pixel sets it, unless fewer than 0.01 % of the pixels are brighter than half
+    of it (isolated hot pixels): then the 99.99th percentile does. Integer images are then
+    scaled by the smallest bit depth that holds it (8, 10, 12, 14, 16 ... bits), because MRI
+    exports store 12-bit data in 16 bits: the same slice stored as 8-bit, 12-in-16 or full
+    16-bit gives the same pixels (to rounding) and the same answer. Float images use the value.
+    """
+    brightest = float(values.max())
+    typical = float(np.percentile(values, HOT_PIXEL_PERCENTILE, method="higher"))
+    white = typical if typical < brightest / 2 else brightest
+    if integer:
+        return float(next((2 ** bits - 1 for bits in BIT_DEPTHS if white <= 2 ** bits - 1), white))
+    return white
+
+
+def rescale_to_8bit(values: np.ndarray) -> np.ndarray:
+    """Deep intensities (16-bit, 32-bit, float) -> uint8: [min(0, darkest), white_point] onto 0..255, clipped.
+    Zero stays black (the MRI background)."""
+    arr = np.asarray(values)
+    integer = np.issubdtype(arr.dtype, np.integer)
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size == 0:
+        return np.zeros(arr.shape, np.uint8)
+    low = min(0.0, float(finite.min()))
+    high = white_point(finite, integer)
+    if high <= low:
+        return np.zeros(arr.shape, np.uint8)
+    scaled = (np.nan_to_num(arr, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    return np.rint(scaled.clip(0, 255)).astype(np.uint8)
+
+
 def to_gray(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit grayscale ("L"): 16-bit scaled to 0..255, alpha composited on black."""
+    """Any PIL mode to 8-bit grayscale ("L"): deep images rescaled by `rescale_to_8bit`, alpha composited on black."""
     if img.mode == "L":
         return img
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16-bit (or 32-bit int) intensities: scale the full 16-bit range onto 0..255, never clip at 255.
-        arr = np.asarray(img, dtype=np.float64).clip(0, 65535) / 257.0
-        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(rescale_to_8bit(np.asarray(img)))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))

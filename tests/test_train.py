@@ -59,14 +59,15 @@ def test_learns_the_synthetic_task(tmp_path):
     assert metrics["validation"]["accuracy"] >= 0.6
 
 
-def test_resume_continues_from_saved_epoch(dataset, tmp_path):
+def test_resume_of_a_finished_run_rewrites_its_outputs(dataset, tmp_path):
     out = tmp_path / "out"
     assert train(["--data", dataset, "--out", out, *FAST]).exit_code == 0
-    result = train(["--data", dataset, "--out", out, "--epochs", "2", "--width", "8", "--resume"])
+    (out / "metrics.json").unlink()
+    result = train(["--out", out, "--resume"])
     assert result.exit_code == 0, result.output
-    assert "Resuming after epoch 1" in result.output
+    assert "All 1 epochs are done" in result.output
     history = json.loads((out / "metrics.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2]
+    assert [h["epoch"] for h in history] == [1]
 
 
 def test_ctrl_c_keeps_checkpoint_and_exits_cleanly(dataset, tmp_path, monkeypatch):
@@ -181,3 +182,24 @@ def test_augment_flip_only_mirrors_and_keeps_shape():
     torch.testing.assert_close(flipped, torch.flip(x, dims=[3]), atol=1e-5, rtol=0)
     same = augment(x, g, rotation=0, translate=0, scale=0, hflip=0.0)
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+
+
+def test_cross_validation_writes_every_fold_and_resumes(tmp_path):
+    from tests.conftest import make_dataset
+
+    data = make_dataset(tmp_path / "d", per_class=6)
+    out = tmp_path / "cv"
+    result = train(["--data", data, "--out", out, "--cv", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "cv.json").read_text())
+    assert [f["fold"] for f in report["folds"]] == [1, 2] and report["complete"]
+    assert sum(f["validation_images"] for f in report["folds"]) == 24  # every image validated once
+    f2 = [f["f2_macro"] for f in report["folds"]]
+    assert report["summary"]["f2_macro"]["mean"] == pytest.approx(np.mean(f2))
+    assert report["summary"]["f2_macro"]["std"] == pytest.approx(np.std(f2, ddof=1))
+    assert (out / "cv.png").is_file() and (out / "fold-2" / "model.pth").is_file()
+    val1 = set(torch.load(out / "fold-1" / "model.pth", weights_only=True)["data"]["val_files"])
+    val2 = set(torch.load(out / "fold-2" / "model.pth", weights_only=True)["data"]["val_files"])
+    assert not val1 & val2
+    again = train(["--data", data, "--out", out, "--cv", "2", *FAST])
+    assert again.exit_code == 0 and again.output.count("reusing") == 2

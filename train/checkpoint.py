@@ -29,14 +29,29 @@ def save_atomic(obj, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_file(path: Path) -> dict:
+def torch_load(path: Path, missing: str, what: str) -> object:
+    """weights_only torch.load; CheckpointError with `missing` or "not a readable <what>" instead of a traceback."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train one with tumor-train or pass --checkpoint")
+        raise CheckpointError(missing)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(exc).__name__})") from None
+        raise CheckpointError(f"{path} is not a readable {what} ({type(exc).__name__})") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The resumable training state (checkpoint.pth); CheckpointError if it is missing or unreadable."""
+    state = torch_load(path, f"nothing to resume: {path} does not exist", "training checkpoint")
+    needed = ("epoch", "config", "model", "ema", "optimizer", "scheduler", "generator", "history", "best")
+    if not isinstance(state, dict) or not all(k in state for k in needed) or not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path} is not a tumor-train resumable checkpoint")
+    return state
+
+
+def load_file(path: Path) -> dict:
+    obj = torch_load(path, f"checkpoint {path} does not exist; train one with tumor-train or pass --checkpoint",
+                     "torch checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tumor-kit model checkpoint (format {FORMAT} expected)")
     return obj

@@ -3,72 +3,132 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
-from dataclasses import fields
 
 import click
+from click.core import ParameterSource
 
+from tumor_runtime import __version__
+from tumor_runtime.cli_common import FiniteFloat, fail
 from tumor_train.config import TrainConfig
 
 DEFAULTS = TrainConfig()
+# Options that may differ when a run is resumed: where the data and the threads are on this machine.
+RESUME_MAY_CHANGE = {"data", "threads", "out"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data", default=DEFAULTS.data, show_default=True, type=click.Path(file_okay=False),
               help="Dataset root: Train/ (or Training/), optional Validation/ and Testing/, one folder per class; "
                    "or a plain folder of class folders.")
-@click.option("--out", default=DEFAULTS.out, show_default=True, type=click.Path(file_okay=False),
-              help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots "
+                   "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.")
 @click.option("--arch", default=DEFAULTS.arch, show_default=True,
               help="Architecture: compact (~0.9M parameters at width 40) or alexnet (the ~58M reference).")
-@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1, 65_536))
+@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=FiniteFloat(0, 10, low_open=True),
               help="Peak AdamW learning rate (warm-up, then cosine decay).")
-@click.option("--width", default=DEFAULTS.width, show_default=True, type=click.IntRange(4),
+@click.option("--width", default=DEFAULTS.width, show_default=True, type=click.IntRange(4, 4096),
               help="Channels of the compact model's stem.")
 @click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True,
-              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              type=FiniteFloat(0, 0.9, low_open=True),
               help="Validation share when there is no Validation folder (duplicates grouped).")
-@click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=FiniteFloat(0, 1),
               help="Thumbnail correlation at which two images count as near-duplicates.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int)
 @click.option("--bf16/--no-bf16", default=DEFAULTS.bf16, show_default=True,
               help="bf16 autocast on CPUs with native bf16.")
-@click.option("--threads", default=DEFAULTS.threads, show_default=True, type=click.IntRange(0),
+@click.option("--threads", default=DEFAULTS.threads, show_default=True, type=click.IntRange(0, 4096),
               help="Torch threads; 0 = all cores available.")
 @click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=click.IntRange(0),
               help="Use at most this many training images per class (quick trials); 0 = all.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pth.")
-def main(resume: bool, **options) -> None:
+@click.option("--cv", "folds", default=0, type=click.IntRange(0, 20),
+              help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "
+                   "writes OUT/cv.json (mean ± std macro F2, accuracy, tumour sensitivity) and cv.png; 0 = off.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
+                   "with (only --data and --threads may change).")
+@click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
+@click.version_option(__version__, "--version", prog_name="tumor-train")
+def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     """Train a brain-tumour MRI classifier (glioma, meningioma, notumor, pituitary).
 
     Selects the epoch with the best validation macro F2 and writes model.pth, the dynamic
     int8 model_quantized.pth, metrics.json, history.csv and plots into --out.
     """
+    from tumor_runtime.cli_common import interrupted_exit_code, raise_on_sigterm, require_extra
+
+    require_extra("train", "tumor-train")
+    raise_on_sigterm()
+    from tumor_train.checkpoint import CheckpointError
+    from tumor_train.data import DataError
     from tumor_train.models import ARCHITECTURES
+    from tumor_train.trainer import Interrupted, OutputError, run
 
     if options["arch"] not in ARCHITECTURES:
         fail(f"unknown --arch {options['arch']!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in options.items() if k in known})
-    from tumor_train.checkpoint import CheckpointError
-    from tumor_train.data import DataError
-    from tumor_train.trainer import Interrupted, run
-
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    if folds == 1:
+        fail("--cv needs at least 2 folds")
     try:
+        if folds:
+            return cross_validate(options, folds)
+        cfg = resumed_config(options) if resume else new_config(options, overwrite)
         metrics = run(cfg, resume=resume)
-    except (DataError, CheckpointError) as exc:
+    except (DataError, CheckpointError, OutputError, ValueError) as exc:
         fail(str(exc))
     except Interrupted as exc:
         click.echo(f"Stopped: {exc}", err=True)
-        sys.exit(130)
+        sys.exit(143 if exc.terminated else 130)
+    except KeyboardInterrupt as exc:  # during data preparation: nothing to keep
+        click.echo("Stopped: interrupted before training started", err=True)
+        sys.exit(interrupted_exit_code(exc))
     val = metrics["validation"]
+    sensitivity = val["tumor_sensitivity"]
     click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "
-               f"{val['accuracy']:.4f}, tumour sensitivity {val['tumor_sensitivity']}. Outputs in {cfg.out}/")
+               f"{val['accuracy']:.4f}, tumour sensitivity "
+               f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}. Outputs in {cfg.out}/")
 
 
-def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
-    sys.exit(2)
+def cross_validate(options: dict, folds: int) -> None:
+    from tumor_train.cv import run_cv
+
+    cfg = TrainConfig(**TrainConfig.known(options | {"out": options["out"] or f"runs/cv-{time.strftime('%Y%m%d-%H%M%S')}"}))
+    summary = run_cv(cfg, folds)["summary"]
+    f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
+    click.echo(f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
+               f"{acc['std']:.4f}, tumour sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json")
+
+
+def new_config(options: dict, overwrite: bool) -> TrainConfig:
+    from pathlib import Path
+
+    out = options["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    if not overwrite and any((Path(out) / name).exists() for name in ("model.pth", "checkpoint.pth")):
+        raise ValueError(f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
+                         "or choose another --out")
+    return TrainConfig(**TrainConfig.known(options | {"out": out}))
+
+
+def resumed_config(options: dict) -> TrainConfig:
+    """The configuration saved in OUT/checkpoint.pth; options given explicitly must agree with it."""
+    from pathlib import Path
+
+    from tumor_train.checkpoint import read_checkpoint
+    from tumor_train.trainer import CHECKPOINT
+
+    if not options["out"]:
+        raise ValueError("--resume needs --out: the run folder that holds checkpoint.pth")
+    saved = TrainConfig.known(read_checkpoint(Path(options["out"]) / CHECKPOINT)["config"])
+    ctx = click.get_current_context()
+    explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    conflicts = [f"--{k.replace('_', '-')} {options[k]} (the run has {saved[k]})" for k in sorted(explicit)
+                 if k in saved and k not in RESUME_MAY_CHANGE and options[k] != saved[k]]
+    if conflicts:
+        raise ValueError(f"--resume continues the run as it was configured; these options differ: "
+                         f"{'; '.join(conflicts)}")
+    changes = {k: options[k] for k in RESUME_MAY_CHANGE & explicit}
+    return TrainConfig(**(TrainConfig.known(saved) | changes | {"out": options["out"]}))

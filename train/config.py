@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass
 class TrainConfig:
     data: str = "Data"  # dataset root: DIR/Train (or Training), optional Validation, Testing; or DIR/<class>/
-    out: str = "artifacts"  # where model.pth, metrics.json, plots and the resumable checkpoint go
+    out: str = ""  # where model.pth, metrics.json, plots and the resumable checkpoint go; "" = runs/<time>/
     arch: str = "compact"  # model registry key: "compact" (default, ~0.9M params at width 40) or "alexnet" (reference, ~58M)
     width: int = 40  # compact only: channels of the stem; later stages use 2x, 4x, 8x (40: ~0.9M parameters)
     dropout: float = 0.3  # dropout before the classifier (alexnet uses 0.5 as the original)
@@ -31,3 +31,26 @@ class TrainConfig:
     bf16: bool = True  # bf16 autocast for training on CPUs with native bf16 (AVX512-BF16 / AMX); ignored elsewhere
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)
     max_per_class: int = 0  # cap on training images per class, for quick trials; 0 = all
+
+    # (low, high, low_open) for every float knob: NaN or out-of-range values are refused, not trained with.
+    FLOAT_RANGES = {"dropout": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 10.0, False),
+                    "warmup_epochs": (0.0, 1e6, False), "label_smoothing": (0.0, 1.0, False),
+                    "val_fraction": (0.0, 0.9, True), "dup_threshold": (0.0, 1.0, False),
+                    "rotation": (0.0, 180.0, False), "translate": (0.0, 1.0, False), "scale": (0.0, 0.9, False),
+                    "hflip": (0.0, 1.0, False), "intensity": (0.0, 0.9, False), "ema_decay": (0.0, 1.0, False)}
+
+    def check(self) -> None:
+        """ValueError naming the first field that is not finite and in range."""
+        from tumor_runtime.validate import finite_in_range, int_in_range
+
+        for name, (low, high, low_open) in self.FLOAT_RANGES.items():
+            finite_in_range(name, getattr(self, name), low, high, low_open)
+        for name, low in (("width", 4), ("epochs", 1), ("batch_size", 1), ("image_size", 32), ("threads", 0),
+                          ("max_per_class", 0)):
+            int_in_range(name, getattr(self, name), low, 1 << 20)
+
+    @classmethod
+    def known(cls, options: dict) -> dict:
+        """The entries of `options` that are TrainConfig fields (older checkpoints may hold others)."""
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in options.items() if k in names}

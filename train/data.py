@@ -9,6 +9,7 @@ augmentation applied after collation.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tumor_runtime.preprocess import ImageError, is_image_file, load_gray
+from tumor_runtime.inputs import images_in
+from tumor_runtime.preprocess import ImageError, load_gray
 
 TRAIN_NAMES = ("Train", "Training")
 VALIDATION_NAMES = ("Validation", "Val")
@@ -64,19 +66,37 @@ def class_names(train_dir: Path) -> list[str]:
 
 
 def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[list[Path], np.ndarray]:
-    """Sorted image files per class folder; a missing or empty class folder is an error."""
+    """Sorted image files per class folder (`images_in`, not recursive); a missing, unreadable or empty
+    class folder is an error."""
     paths, labels = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
         if not folder.is_dir():
             raise DataError(f"class folder {folder} is missing")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+        errors: list = []
+        files = images_in(folder, recursive=False, errors=errors)
+        if errors:
+            raise DataError(f"class folder {folder} cannot be read: {errors[0].reason}")
         if not files:
             raise DataError(f"class folder {folder} has no images (.jpg, .png, .bmp, .tif)")
         files = files[:limit] if limit else files
         paths += files
         labels += [label] * len(files)
     return paths, np.asarray(labels, dtype=np.int64)
+
+
+def require_every_class(split: "ImageSet", classes: list[str], name: str) -> None:
+    """After decoding: a class with no readable image would train silently without it. Refuse."""
+    counts = np.bincount(split.labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise DataError(f"no readable {name} images for class {', '.join(empty)}: every file of it was "
+                        "skipped as unreadable (see the warnings above)")
+
+
+def relative_to_root(path: Path, root: Path) -> str:
+    """`path` relative to the dataset root without resolving symlinks (class folders may be links)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
 def decode_images(paths: list[Path], labels: np.ndarray, size: int, progress=None) -> ImageSet:
@@ -148,3 +168,61 @@ def augment(batch: torch.Tensor, generator: torch.Generator, rotation: float, tr
 def to_input(images_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, H, W) -> float (N, 1, H, W), the torch twin of tumor_runtime.preprocess.normalize."""
     return (images_u8.unsqueeze(1).float() / 255.0 - mean) / std
+
+
+@dataclass
+class PreparedData:
+    """Everything a run trains and validates on, decoded once."""
+
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet | None
+    root: Path  # the dataset root as given (absolute, symlinks kept)
+    train_dir: Path
+    val_files: list[str]  # validation files relative to `root`, recorded in model.pth for the export gate
+    info: dict  # duplicate groups and skipped files, for metrics.json
+
+
+def load_split(folder: Path, classes: list[str], size: int, name: str, limit: int = 0) -> ImageSet:
+    from tqdm import tqdm
+
+    paths, labels = list_images(folder, classes, limit)
+    with tqdm(total=len(paths), desc=f"decode {name}", unit="img", leave=False) as bar:
+        split = decode_images(paths, labels, size, bar)
+    require_every_class(split, classes, name)
+    return split
+
+
+def prepare_data(cfg) -> PreparedData:
+    """Decode the splits (cfg: a TrainConfig); without a Validation folder, carve one with duplicate
+    groups kept whole. Every check that could fail after training is done here, before it."""
+    from tumor_train.dedup import duplicate_groups, grouped_split
+
+    root = Path(os.path.abspath(cfg.data))
+    splits = find_splits(root)
+    classes = class_names(splits["train"])
+    train = load_split(splits["train"], classes, cfg.image_size, "train", cfg.max_per_class)
+    skipped = list(train.skipped)
+    info = {"train_dir": str(splits["train"]), "duplicate_groups": None}
+    if splits["validation"] is not None:
+        val = load_split(splits["validation"], classes, cfg.image_size, "validation")
+        skipped += val.skipped
+    else:
+        groups = duplicate_groups(train.paths, train.images, cfg.dup_threshold)
+        sizes = np.unique(groups, return_counts=True)[1]
+        info["duplicate_groups"] = int((sizes > 1).sum())
+        info["images_in_duplicate_groups"] = int(sizes[sizes > 1].sum())
+        print(f"Found {info['duplicate_groups']} duplicate groups ({info['images_in_duplicate_groups']} images); "
+              "each group stays on one side of the split.")
+        train_idx, val_idx = grouped_split(train.labels, groups, cfg.val_fraction, cfg.seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    test = None
+    if splits["test"] is not None:
+        test = load_split(splits["test"], classes, cfg.image_size, "test")
+        skipped += test.skipped
+    if len(train.labels) == 0 or len(val.labels) == 0:
+        raise DataError("no readable images left for training or validation")
+    info["skipped_files"] = [{"file": f, "reason": r} for f, r in skipped]
+    return PreparedData(classes, train, val, test, root, splits["train"],
+                        [relative_to_root(p, root) for p in val.paths], info)

@@ -1,15 +1,25 @@
-"""`train_one_epoch` and `evaluate`: short functions with explicit arguments."""
+"""The training loop and what it needs: learning-rate schedule, weight average (EMA), resumable state,
+`train_one_epoch` and `evaluate`."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from tumor_runtime.metrics import summarize
+from tumor_train.checkpoint import CheckpointError, read_checkpoint
+from tumor_train.config import TrainConfig
 from tumor_train.data import augment, to_input
+from tumor_train.models import build_model
+
+AUGMENT_FIELDS = ("rotation", "translate", "scale", "hflip", "intensity")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -25,27 +35,100 @@ def autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def train_one_epoch(model: nn.Module, ema, images: torch.Tensor, labels: torch.Tensor, optimizer, scheduler,
-                    criterion, generator: torch.Generator, mean: float, std: float, batch_size: int,
-                    aug: dict, bf16: bool, classes: list[str], progress=None) -> dict:
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up, then cosine decay to zero, per optimizer step."""
+    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    total = max(warmup + 1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+    return factor
+
+
+def ema_update(decay: float):
+    """EMA step with warm-up: the decay grows as (1 + n) / (10 + n) up to `decay`, so short runs
+    are not dominated by the random initial weights."""
+
+    def update(average: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return d * average + (1.0 - d) * current
+
+    return update
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes during training and goes into the resumable checkpoint."""
+
+    model: nn.Module
+    model_args: dict  # the constructor arguments: a resumed run must use the same
+    ema: AveragedModel  # the weight average that is validated, selected and exported
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator  # batch order and augmentation
+
+    @classmethod
+    def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int) -> "TrainingState":
+        model = build_model(cfg.arch, **model_args)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return cls(model, model_args, AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True),
+                   optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
+                   torch.Generator().manual_seed(cfg.seed))
+
+    def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
+        return {"epoch": epoch, "config": asdict(cfg), "arch": cfg.arch, "model_args": self.model_args,
+                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best": best}
+
+    def restore(self, path: Path, cfg: TrainConfig) -> tuple[int, list, dict]:
+        """Load the resumable checkpoint; returns (epochs done, history, best). CheckpointError if it
+        is missing, corrupt, or was trained with another architecture or other model arguments."""
+        state = read_checkpoint(path)
+        saved_arch = state.get("arch", state["config"].get("arch"))
+        saved_args = state.get("model_args")
+        if saved_arch != cfg.arch or (saved_args is not None and saved_args != self.model_args):
+            raise CheckpointError(f"{path} was trained as {saved_arch} {saved_args}, not {cfg.arch} "
+                                  f"{self.model_args}: resume with the same model options")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{path} does not match this model: {str(exc).splitlines()[0]}") from None
+        return state["epoch"], state["history"], state["best"]
+
+
+def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor, stats: tuple[float, float],
+                    cfg: TrainConfig, bf16: bool, classes: list[str], progress=None) -> dict:
     """One pass over uint8 `images` (N, H, W) in a seeded random order, updating the weight average
-    `ema` after each step; returns loss, accuracy and macro F2 of the training batches."""
+    after each step; returns loss, accuracy and macro F2 of the training batches."""
+    model, (mean, std) = state.model, stats
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    aug = {k: getattr(cfg, k) for k in AUGMENT_FIELDS}
     model.train()
-    order = torch.randperm(len(labels), generator=generator)
+    order = torch.randperm(len(labels), generator=state.generator)
     total_loss, preds, seen = 0.0, [], []
-    for step, start in enumerate(range(0, len(order), batch_size)):
-        index = order[start:start + batch_size]
-        x = augment(to_input(images[index], 0.0, 1.0), generator, **aug)  # warp in [0, 1] so padding is black
+    for step, start in enumerate(range(0, len(order), cfg.batch_size)):
+        index = order[start:start + cfg.batch_size]
+        x = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)  # warp in [0, 1]: padding is black
         x = (x - mean) / std
         y = labels[index]
         with autocast(bf16):
             logits = model(x)
             loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
+        state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.ema.update_parameters(model)
         total_loss += loss.item() * len(y)
         preds.append(logits.argmax(1))
         seen.append(y)
@@ -69,7 +152,8 @@ def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, bat
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float,
              classes: list[str]) -> tuple[dict, np.ndarray]:
-    """FP32 evaluation (as the exported model runs): summary dict with 'loss', and the probabilities."""
+    """FP32 evaluation (as the exported model runs): summary dict with 'loss' (unsmoothed cross-entropy),
+    and the probabilities."""
     probs = predict(model, images, mean, std)
     loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), labels).item()
     stats = summarize(labels.numpy(), probs.argmax(1).numpy(), classes)

@@ -25,7 +25,7 @@ def write_history(history: list[dict], path: Path) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -35,15 +35,17 @@ def _save(fig, path: Path) -> None:
 def plot_curves(history: list[dict], out: Path) -> None:
     """accuracy.png and loss.png: train and validation against epochs."""
     epochs = [h["epoch"] for h in history]
+    labels = {"accuracy": ("train (augmented batches)", "validation (EMA weights)"),
+              "loss": ("train: label-smoothed cross-entropy", "validation: plain cross-entropy (EMA weights)")}
     for key, name in (("accuracy", "accuracy.png"), ("loss", "loss.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label=labels[key][0])
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], label=labels[key][1])
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
         ax.legend()
-        _save(fig, out / name)
+        save_figure(fig, out / name)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "Validation") -> None:
@@ -58,7 +60,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{title} confusion matrix")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, classes: list[str], path: Path,
@@ -77,4 +79,4 @@ def plot_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, cla
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ok = true[i] == pred[i]
         ax.set_title(f"true {classes[true[i]]}\npred {classes[pred[i]]}", fontsize=8, color="black" if ok else "red")
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,4 +1,10 @@
-"""A full training run: data -> model -> epochs with checkpoints -> model.pth and reports."""
+"""A full training run: data -> model -> epochs with checkpoints -> model.pth and reports.
+
+The loop's parts (schedule, EMA, resumable state, `train_one_epoch`) are in `engine`; the
+data preparation is in `data`. Everything that could fail after training (folders,
+file names, classes) is checked before the first epoch, and the weights of a finished
+run are in checkpoint.pth before any output is written.
+"""
 
 from __future__ import annotations
 
@@ -6,91 +12,38 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from tumor_runtime.cli_common import Terminated
 from tumor_runtime.fileio import atomic_write_text
-from tumor_runtime.metrics import NEGATIVE_CLASS
 from tumor_runtime.preprocess import RESIZE_METHOD
+from tumor_runtime.tumor import NEGATIVE_CLASS
 from tumor_train import report
 from tumor_train.checkpoint import FORMAT, CheckpointError, save_atomic
 from tumor_train.config import TrainConfig
-from tumor_train.data import DataError, ImageSet, class_names, decode_images, find_splits, list_images, pixel_stats
-from tumor_train.dedup import duplicate_groups, grouped_split
-from tumor_train.engine import cpu_has_native_bf16, evaluate, train_one_epoch
-from tumor_train.models import build_model, count_parameters, model_args_for
+from tumor_train.data import ImageSet, PreparedData, pixel_stats, prepare_data
+from tumor_train.engine import TrainingState, cpu_has_native_bf16, evaluate, train_one_epoch
+from tumor_train.models import count_parameters, model_args_for
 from tumor_train.quantize import save_quantized
 
 CHECKPOINT = "checkpoint.pth"  # resumable state, rewritten atomically after every epoch
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; the message says where the last checkpoint is."""
+    """Ctrl-C or SIGTERM during training; the message says where the last checkpoint is (if any)."""
+
+    def __init__(self, message: str, terminated: bool = False):
+        super().__init__(message)
+        self.terminated = terminated
 
 
-def load_split(folder: Path, classes: list[str], cfg: TrainConfig, name: str, limit: int = 0) -> ImageSet:
-    paths, labels = list_images(folder, classes, limit)
-    with tqdm(total=len(paths), desc=f"decode {name}", unit="img", leave=False) as bar:
-        return decode_images(paths, labels, cfg.image_size, bar)
-
-
-def prepare_data(cfg: TrainConfig) -> dict:
-    """Decode the splits; without a Validation folder, carve one with duplicate groups kept whole."""
-    splits = find_splits(Path(cfg.data))
-    classes = class_names(splits["train"])
-    train = load_split(splits["train"], classes, cfg, "train", cfg.max_per_class)
-    skipped = list(train.skipped)
-    info = {"train_dir": str(splits["train"]), "duplicate_groups": None}
-    if splits["validation"] is not None:
-        val = load_split(splits["validation"], classes, cfg, "validation")
-        skipped += val.skipped
-    else:
-        groups = duplicate_groups(train.paths, train.images, cfg.dup_threshold)
-        sizes = np.unique(groups, return_counts=True)[1]
-        info["duplicate_groups"] = int((sizes > 1).sum())
-        info["images_in_duplicate_groups"] = int(sizes[sizes > 1].sum())
-        print(f"Found {info['duplicate_groups']} duplicate groups ({info['images_in_duplicate_groups']} images); "
-              "each group stays on one side of the split.")
-        train_idx, val_idx = grouped_split(train.labels, groups, cfg.val_fraction, cfg.seed)
-        train, val = train.subset(train_idx), train.subset(val_idx)
-    test = None
-    if splits["test"] is not None:
-        test = load_split(splits["test"], classes, cfg, "test")
-        skipped += test.skipped
-    if len(train.labels) == 0 or len(val.labels) == 0:
-        raise DataError("no readable images left for training or validation")
-    info["skipped_files"] = [{"file": f, "reason": r} for f, r in skipped]
-    return {"classes": classes, "train": train, "val": val, "test": test, "info": info}
-
-
-def ema_update(decay: float):
-    """EMA step with warm-up: the decay grows as (1 + n) / (10 + n) up to `decay`, so short runs
-    are not dominated by the random initial weights."""
-
-    def update(average: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
-        d = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
-        return d * average + (1.0 - d) * current
-
-    return update
-
-
-def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    """Linear warm-up, then cosine decay to zero, per optimizer step."""
-    warmup = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    total = max(warmup + 1, cfg.epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
-
-    return factor
+class OutputError(Exception):
+    """The outputs could not be written (checked before training, or failed after it: weights kept)."""
 
 
 def versions() -> dict:
@@ -99,60 +52,28 @@ def versions() -> dict:
     return {"tumor_kit": tumor_runtime.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
-@dataclass
-class TrainingState:
-    """Everything that changes during training and goes into the resumable checkpoint."""
-
-    model: nn.Module
-    ema: AveragedModel  # the weight average that is validated, selected and exported
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator  # batch order and augmentation
-
-    @classmethod
-    def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int) -> "TrainingState":
-        model = build_model(cfg.arch, **model_args)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return cls(model, AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True), optimizer,
-                   torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
-                   torch.Generator().manual_seed(cfg.seed))
-
-    def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
-        return {"epoch": epoch, "config": asdict(cfg), "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best": best}
-
-    def restore(self, path: Path, cfg: TrainConfig) -> tuple[int, list, dict]:
-        """Load the resumable checkpoint; returns (epochs done, history, best)."""
-        if not path.is_file():
-            raise CheckpointError(f"nothing to resume: {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("config", {}).get("arch") != cfg.arch:
-            raise CheckpointError(f"{path} was trained with --arch {state.get('config', {}).get('arch')}, not {cfg.arch}")
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        return state["epoch"], state["history"], state["best"]
+def check_writable(out: Path) -> None:
+    """Create `out` and a file in it now, not after an hour of training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
 
-def run_epoch(cfg: TrainConfig, state: TrainingState, data: dict, stats: tuple[float, float], bf16: bool,
+def run_epoch(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats: tuple[float, float], bf16: bool,
               epoch: int) -> dict:
     """Train one epoch, validate the weight average; returns the history row."""
-    train, val, classes, (mean, std) = data["train"], data["val"], data["classes"], stats
-    aug = {k: getattr(cfg, k) for k in ("rotation", "translate", "scale", "hflip", "intensity")}
     tic = time.perf_counter()
-    with tqdm(total=math.ceil(len(train.labels) / cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
+    with tqdm(total=math.ceil(len(data.train.labels) / cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
               unit="batch", leave=False) as bar:
-        fit = train_one_epoch(state.model, state.ema, torch.from_numpy(train.images), torch.from_numpy(train.labels),
-                              state.optimizer, state.scheduler, nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing),
-                              state.generator, mean, std, cfg.batch_size, aug, bf16, classes, bar)
+        fit = train_one_epoch(state, torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels),
+                              stats, cfg, bf16, data.classes, bar)
     seconds = time.perf_counter() - tic
-    val_stats, _ = evaluate(state.ema.module, torch.from_numpy(val.images), torch.from_numpy(val.labels), mean, std,
-                            classes)
+    val_stats, _ = evaluate(state.ema.module, torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels),
+                            *stats, data.classes)
     tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
                f"{val_stats['loss']:.4f} F2 {val_stats['f2_macro']:.4f} | {seconds:.1f}s")
     return {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
@@ -160,24 +81,10 @@ def run_epoch(cfg: TrainConfig, state: TrainingState, data: dict, stats: tuple[f
             "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"], "seconds": seconds}
 
 
-def run(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train, select the epoch with the best validation macro F2, and write every output into cfg.out."""
-    out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    bf16 = cfg.bf16 and cpu_has_native_bf16()
-    data = prepare_data(cfg)
-    stats = pixel_stats(data["train"].images)
-    args = model_args_for(cfg.arch, len(data["classes"]), cfg.width, cfg.dropout)
-    state = TrainingState.create(cfg, args, math.ceil(len(data["train"].labels) / cfg.batch_size))
-    start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
-    if resume:
-        start, history, best = state.restore(out / CHECKPOINT, cfg)
-        print(f"Resuming after epoch {start} of {cfg.epochs}.")
-    print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data['train'].labels)} train / "
-          f"{len(data['val'].labels)} validation images; bf16 autocast {'on' if bf16 else 'off'}.")
-    epoch = start
+def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats, bf16: bool, start: int,
+                 history: list, best: dict) -> dict:
+    """Epochs start+1 .. cfg.epochs, a checkpoint after each; returns the best epoch's record."""
+    out, epoch = Path(cfg.out), start
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             history.append(run_epoch(cfg, state, data, stats, bf16, epoch))
@@ -185,13 +92,59 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict:
                 weights = {k: v.clone() for k, v in state.ema.module.state_dict().items()}
                 best = {"epoch": epoch, "f2": history[-1]["val_f2"], "state_dict": weights}
             save_atomic(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted in epoch {epoch}; the checkpoint after epoch {epoch - 1} is in "
-                          f"{out / CHECKPOINT}: continue with --resume") from None
+    except KeyboardInterrupt as exc:
+        saved = (f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
+                 f"tumor-train --out {out} --resume") if epoch > 1 else "no checkpoint was written yet (none is " \
+                                                                      "saved before epoch 1 ends)"
+        raise Interrupted(f"interrupted in epoch {epoch}; {saved}",
+                          terminated=isinstance(exc, Terminated)) from None
+    return best
+
+
+def run(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train, select the epoch with the best validation macro F2, and write every output into cfg.out."""
+    cfg.check()
+    out = Path(cfg.out)
+    if resume:
+        from tumor_train.checkpoint import read_checkpoint
+
+        read_checkpoint(out / CHECKPOINT)  # missing or corrupt: say so before decoding the data
+    check_writable(out)
+    return train_on(cfg, prepare_data(cfg), resume)
+
+
+def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False) -> dict:
+    """The run on prepared data (cross-validation calls this once per fold)."""
+    out = Path(cfg.out)
+    check_writable(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    bf16 = cfg.bf16 and cpu_has_native_bf16()
+    stats = pixel_stats(data.train.images)
+    args = model_args_for(cfg.arch, len(data.classes), cfg.width, cfg.dropout)
+    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size))
+    start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
+    if resume:
+        start, history, best = state.restore(out / CHECKPOINT, cfg)
+        print(f"Resuming after epoch {start} of {cfg.epochs}." if start < cfg.epochs else
+              f"All {cfg.epochs} epochs are done: writing the outputs of the best epoch.")
+    print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
+          f"{len(data.val.labels)} validation images; bf16 autocast {'on' if bf16 else 'off'}.")
+    best = train_epochs(cfg, state, data, stats, bf16, start, history, best)
     if best["state_dict"] is None:
-        raise CheckpointError(f"no epochs to run: {out / CHECKPOINT} already holds {start} of {cfg.epochs} epochs")
+        raise CheckpointError(f"{out / CHECKPOINT} holds no trained weights")
     state.model.load_state_dict(best["state_dict"])
-    return write_outputs(cfg, state.model, args, data, history, best, stats, bf16)
+    try:
+        return write_outputs(cfg, state.model, args, data, history, best, stats, bf16)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(f"interrupted while writing the outputs; the trained weights are in {out / CHECKPOINT}: "
+                          f"tumor-train --out {out} --resume writes them again",
+                          terminated=isinstance(exc, Terminated)) from None
+    except OSError as exc:
+        raise OutputError(f"training finished but the outputs could not be written ({exc.strerror or exc}); the "
+                          f"trained weights are in {out / CHECKPOINT}: tumor-train --out {out} --resume writes "
+                          "them again") from None
 
 
 def split_report(model, split: ImageSet, mean: float, std: float, classes: list[str]) -> tuple[dict, np.ndarray]:
@@ -199,32 +152,31 @@ def split_report(model, split: ImageSet, mean: float, std: float, classes: list[
     return stats, probs.argmax(1)
 
 
-def write_outputs(cfg: TrainConfig, model, args: dict, data: dict, history: list, best: dict,
+def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, history: list, best: dict,
                   stats: tuple[float, float], bf16: bool) -> dict:
-    out, (mean, std), classes = Path(cfg.out), stats, data["classes"]
-    root = Path(cfg.data).resolve()
-    val_files = [str(Path(p).resolve().relative_to(root)) for p in data["val"].paths]
+    """model.pth first (the file later stages need), then the dynamic int8 model, metrics and plots."""
+    out, (mean, std), classes = Path(cfg.out), stats, data.classes
     save_atomic({"format": FORMAT, "arch": cfg.arch, "model_args": args, "state_dict": model.state_dict(),
                  "classes": classes, "negative_class": NEGATIVE_CLASS,
                  "preprocess": {"size": cfg.image_size, "mean": mean, "std": std, "grayscale": True,
                                 "resize": RESIZE_METHOD},
-                 "data": {"root": str(root), "train_dir": data["info"]["train_dir"], "val_files": val_files},
+                 "data": {"root": str(data.root), "train_dir": str(data.train_dir), "val_files": data.val_files},
                  "best_epoch": best["epoch"], "val_f2": best["f2"], "versions": versions()}, out / "model.pth")
     save_quantized(model, cfg.arch, args, out / "model_quantized.pth")
-    validation, val_pred = split_report(model, data["val"], mean, std, classes)
-    test = split_report(model, data["test"], mean, std, classes)[0] if data["test"] is not None else None
+    validation, val_pred = split_report(model, data.val, mean, std, classes)
+    test = split_report(model, data.test, mean, std, classes)[0] if data.test is not None else None
     seconds = [h["seconds"] for h in history]
     metrics = {
         "config": asdict(cfg), "classes": classes, "parameters": count_parameters(model), "bf16_autocast": bf16,
         "best_epoch": best["epoch"], "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
-        "data": {"train_images": len(data["train"].labels), "validation_images": len(data["val"].labels),
-                 "test_images": len(data["test"].labels) if data["test"] is not None else 0,
-                 "mean": mean, "std": std, **data["info"], "skipped_count": len(data["info"]["skipped_files"])},
+        "data": {"train_images": len(data.train.labels), "validation_images": len(data.val.labels),
+                 "test_images": len(data.test.labels) if data.test is not None else 0,
+                 "mean": mean, "std": std, **data.info, "skipped_count": len(data.info["skipped_files"])},
         "history": history, "validation": validation, "test": test, "versions": versions(),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     report.write_history(history, out / "history.csv")
     report.plot_curves(history, out)
     report.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
-    report.plot_predictions(data["val"].images, data["val"].labels, val_pred, classes, out / "predictions.png")
+    report.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")
     return metrics

@@ -1,0 +1,92 @@
+"""What the three commands share: finite float options, one-line errors, missing extras, signals.
+
+Exit codes of every command: 0 done, 1 a partial failure (named on stderr), 2 usage error,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+
+import click
+
+from tumor_runtime.validate import finite_in_range
+
+EXTRAS = {"train": ("torch", "matplotlib", "tqdm", "sklearn"), "export": ("torch", "onnx", "onnxscript")}
+
+
+class FiniteFloat(click.ParamType):
+    """A click option type: a finite float within bounds. click.FloatRange lets NaN through."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        name = param.opts[0] if param is not None and param.opts else "value"
+        try:
+            return finite_in_range(name, value, self.low, self.high, self.low_open)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` (temporary files) runs."""
+
+
+def raise_on_sigterm() -> None:
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class DeferredInterrupts:
+    """Inside this block SIGINT and SIGTERM only set a flag; `check()` raises at a safe point, so an
+    output row is never cut in half (a signal inside a buffered write can lose part of the buffer)."""
+
+    def __enter__(self) -> "DeferredInterrupts":
+        self.received = None
+        self.previous = {sig: signal.signal(sig, self._note) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+
+    def check(self) -> None:
+        if self.received == signal.SIGTERM:
+            raise Terminated()
+        if self.received is not None:
+            raise KeyboardInterrupt()
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted_exit_code(exc: BaseException) -> int:
+    return 143 if isinstance(exc, Terminated) else 130
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr, then exit."""
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_extra(extra: str, command: str) -> None:
+    """Exit with one line naming the extra when its packages are not installed (a runtime-only install)."""
+    missing = [m for m in EXTRAS[extra] if not installed(m)]
+    if missing:
+        fail(f"{command} needs the [{extra}] extra ({', '.join(missing)} not installed): "
+             f'pip install "tumor-kit[{"train" if extra == "export" else extra}]"')

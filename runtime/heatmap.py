@@ -1,0 +1,61 @@
+"""Class activation heat-maps, torch-free: from the model's `cam` output to an overlay PNG.
+
+The compact model ends in global average pooling and one linear layer, so the map of class
+c is exact: cam_c = sum_k W[c, k] * A_k over the last feature map A (13x13 at 227 px). The
+export puts it in the ONNX graph as the output `cam` (N, classes, 13, 13); here it is
+clipped at zero, scaled to [0, 1] and upsampled to the model's input resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CAM_OUTPUT = "cam"
+ALPHA = 0.45  # weight of the colour map over the slice
+
+
+def normalized_cam(maps: np.ndarray, class_index: int, size: int) -> np.ndarray:
+    """maps (classes, h, w) -> float32 (size, size) in [0, 1]: the class's positive evidence, bilinear."""
+    cam = np.maximum(np.asarray(maps[class_index], dtype=np.float32), 0.0)
+    peak = float(cam.max())
+    cam = cam / peak if peak > 0 else np.zeros_like(cam)
+    upsampled = np.asarray(Image.fromarray(cam).resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return np.clip(upsampled, 0.0, 1.0)
+
+
+def colour_map(values: np.ndarray) -> np.ndarray:
+    """float [0, 1] (H, W) -> uint8 RGB (H, W, 3): dark blue -> cyan -> yellow -> red (a 'jet'-like ramp)."""
+    stops = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 255], [255, 255, 0], [255, 128, 0], [200, 0, 0]], float)
+    position = np.clip(values, 0, 1) * (len(stops) - 1)
+    low = np.floor(position).astype(int).clip(0, len(stops) - 2)
+    frac = (position - low)[..., None]
+    return np.rint(stops[low] * (1 - frac) + stops[low + 1] * frac).astype(np.uint8)
+
+
+def overlay(gray: np.ndarray, cam: np.ndarray, legend: str) -> Image.Image:
+    """The slice in gray with the heat-map blended on top and a one-line legend underneath."""
+    base = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    blended = base * (1 - ALPHA * cam[..., None]) + colour_map(cam).astype(np.float32) * ALPHA * cam[..., None]
+    picture = Image.fromarray(np.rint(blended).clip(0, 255).astype(np.uint8), "RGB")
+    canvas = Image.new("RGB", (picture.width, picture.height + 18), "black")
+    canvas.paste(picture, (0, 0))
+    ImageDraw.Draw(canvas).text((4, picture.height + 3), legend, fill="white")
+    return canvas
+
+
+def legend_for(rec: dict) -> str:
+    tumor_p = rec.get("tumor_probability")
+    return (f"{rec['label']} {rec['confidence']:.2f}" +
+            ("" if tumor_p is None else f" | P(tumour) {tumor_p:.2f}"))
+
+
+def heatmap_name(path: str) -> str:
+    """A file name after the input that cannot collide: scan.jpg in two folders -> two names."""
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+    stem = Path(path).name.encode("utf-8", "replace").decode("utf-8").replace("#", "-")
+    return f"{stem}.{digest}.png"

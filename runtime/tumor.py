@@ -1,0 +1,55 @@
+"""Tumour decisions, in one place: P(tumour), the screening flag, its threshold and sensitivity.
+
+P(tumour) = 1 - P(notumor): the probability that the slice shows any tumour class. The
+flag is P(tumour) >= threshold. The threshold is chosen at export on validation data as
+the highest value that still catches `TARGET_SENSITIVITY` of the tumour slices, capped
+at 0.5 so the flag is never less sensitive than "P(tumour) beats P(notumor)".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NEGATIVE_CLASS = "notumor"
+TARGET_SENSITIVITY = 0.995
+MAX_THRESHOLD = 0.5
+
+
+def tumor_probability(probabilities: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS):
+    """(N, classes) or (classes,) probabilities -> P(tumour) of the same leading shape; None without `negative`."""
+    if negative not in classes:
+        return None
+    return 1.0 - np.asarray(probabilities, dtype=np.float64)[..., classes.index(negative)]
+
+
+def flag(tumor_p, threshold: float):
+    """The screening decision: True where P(tumour) reaches the threshold."""
+    return np.asarray(tumor_p) >= threshold
+
+
+def tumor_sensitivity(cm: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS) -> float | None:
+    """Share of tumour images (rows of any class but `negative`) predicted as any tumour class."""
+    if negative not in classes:
+        return None
+    neg = classes.index(negative)
+    tumor_rows = np.delete(np.asarray(cm), neg, axis=0)
+    total = tumor_rows.sum()
+    return float((total - tumor_rows[:, neg].sum()) / total) if total else None
+
+
+def choose_threshold(tumor_p: np.ndarray, is_tumor: np.ndarray, target: float = TARGET_SENSITIVITY) -> float:
+    """Highest threshold (fewest false alarms) whose sensitivity on this set is >= target, capped at 0.5."""
+    scores = np.sort(np.asarray(tumor_p, dtype=np.float64)[np.asarray(is_tumor, bool)])
+    if len(scores) == 0:
+        return MAX_THRESHOLD
+    allowed_misses = int(np.floor((1 - target) * len(scores) + 1e-9))
+    return float(min(scores[allowed_misses], MAX_THRESHOLD))
+
+
+def screening_stats(tumor_p: np.ndarray, is_tumor: np.ndarray, threshold: float) -> dict:
+    """Sensitivity and false-alarm rate of the flag at `threshold` (None where a side is empty)."""
+    flagged = flag(tumor_p, threshold)
+    is_tumor = np.asarray(is_tumor, bool)
+    return {"threshold": float(threshold),
+            "sensitivity": float(flagged[is_tumor].mean()) if is_tumor.any() else None,
+            "false_alarm_rate": float(flagged[~is_tumor].mean()) if (~is_tumor).any() else None}

@@ -1,0 +1,30 @@
+"""Argument checks shared by the Python API and the commands: no NaN, no infinity, no out-of-range.
+
+A NaN threshold would silently turn every tumour flag off (every comparison with NaN is
+False); these checks refuse it instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def finite_in_range(name: str, value, low: float | None = None, high: float | None = None,
+                    low_open: bool = False) -> float:
+    """`value` as a float that is finite and within [low, high] (or (low, high]); ValueError otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    below = low is not None and (number <= low if low_open else number < low)
+    if not math.isfinite(number) or below or (high is not None and number > high):
+        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
+    return number
+
+
+def int_in_range(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)

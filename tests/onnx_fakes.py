@@ -1,0 +1,37 @@
+"""Tiny hand-built ONNX models with tumor-kit metadata, for load-time checks (no torch, no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def metadata(**overrides) -> dict[str, str]:
+    meta = {"classes": json.dumps(CLASSES), "input_size": "227", "mean": "0.2", "std": "0.2",
+            "negative_class": "notumor", "tumor_threshold": "0.5", "arch": "fake", "precision": "fp32"}
+    return meta | {k: str(v) for k, v in overrides.items()}
+
+
+def tiny_model(path: Path, graph_size: int | str = 227, outputs: int = 4, **meta_overrides) -> Path:
+    """image (N, 1, S, S) -> GlobalAveragePool -> Flatten -> Gemm (outputs) -> Softmax = "probabilities"."""
+    weight = numpy_helper.from_array(np.linspace(-1, 1, outputs, dtype=np.float32).reshape(1, outputs), "W")
+    bias = numpy_helper.from_array(np.zeros(outputs, np.float32), "B")
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "fake", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, graph_size, graph_size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", outputs])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in metadata(**meta_overrides).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,158 @@
+"""Class activation heat-maps: the ONNX `cam` output against torch, the runtime's maps and overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+from PIL import Image
+
+from tests.conftest import make_dataset
+from tests.onnx_fakes import metadata
+from tumor_runtime.classifier import Classifier
+from tumor_runtime.model import ModelError, create_session
+
+
+def test_cam_output_matches_torch(trained, exported):
+    """ONNX FP32 `cam` vs torch's own computation (einsum of the head weights and the last feature map):
+    relative difference at most 1e-4 of the map's largest magnitude."""
+    import torch
+
+    from tumor_export.onnx_export import torch_cam
+    from tumor_train.checkpoint import load_model
+
+    model, _ = load_model(trained / "model.pth")
+    x = np.random.default_rng(2).normal(0, 1, (3, 1, 227, 227)).astype(np.float32)
+    session = create_session(exported / "model.onnx")
+    cam, logits = session.run(["cam", "logits"], {"image": x})
+    expected = torch_cam(model, torch.from_numpy(x)).numpy()
+    assert cam.shape == (3, 4, 13, 13)
+    assert np.abs(cam - expected).max() <= 1e-4 * np.abs(expected).max()
+    # The CAM is exact for a GAP + linear head: its spatial mean plus the bias gives the logits.
+    bias = model.head[-1].bias.detach().numpy()
+    np.testing.assert_allclose(cam.mean(axis=(2, 3)) + bias, logits, atol=1e-4)
+
+
+def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tmp_path):
+    """The int8 model has the `cam` output too, and adding it did not change the int8 probabilities:
+    the same graph without `cam`, quantized with the same calibration, gives the same probabilities."""
+    from tumor_export.calibration import ArrayReader, load_inputs, sample_files
+    from tumor_export.quantize import preprocess, quantize_int8
+
+    session = create_session(exported / "model.int8.onnx")
+    assert "cam" in [o.name for o in session.get_outputs()]
+    report = json.loads((exported / "export_report.json").read_text())
+    no_cam = onnx.load(str(exported / "model.onnx"))
+    keep = [o for o in no_cam.graph.output if o.name != "cam"]
+    del no_cam.graph.output[:]
+    no_cam.graph.output.extend(keep)
+    onnx.save(no_cam, str(tmp_path / "nocam.onnx"))
+    preprocess(tmp_path / "nocam.onnx", tmp_path / "nocam.pre.onnx")
+    import torch
+
+    ckpt = torch.load(trained / "model.pth", weights_only=True)
+    excluded = {(Path(ckpt["data"]["root"]) / f).resolve() for f in ckpt["data"]["val_files"]}
+    files = sample_files(Path(report["calibration"]["folder"]), 32, 0, excluded)  # as the export drew them
+    info = Classifier.load(exported / "model.int8.onnx").info
+    calib = load_inputs(files, 227, info.mean, info.std)
+    quantize_int8(tmp_path / "nocam.pre.onnx", tmp_path / "nocam.int8.onnx", ArrayReader(calib, "image"), "percentile")
+    x = calib[:8]
+    with_cam = session.run(["probabilities"], {"image": x})[0]
+    without = create_session(tmp_path / "nocam.int8.onnx").run(["probabilities"], {"image": x})[0]
+    np.testing.assert_allclose(with_cam, without, atol=1e-6)
+    fp32_cam = create_session(exported / "model.onnx").run(["cam"], {"image": x})[0]
+    int8_cam = session.run(["cam"], {"image": x})[0]
+    # int8 features clip their rare brightest activations (percentile calibration), so the maps are
+    # compared by shape: the correlation of each image's predicted-class map, int8 against FP32.
+    predicted = with_cam.argmax(1)
+    corr = [np.corrcoef(fp32_cam[i, c].ravel(), int8_cam[i, c].ravel())[0, 1] for i, c in enumerate(predicted)]
+    print("int8 vs FP32 CAM correlation", np.round(corr, 3))
+    assert np.mean(corr) >= 0.9 and min(corr) >= 0.7
+
+
+def corner_model(path: Path) -> Path:
+    """A fake model whose `cam` is the image itself pooled to 13x13 (every class): where the bright
+    evidence is, the map must be. It checks the runtime's orientation, scaling and upsampling."""
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("Concat", ["flat", "flat", "flat", "flat"], ["logits"], axis=1),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+             helper.make_node("AveragePool", ["image"], ["pooled13"], kernel_shape=[17, 17], strides=[17, 17]),
+             helper.make_node("Concat", ["pooled13"] * 4, ["cam"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "corner", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 227, 227])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, 13, 13])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in metadata(mean="0", std="1").items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("corner", ["top-left", "bottom-right", "top-right"])
+def test_the_map_peaks_where_the_evidence_is(tmp_path, corner):
+    clf = Classifier.load(corner_model(tmp_path / "corner.onnx"))
+    image = np.zeros((227, 227), np.uint8)
+    rows = slice(10, 50) if corner.startswith("top") else slice(177, 217)
+    cols = slice(10, 50) if corner.endswith("left") else slice(177, 217)
+    image[rows, cols] = 255
+    rec = clf.predict([image], heatmaps=True)[0]
+    cam = rec["cam"]
+    assert cam.shape == (227, 227) and cam.dtype == np.float32 and cam.min() >= 0 and 0.95 <= cam.max() <= 1
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
+    assert cam[rows, cols].mean() > 5 * cam.mean()
+
+
+def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(exported, tmp_path):
+    from tumor_runtime.cli import main
+
+    data = make_dataset(tmp_path / "a", per_class=1)
+    make_dataset(tmp_path / "b", per_class=1, seed=5)  # same file names in other folders
+    (tmp_path / "a" / "glioma" / "broken.jpg").write_bytes(b"junk")
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(main, [str(tmp_path / "a"), str(tmp_path / "b"), "-r", "--model",
+                                       str(exported / "model.int8.onnx"), "--heatmaps", str(out), "--format", "jsonl"])
+    assert result.exit_code == 1  # the broken file
+    rows = [json.loads(x) for x in result.stdout.splitlines()]
+    made = [r["heatmap"] for r in rows if r["error"] is None]
+    assert len(made) == 8 and len(set(made)) == 8 and sorted(map(str, out.iterdir())) == sorted(made)
+    assert [r["heatmap"] for r in rows if r["error"]] == [None]
+    picture = Image.open(made[0])
+    assert picture.mode == "RGB" and picture.width == 227 and picture.height > 227
+    assert "cam" not in rows[0]
+    del data
+
+
+def test_heatmaps_need_a_model_with_cam(tmp_path, images_for_heatmaps=None):
+    from tests.onnx_fakes import tiny_model
+    from tumor_runtime.cli import main
+
+    model = tiny_model(tmp_path / "nocam.onnx")
+    clf = Classifier.load(model)
+    with pytest.raises(ModelError, match="no 'cam' output"):
+        clf.predict([np.zeros((50, 50), np.uint8)], heatmaps=True)
+    assert clf.predict([np.zeros((50, 50), np.uint8)])[0]["error"] is None  # without heat-maps: fine
+    data = make_dataset(tmp_path / "d", per_class=1)
+    result = CliRunner().invoke(main, [str(data), "-r", "--model", str(model), "--heatmaps", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "no 'cam' output" in result.stderr
+
+
+def test_alexnet_exports_without_cam(tmp_path):
+    import torch
+
+    from tumor_export.onnx_export import export_fp32, supports_cam
+    from tumor_train.models import build_model
+
+    alexnet, compact = build_model("alexnet", num_classes=4), build_model("compact", num_classes=4, width=8)
+    assert not supports_cam(alexnet) and supports_cam(compact)
+    assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
+    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam"]
+    del torch

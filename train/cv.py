@@ -1,0 +1,88 @@
+"""Grouped K-fold cross-validation: `tumor-train --cv K`.
+
+The training images are decoded and grouped once (duplicates and near-duplicates stay in
+one fold, each class spread evenly); then one ordinary run per fold (`trainer.train_on`)
+writes OUT/fold-<k>/. cv.json holds per-fold and mean ± std macro F2, accuracy, tumour
+sensitivity and best epoch; cv.png plots them. A fold whose metrics.json exists is
+reused, so an interrupted cross-validation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from tumor_runtime.fileio import atomic_write_text
+from tumor_train.config import TrainConfig
+from tumor_train.data import PreparedData, class_names, find_splits, load_split, relative_to_root
+from tumor_train.dedup import duplicate_groups, grouped_kfold
+from tumor_train.trainer import check_writable, train_on
+
+FIELDS = ("f2_macro", "accuracy", "tumor_sensitivity")
+
+
+def fold_record(fold: int, metrics: dict) -> dict:
+    val = metrics["validation"]
+    return {"fold": fold, "best_epoch": metrics["best_epoch"], "validation_images": val["n_images"],
+            **{key: val[key] for key in FIELDS}}
+
+
+def summarize_folds(folds: list[dict]) -> dict:
+    """Mean and (sample) standard deviation of every figure over the folds."""
+    summary = {}
+    for key in (*FIELDS, "best_epoch"):
+        values = np.array([f[key] for f in folds if f[key] is not None], dtype=np.float64)
+        summary[key] = {"mean": float(values.mean()) if len(values) else None,
+                        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return summary
+
+
+def run_cv(cfg: TrainConfig, folds: int) -> dict:
+    """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
+    cfg.check()
+    out = Path(cfg.out)
+    check_writable(out)
+    root = Path(cfg.data).absolute()
+    train_dir = find_splits(root)["train"]
+    classes = class_names(train_dir)
+    everything = load_split(train_dir, classes, cfg.image_size, "train", cfg.max_per_class)
+    groups = duplicate_groups(everything.paths, everything.images, cfg.dup_threshold)
+    records = []
+    for k, (train_idx, val_idx) in enumerate(grouped_kfold(everything.labels, groups, folds, cfg.seed), start=1):
+        fold_cfg = replace(cfg, out=str(out / f"fold-{k}"))
+        done = Path(fold_cfg.out) / "metrics.json"
+        if done.is_file():
+            metrics = json.loads(done.read_text())
+            print(f"fold {k}/{folds}: reusing {done}")
+        else:
+            print(f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images")
+            val = everything.subset(val_idx)
+            data = PreparedData(classes, everything.subset(train_idx), val, None, root, train_dir,
+                                [relative_to_root(p, root) for p in val.paths],
+                                {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []})
+            metrics = train_on(fold_cfg, data)
+        records.append(fold_record(k, metrics))
+        report = {"folds": records, "summary": summarize_folds(records), "k": folds, "config": asdict(cfg),
+                  "complete": len(records) == folds}
+        atomic_write_text(out / "cv.json", json.dumps(report, indent=2))
+    plot_cv(records, out / "cv.png")
+    return report
+
+
+def plot_cv(records: list[dict], path: Path) -> None:
+    from tumor_train.report import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(records))
+    for i, key in enumerate(FIELDS):
+        values = [r[key] if r[key] is not None else np.nan for r in records]
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=key.replace("_", " "))
+    ax.set_xticks(x, [f"fold {r['fold']}" for r in records])
+    lows = [r[k] for r in records for k in FIELDS if r[k] is not None]
+    ax.set_ylim(max(0.0, min(lows) - 0.02) if lows else 0, 1.0)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Grouped cross-validation (validation split of each fold)")
+    save_figure(fig, path)
