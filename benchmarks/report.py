@@ -99,6 +99,15 @@ def main(path: str) -> None:
         plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
         out += [f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
                 f"({plain / with_maps:.2f}x the time per image)", ""]
+    http = sorted((b["extra_info"] for b in results["benchmarks"] if b["extra_info"].get("kind") == "http"),
+                  key=lambda e: e["concurrency"])
+    if http and "end_to_end" in process:
+        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        out += ["### tumor-serve (HTTP, single-image POSTs from a local client)", "",
+                "| concurrency | requests/s | p50 ms | p99 ms | tumor-infer img/s ÷ requests/s |", "|---|---|---|---|---|"]
+        out += [f"| {e['concurrency']} | {e['requests_per_second']:,.0f} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
+                f"{plain / e['requests_per_second']:.1f}x |" for e in http]
+        out.append("")
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ from tumor_runtime import tumor
 from tumor_runtime.inputs import Unreadable
 from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
 from tumor_runtime.heatmap import CAM_OUTPUT, normalized_cam
-from tumor_runtime.model import ModelError, ModelInfo, available_cores, open_session, output_name
+from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 
@@ -42,8 +43,8 @@ class Classifier:
     """Load once, then `predict` paths or arrays; each result is a dict as tumor-infer's JSON rows."""
 
     def __init__(self, session, info: ModelInfo, threads: int, batch_size: int = 32,
-                 tumor_threshold: float | None = None):
-        self.session, self.info = session, info
+                 tumor_threshold: float | None = None, path: Path | None = None):
+        self.session, self.info, self.path = session, info, path
         self.threads = min(int_in_range("threads", threads, 1, 1 << 16), available_cores())
         self.batch_size = int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         self.tumor_threshold = finite_in_range(
@@ -61,8 +62,26 @@ class Classifier:
         if tumor_threshold is not None:
             finite_in_range("tumor_threshold", tumor_threshold, 0.0, 1.0)
         threads = min(threads, available_cores())
+        path = Path(path) if path is not None else default_model_path()
         session, info = open_session(path, threads, verify)
-        return cls(session, info, threads, batch_size, tumor_threshold)
+        return cls(session, info, threads, batch_size, tumor_threshold, path)
+
+    def card(self) -> dict:
+        """The model card: classes, input, threshold, precision, sha256, version and provenance."""
+        from tumor_runtime.fileio import sha256_file
+
+        info, meta = self.info, self.info.metadata
+        card = {"path": str(self.path), "sha256": sha256_file(self.path) if self.path else None,
+                "classes": info.classes, "negative_class": info.negative_class,
+                "input": {"size": info.input_size, "channels": 1, "mean": info.mean, "std": info.std,
+                          "resize": meta.get("resize")},
+                "tumor_threshold": self.tumor_threshold, "precision": meta.get("precision", "unknown"),
+                "arch": info.arch, "heatmaps": self.has_cam,
+                "version": json.loads(meta.get("exported_with", "{}")).get("tumor_kit")}
+        for key in ("trained_with", "exported_with", "calibration"):
+            if key in meta:
+                card[key] = json.loads(meta[key])
+        return card
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) at the model's input size -> class probabilities (N, classes)."""

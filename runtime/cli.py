@@ -75,7 +75,7 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
     try:
         classifier = Classifier.load(model, threads=threads, batch_size=batch_size, tumor_threshold=tumor_threshold)
         if model_info:
-            click.echo(json.dumps(model_card(classifier, model), indent=2))
+            click.echo(json.dumps(classifier.card(), indent=2))
             return 0
         if evaluate:
             if len(paths) != 1:
@@ -97,24 +97,6 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
         if evaluate:
             return write_evaluation(classifier, records, labels, fmt, stream)
         return write_records(classifier, records, fmt, stream)
-
-
-def model_card(classifier, model) -> dict:
-    from tumor_runtime.fileio import sha256_file
-    from tumor_runtime.model import default_model_path
-
-    info, path = classifier.info, Path(model) if model else default_model_path()
-    meta = info.metadata
-    card = {"path": str(path), "sha256": sha256_file(path), "classes": info.classes,
-            "negative_class": info.negative_class, "input": {"size": info.input_size, "channels": 1,
-                                                             "mean": info.mean, "std": info.std,
-                                                             "resize": meta.get("resize")},
-            "tumor_threshold": info.tumor_threshold, "precision": meta.get("precision", "unknown"), "arch": info.arch,
-            "version": json.loads(meta.get("exported_with", "{}")).get("tumor_kit")}
-    for key in ("trained_with", "exported_with", "calibration", "training"):
-        if key in meta:
-            card[key] = json.loads(meta[key])
-    return card
 
 
 def output_target(output: str | None, inputs: list) -> Path | None:

@@ -35,3 +35,27 @@ def tiny_model(path: Path, graph_size: int | str = 227, outputs: int = 4, **meta
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
+
+
+def conv_model(path: Path, size: int = 32) -> Path:
+    """image (N, 1, S, S) -> Conv 3x3 -> Relu -> Conv 1x1 -> GlobalAveragePool -> Gemm -> Softmax: three
+    quantizable layers, for the parity gate's tests (a trained model is not needed)."""
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name) for name, shape in
+            (("W1", (4, 1, 3, 3)), ("W2", (4, 4, 1, 1)), ("W3", (4, 4)), ("B3", (4,)))]
+    nodes = [helper.make_node("Conv", ["image", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], name="conv2"),
+             helper.make_node("GlobalAveragePool", ["c2"], ["pooled"], name="gap"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "W3", "B3"], ["logits"], name="gemm", transB=1),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
+    graph = helper.make_graph(
+        nodes, "convs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in metadata(input_size=size).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path

@@ -145,20 +145,18 @@ def test_search_stops_when_no_candidates_are_left():
     assert kept == ["a"] and best.f2 == 0.80
 
 
-def test_gate_leaves_the_chosen_model_on_disk(trained, tmp_path, monkeypatch):
+def test_gate_leaves_the_chosen_model_on_disk(tmp_path, monkeypatch):
     """quantize_with_gate: the file left behind is the chosen trial's, not the last one tried."""
     import onnx
 
     import tumor_export.gate as gate
+    from tests.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
-    from tumor_export.onnx_export import export_fp32
     from tumor_export.quantize import preprocess, quantizable_nodes
-    from tumor_train.checkpoint import load_model
 
-    model, _ = load_model(trained / "model.pth")
-    export_fp32(model, 227, tmp_path / "m.onnx")
-    preprocess(tmp_path / "m.onnx", tmp_path / "pre.onnx")
+    preprocess(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
     nodes = quantizable_nodes(tmp_path / "pre.onnx")
+    assert len(nodes) == 3
     wanted = nodes[1]  # not the last candidate: a missing re-quantization would leave the last one
 
     def float_nodes(path) -> set[str]:
@@ -170,7 +168,7 @@ def test_gate_leaves_the_chosen_model_on_disk(trained, tmp_path, monkeypatch):
         return Scored(np.zeros((1, 4)), 1.0 if float_nodes(path) == {wanted} else 0.5)
 
     monkeypatch.setattr(gate, "score", fake_score)
-    inputs = np.random.default_rng(0).standard_normal((16, 1, 227, 227)).astype(np.float32)
+    inputs = np.random.default_rng(0).standard_normal((16, 1, 32, 32)).astype(np.float32)
     best, kept, _ = gate.quantize_with_gate(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"),
                                             Scored(np.zeros((1, 4)), 1.0), inputs, np.zeros(16), CLASSES, 0.005,
                                             "minmax", "u8", log=lambda m: None)
@@ -456,3 +454,106 @@ def test_grouped_kfold_places_big_groups_first():
     groups = np.array([0, 0, 0, 0, 0, 5, 6, 7, 8, 9])  # one group of 5 and five singletons
     loads = sorted(len(val) for _, val in grouped_kfold(labels, groups, 2, seed=0))
     assert loads == [5, 5]
+
+
+def reference_gray(img: Image.Image) -> np.ndarray:
+    """An independent reading: deep modes by bit depth (from numpy), colour by luma, alpha over black."""
+    arr = np.asarray(img)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return rescale_to_8bit(arr.astype(np.int64))
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = np.asarray(img.convert("RGBA"), np.float64)
+        luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])
+        return np.rint(luma * rgba[..., 3] / 255).astype(np.uint8)
+    return np.asarray(img.convert("L"))
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I;16L", "I;16B", "I", "F", "RGBA", "LA", "PA", "P", "P-transparent",
+                                  "1", "RGB", "CMYK", "YCbCr"])
+def test_every_mode_converts_to_the_reference_gray(mode):
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 256, (12, 12)).astype(np.uint8)
+    gray[0, 0] = 255
+    if mode in ("I;16", "I;16L", "I;16B"):
+        deep = (gray.astype(np.uint32) * 4095 // 255).astype("<u2" if mode != "I;16B" else ">u2")
+        img = Image.frombytes(mode, (12, 12), deep.tobytes())
+    elif mode == "I":
+        img = Image.fromarray(gray.astype(np.int32) * 1000)
+    elif mode == "F":
+        img = Image.fromarray(gray.astype(np.float32) / 255)
+    elif mode in ("RGBA", "LA", "PA"):
+        colour = np.stack([gray, 255 - gray, gray // 2, rng.integers(0, 256, (12, 12)).astype(np.uint8)], axis=2)
+        img = Image.fromarray(colour, "RGBA")
+        img = img if mode == "RGBA" else img.convert("LA") if mode == "LA" else img.convert("PA")
+    elif mode == "P-transparent":
+        img = Image.fromarray(gray).convert("P")
+        img.info["transparency"] = int(np.asarray(img)[0, 0])  # that palette entry is see-through
+    else:
+        img = Image.fromarray(np.stack([gray, 255 - gray, gray // 3], axis=2), "RGB").convert(mode)
+    assert img.mode == mode.split("-")[0]
+    got = np.asarray(to_gray(img))
+    if mode == "P-transparent":
+        see_through = np.asarray(img) == img.info["transparency"]
+        assert got[see_through].max() == 0 and see_through.any()
+        np.testing.assert_array_equal(got[~see_through], np.asarray(img.convert("L"))[~see_through])
+        return
+    if mode == "F":
+        assert np.abs(got.astype(int) - gray).max() <= 1  # float in [0, 1]: its own range
+        return
+    assert np.abs(got.astype(int) - reference_gray(img)).max() <= 1, mode
+
+
+def test_grayscale_jpeg_is_drafted_too(tmp_path):
+    from tumor_runtime.preprocess import open_image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600), dtype=np.uint8)).save(tmp_path / "g.jpg")
+    assert open_image(tmp_path / "g.jpg", 227).size[0] < 600
+    Image.fromarray(np.zeros((600, 600, 3), np.uint8)).convert("CMYK").save(tmp_path / "c.jpg")
+    assert open_image(tmp_path / "c.jpg", 227).size == (600, 600)  # CMYK is not drafted
+
+
+def test_open_image_messages(tmp_path):
+    from tumor_runtime.preprocess import ImageError, open_image
+
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "e.png")
+    assert str(info.value) == "empty file"
+    (tmp_path / "t.png").write_text("text")
+    with pytest.raises(ImageError) as info:
+        open_image(tmp_path / "t.png")
+    assert str(info.value) == "not a readable image (UnidentifiedImageError)"
+
+
+def test_grouped_split_guard_and_share_are_exact():
+    from tumor_train.dedup import grouped_split
+
+    labels = np.zeros(100, int)
+    # target 10 images: a group of 15 (1.5x) may be taken, one of 16 may not; groups of 5 fill the rest
+    for big, allowed in ((15, True), (16, False), (25, False)):
+        groups = np.r_[np.zeros(big, int), big + np.arange(100 - big) // 5]
+        taken = [set(range(big)) <= set(grouped_split(labels, groups, 0.1, seed)[1]) for seed in range(200)]
+        assert any(taken) == allowed, big
+    singles = np.arange(100)
+    assert len(grouped_split(labels, singles, 0.1, 0)[1]) == 10  # stops exactly at the share
+
+
+def test_duplicate_groups_across_chunks(tmp_path):
+    from tests.conftest import synthetic_image
+    from tumor_train.dedup import duplicate_groups, thumbnails
+
+    rng = np.random.default_rng(3)
+    images = [synthetic_image(i % 4, rng) for i in range(7)]
+    images.append(images[1] // 2 + 60)  # same picture, other brightness and contrast: correlation 1
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    stack = np.stack(images)
+    for chunk in (1, 3, 1024):  # the result must not depend on how the correlations are chunked
+        groups = duplicate_groups(paths, stack, 0.92, chunk=chunk)
+        assert groups[7] == groups[1] == 1 and len(set(groups[:7])) == 7
+    thumbs = thumbnails(stack)
+    np.testing.assert_allclose(np.linalg.norm(thumbs, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(thumbs.mean(axis=1), 0, atol=1e-6)
+    assert thumbs[1] @ thumbs[7] == pytest.approx(1, abs=1e-3)

@@ -1,0 +1,86 @@
+"""tumor-serve under load: requests per second and p50/p99 latency of single-image POSTs from a local
+client at concurrency 1, 8 and 32, beside tumor-infer's end-to-end rate on the same images.
+
+Bounded: a fixed number of requests (200 per level with --benchmark-only, 16 in a plain pytest),
+each with a 30 s timeout, only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from benchmarks.conftest import ARTIFACTS, full_run, machine_info
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+
+
+@pytest.fixture(scope="module")
+def server_port():
+    from tumor_runtime.server import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(str(ARTIFACTS / "model.int8.onnx"), load_now=True),
+                                           host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def post_all(port: int, bodies: list[bytes], concurrency: int) -> list[tuple[float, int, bytes]]:
+    """(seconds, status, response body) per request; one keep-alive connection per client thread."""
+    local = threading.local()
+
+    def post(body: bytes):
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        tic = time.perf_counter()
+        local.conn.request("POST", "/predictions/tumor", body=body, headers={"Content-Type": "image/jpeg"})
+        response = local.conn.getresponse()
+        data = response.read()
+        return time.perf_counter() - tic, response.status, data
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(post, bodies))
+
+
+@pytest.mark.parametrize("concurrency", [1, 8, 32])
+def test_http_requests_per_second(benchmark, request, bench_set, server_port, concurrency):
+    import json
+
+    from tumor_runtime.classifier import Classifier
+
+    count = 200 if full_run(request.config) else 16
+    files = [bench_set[0][i % len(bench_set[0])] for i in range(count)]
+    bodies = [f.read_bytes() for f in files]
+    results = {}
+
+    def run():
+        tic = time.perf_counter()
+        results["rows"] = post_all(server_port, bodies, concurrency)
+        results["seconds"] = time.perf_counter() - tic
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    latencies = np.array([r[0] for r in results["rows"]])
+    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "http",
+                                 "concurrency": concurrency, "requests": count,
+                                 "requests_per_second": count / results["seconds"],
+                                 "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+                                 "p99_ms": float(np.percentile(latencies, 99) * 1e3), "machine": machine_info()})
+    assert all(status == 200 for _, status, _ in results["rows"])
+    expected = [r["label"] for r in Classifier.load().predict(files[:16])]
+    assert [json.loads(body)["label"] for _, _, body in results["rows"][:16]] == expected

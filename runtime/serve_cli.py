@@ -1,0 +1,56 @@
+"""`tumor-serve`: run the HTTP service (tumor_runtime.server) with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import click
+
+from tumor_runtime import __version__
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--model", "-m", type=click.Path(dir_okay=False),
+              help="ONNX model exported by tumor-export [default: the shipped int8 model].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: localhost only by default. Another address without a token is warned of.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes, each with its own model session.")
+@click.option("--token", envvar="TUMOR_SERVE_TOKEN", help="Bearer token required on every route but /ping "
+                                                          "[env: TUMOR_SERVE_TOKEN].")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.001, 4096),
+              help="Largest request body; bigger ones get 413.")
+@click.version_option(__version__, "--version", prog_name="tumor-serve")
+def main(model, host, port, workers, token, max_upload_mb) -> None:
+    """Serve the classifier over HTTP (TorchServe's inference API) with a web page at /.
+
+    POST /predictions/tumor with an image body (or a multipart form with files), GET /ping,
+    GET /models/tumor. Research and education only: not a medical device.
+    """
+    from tumor_runtime.cli_common import fail, installed
+
+    missing = [m for m in ("starlette", "uvicorn", "multipart") if not installed(m)]
+    if missing:
+        fail(f'tumor-serve needs the [serve] extra ({", ".join(missing)} not installed): '
+             'pip install "tumor-kit[serve]"')
+    if model and not os.path.isfile(model):
+        fail(f"model {model} does not exist")
+    if not token and not is_loopback(host):
+        click.echo(f"warning: listening on {host} without --token: anyone who can reach it can use the model",
+                   err=True)
+    import uvicorn
+
+    os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",
+                       "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb)})
+    uvicorn.run("tumor_runtime.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")

@@ -1,0 +1,211 @@
+"""`tumor-serve`: the model as a local HTTP service (TorchServe's inference API) with a web page.
+
+Routes: GET / (the page), GET /ping, GET /models/tumor (the model card), POST /predictions/tumor
+(a raw image body, or multipart/form-data with one or more files; ?heatmap=1 adds a base64 PNG
+overlay). One model session per process, loaded once in the background (503 until then);
+inference runs in a thread pool sized to the cores, off the event loop. Errors are JSON
+({"code", "type", "message"}, as TorchServe), never a stack trace. With a token, every route
+but /ping needs `Authorization: Bearer <token>` (the page also takes ?token=).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from tumor_runtime.model import available_cores
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+MODEL_NAME = "tumor"
+# Leading bytes of the formats the service accepts (DICOM: "DICM" at offset 128).
+SIGNATURES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"II*\x00": ".tif", b"MM\x00*": ".tif",
+              b"BM": ".bmp"}
+
+
+class Service:
+    """The loaded classifier (None while loading), its thread pool and the request limits."""
+
+    def __init__(self, model: str | None, token: str | None, max_upload_mb: float):
+        self.model, self.token, self.max_bytes = model, token, int(max_upload_mb * 2**20)
+        self.classifier, self.load_error = None, None
+        self.pool = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="infer")
+
+    def load(self) -> None:
+        from tumor_runtime.classifier import Classifier
+
+        try:
+            self.classifier = Classifier.load(self.model)
+        except Exception as exc:  # reported by every request as 503 with the reason
+            self.load_error = str(exc)
+
+
+def error(code: int, message: str) -> JSONResponse:
+    kinds = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed",
+             413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalServerError",
+             503: "ServiceUnavailable"}
+    return JSONResponse({"code": code, "type": kinds.get(code, "Error"), "message": message}, status_code=code)
+
+
+def suffix_for(data: bytes) -> str | None:
+    """The file suffix for accepted content, by its leading bytes; None if it is not an accepted type."""
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return ".dcm"
+    return next((suffix for magic, suffix in SIGNATURES.items() if data.startswith(magic)), None)
+
+
+def authorized(request: Request, service: Service) -> bool:
+    if not service.token:
+        return True
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
+    return bool(given) and given == service.token
+
+
+async def read_uploads(request: Request, service: Service) -> list[tuple[str, bytes]]:
+    """[(name, bytes)] from a raw body or a multipart form; 413 past the size limit."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > service.max_bytes:
+        raise HTTPException(413, f"the body is over the {service.max_bytes // 2**20} MB limit (--max-upload-mb)")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_part_size=service.max_bytes)
+        files = [(f.filename or f"file{i}", await f.read()) for i, f in
+                 enumerate(v for _, v in form.multi_items() if hasattr(v, "read"))]
+        if not files:
+            raise HTTPException(400, "the form holds no file")
+        return files
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > service.max_bytes:
+            raise HTTPException(413, f"the body is over the {service.max_bytes // 2**20} MB limit (--max-upload-mb)")
+    if not body:
+        raise HTTPException(400, "empty body: send an image, or a multipart form with files")
+    return [(request.query_params.get("filename", "body"), bytes(body))]
+
+
+def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
+    """Runs in the thread pool: each upload through a temporary file, so every input type takes the
+    same path as in tumor-infer (DICOM frames included); rows named after the upload."""
+    from tumor_runtime.heatmap import legend_for, overlay
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
+        for i, (name, data) in enumerate(uploads):
+            path = Path(folder) / f"upload{i}{suffix_for(data)}"
+            path.write_bytes(data)
+            for rec in service.classifier.predict([path], heatmaps=heatmap):
+                cam = rec.pop("cam", None)
+                rec["path"] = name + rec["path"][len(str(path)):]  # keeps a DICOM frame's "#n"
+                if heatmap:
+                    rec["heatmap_png"] = None if cam is None else png_base64(
+                        overlay(slice_gray(rec, path, service.classifier.info.input_size), cam, legend_for(rec)))
+                rows.append(rec)
+    return rows
+
+
+def slice_gray(rec: dict, path: Path, size: int):
+    """The preprocessed slice a row was classified on (a DICOM row: its frame)."""
+    from tumor_runtime.dicom import DicomFrame, load_frame
+    from tumor_runtime.preprocess import load_gray
+
+    if rec.get("dicom") is None:
+        return load_gray(path, size)
+    frame = rec["path"].rsplit("#", 1)[1] if "#" in rec["path"] else None
+    return load_gray(load_frame(DicomFrame(path, int(frame) if frame else None))[0], size)
+
+
+def png_base64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def predictions(request: Request) -> JSONResponse:
+    service: Service = request.app.state.service
+    if service.classifier is None:
+        return error(503, service.load_error or "the model is still loading; try again shortly")
+    uploads = await read_uploads(request, service)
+    unsupported = [name for name, data in uploads if suffix_for(data) is None]
+    if unsupported:
+        return error(415, f"{', '.join(unsupported)}: not a JPEG, PNG, TIFF, BMP or DICOM file")
+    heatmap = request.query_params.get("heatmap", "0").lower() in ("1", "true", "yes")
+    if heatmap and not service.classifier.has_cam:
+        return error(400, "this model has no 'cam' output, so it cannot give heat-maps")
+    loop = asyncio.get_running_loop()
+    rows = await loop.run_in_executor(service.pool, classify, service, uploads, heatmap)
+    failed = [r for r in rows if r["error"]]
+    if failed and len(rows) == 1:
+        return error(400, f"{failed[0]['path']}: {failed[0]['error']}")
+    return JSONResponse(rows[0] if len(rows) == 1 else rows)
+
+
+async def ping(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "Healthy"})
+
+
+async def model_card(request: Request) -> JSONResponse:
+    service: Service = request.app.state.service
+    if service.classifier is None:
+        return error(503, service.load_error or "the model is still loading; try again shortly")
+    return JSONResponse(service.classifier.card())
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
+def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = 20.0,
+               load_now: bool = False) -> Starlette:
+    """The ASGI app. The model loads in a background thread when the server starts (503 until then),
+    or at once with `load_now`."""
+    service = Service(model, token, max_upload_mb)
+
+    async def guard(request: Request, call_next):
+        if request.url.path != "/ping" and not authorized(request, service):
+            return error(401, "missing or wrong bearer token")
+        try:
+            return await call_next(request)
+        except HTTPException as exc:
+            return error(exc.status_code, exc.detail)
+        except Exception as exc:  # never a stack trace in a response
+            return error(500, f"internal error ({type(exc).__name__})")
+
+    async def not_found(request: Request, exc: HTTPException) -> JSONResponse:
+        return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error")
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        if service.classifier is None and service.load_error is None:
+            threading.Thread(target=service.load, daemon=True).start()
+        yield
+        service.pool.shutdown(wait=False)
+
+    routes = [Route("/", page), Route("/ping", ping), Route(f"/models/{MODEL_NAME}", model_card),
+              Route(f"/predictions/{MODEL_NAME}", predictions, methods=["POST"])]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
+    app.add_middleware(BaseHTTPMiddleware, dispatch=guard)
+    app.state.service = service
+    if load_now:
+        service.load()
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """For uvicorn's factory mode (several workers): the options travel in the environment."""
+    return create_app(os.environ.get("TUMOR_SERVE_MODEL") or None, os.environ.get("TUMOR_SERVE_TOKEN") or None,
+                      float(os.environ.get("TUMOR_SERVE_MAX_UPLOAD_MB", "20")))

@@ -1,0 +1,235 @@
+"""tumor-serve: the API with Starlette's test client, and one end-to-end test in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SAMPLES
+
+pytest.importorskip("starlette")
+pytest.importorskip("multipart")
+from starlette.testclient import TestClient  # noqa: E402
+
+from tumor_runtime.classifier import Classifier  # noqa: E402
+from tumor_runtime.server import create_app  # noqa: E402
+
+SAMPLE_FILES = sorted(SAMPLES.rglob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(load_now=True)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def expected():
+    """What tumor-infer's Classifier says about each sample."""
+    return {f.name: rec for f, rec in zip(SAMPLE_FILES, Classifier.load().predict(SAMPLE_FILES))}
+
+
+def test_ping_and_model_card(client):
+    assert client.get("/ping").json() == {"status": "Healthy"}
+    card = client.get("/models/tumor").json()
+    assert card["classes"] == ["glioma", "meningioma", "notumor", "pituitary"] and card["precision"] == "int8"
+    assert len(card["sha256"]) == 64 and card["input"]["size"] == 227 and card["heatmaps"] is True
+
+
+def test_raw_body_gives_the_tumor_infer_record(client, expected):
+    sample = SAMPLE_FILES[0]
+    got = client.post("/predictions/tumor?filename=" + sample.name, content=sample.read_bytes()).json()
+    want = expected[sample.name]
+    assert got["path"] == sample.name
+    assert {k: got[k] for k in ("label", "tumor", "error")} == {k: want[k] for k in ("label", "tumor", "error")}
+    assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+
+
+def test_multipart_with_several_files_gives_a_list(client, expected):
+    files = [("data", (f.name, f.read_bytes(), "image/jpeg")) for f in SAMPLE_FILES[:3]]
+    got = client.post("/predictions/tumor", files=files).json()
+    assert [r["path"] for r in got] == [f.name for f in SAMPLE_FILES[:3]]
+    assert [r["label"] for r in got] == [expected[f.name]["label"] for f in SAMPLE_FILES[:3]]
+
+
+def test_png_tiff_bmp_and_dicom_bodies(client):
+    gray = np.asarray(Image.open(SAMPLE_FILES[0]).convert("L"))
+    labels = set()
+    for fmt in ("PNG", "TIFF", "BMP"):
+        buffer = io.BytesIO()
+        Image.fromarray(gray).save(buffer, format=fmt)
+        response = client.post("/predictions/tumor", content=buffer.getvalue())
+        assert response.status_code == 200, (fmt, response.json())
+        labels.add(response.json()["label"])
+    assert len(labels) == 1
+    pydicom = pytest.importorskip("pydicom")
+    dicom = Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm"
+    got = client.post("/predictions/tumor", content=dicom.read_bytes()).json()
+    assert got["dicom"]["sop_instance_uid"] and got["label"]
+
+
+def test_heatmap_is_a_png_overlay(client):
+    got = client.post("/predictions/tumor?heatmap=1", content=SAMPLE_FILES[1].read_bytes()).json()
+    picture = Image.open(io.BytesIO(base64.b64decode(got["heatmap_png"])))
+    assert picture.format == "PNG" and picture.width == 227
+    assert "heatmap_png" not in client.post("/predictions/tumor", content=SAMPLE_FILES[1].read_bytes()).json()
+
+
+@pytest.mark.parametrize("body, status", [(b"hello, not an image", 415), (b"\xff\xd8\xff\xe0broken jpeg", 400),
+                                          (b"", 400)])
+def test_bad_bodies_get_json_errors(client, body, status):
+    response = client.post("/predictions/tumor", content=body)
+    assert response.status_code == status
+    message = response.json()
+    assert message["code"] == status and message["message"] and "Traceback" not in response.text
+    assert client.get("/ping").status_code == 200  # and the server keeps serving
+
+
+def test_size_limit_is_413():
+    with TestClient(create_app(max_upload_mb=0.01, load_now=True)) as small:
+        response = small.post("/predictions/tumor", content=b"\xff\xd8\xff" + b"\0" * 20_000)
+        assert response.status_code == 413 and response.json()["type"] == "PayloadTooLarge"
+        ok = small.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes()[:10_000])
+        assert ok.status_code in (200, 400)
+
+
+def test_503_until_the_model_is_loaded():
+    app = create_app(load_now=False)  # TestClient without `with`: no startup, so nothing loads
+    client = TestClient(app)
+    response = client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes())
+    assert response.status_code == 503 and response.json()["type"] == "ServiceUnavailable"
+    assert client.get("/models/tumor").status_code == 503 and client.get("/ping").status_code == 200
+    app.state.service.load()
+    assert client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes()).status_code == 200
+
+
+def test_a_bad_model_is_503_with_the_reason(tmp_path):
+    (tmp_path / "bad.onnx").write_text("not a model")
+    with TestClient(create_app(model=str(tmp_path / "bad.onnx"))) as client:
+        for _ in range(50):  # loads in the background
+            response = client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes())
+            if "still loading" not in response.text:
+                break
+            time.sleep(0.05)
+        assert response.status_code == 503 and "not a loadable ONNX model" in response.json()["message"]
+
+
+def test_token_is_checked_on_every_route_but_ping():
+    with TestClient(create_app(token="s3cret", load_now=True)) as client:
+        assert client.get("/ping").status_code == 200
+        for method, route in (("get", "/"), ("get", "/models/tumor"), ("post", "/predictions/tumor")):
+            assert getattr(client, method)(route).status_code == 401
+            wrong = getattr(client, method)(route, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.json()["type"] == "Unauthorized"
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.get("/models/tumor", headers=good).status_code == 200
+        assert client.post("/predictions/tumor", headers=good, content=SAMPLE_FILES[0].read_bytes()).status_code == 200
+        assert client.get("/?token=s3cret").status_code == 200
+
+
+def test_internal_errors_are_json_without_a_stack_trace(client, monkeypatch):
+    service = client.app.state.service
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service.classifier, "predict", broken)
+    response = client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes())
+    assert response.status_code == 500 and response.json()["type"] == "InternalServerError"
+    assert "Traceback" not in response.text and "boom" not in response.text
+
+
+def test_concurrent_requests_give_the_same_answers(client, expected):
+    def post(path: Path) -> tuple[str, str]:
+        return path.name, client.post("/predictions/tumor", content=path.read_bytes()).json()["label"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(post, SAMPLE_FILES * 2))
+    assert all(label == expected[name]["label"] for name, label in answers)
+
+
+def test_page_is_offline_and_says_research_only(client):
+    html = client.get("/").text
+    assert "research use only, not a medical device" in html.lower()
+    assert "http://" not in html and "https://" not in html  # no CDN: works offline
+
+
+def test_serve_without_the_extra_names_it():
+    import subprocess
+    import sys
+
+    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\nfrom tumor_runtime.serve_cli import main\nsys.argv = ['tumor-serve']\n"
+            "main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2 and 'pip install "tumor-kit[serve]"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# A real browser --------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    uvicorn = pytest.importorskip("uvicorn")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(load_now=True), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_browser_uploads_a_slice_and_reads_the_label(live_server, expected, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(live_server + "/")
+        assert "not a medical device" in browser.page_source
+        sample = SAMPLE_FILES[0]
+        browser.find_element(By.ID, "files").send_keys(str(sample))
+        label = WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located((By.ID, "label-0")))
+        assert label.text == expected[sample.name]["label"]
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.CSS_SELECTOR, ".result img").get_attribute(
+            "src").startswith("data:image/png"))  # the heat-map overlay is shown
+        target = os.environ.get("TUMOR_SERVE_SCREENSHOT")  # the README's picture: set it to take a new one
+        browser.save_screenshot(target or str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
