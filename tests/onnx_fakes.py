@@ -37,7 +37,7 @@ def tiny_model(path: Path, graph_size: int | str = 227, outputs: int = 4, **meta
     return path
 
 
-def conv_model(path: Path, size: int = 32) -> Path:
+def conv_model(path: Path, size: int = 32, logits_first: bool = False) -> Path:
     """image (N, 1, S, S) -> Conv 3x3 -> Relu -> Conv 1x1 -> GlobalAveragePool -> Gemm -> Softmax: three
     quantizable layers, for the parity gate's tests (a trained model is not needed)."""
     rng = np.random.default_rng(0)
@@ -52,7 +52,8 @@ def conv_model(path: Path, size: int = 32) -> Path:
              helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
     graph = helper.make_graph(
         nodes, "convs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
+        ([helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])] if logits_first else [])
+        + [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     for key, value in metadata(input_size=size).items():

@@ -749,3 +749,20 @@ def test_fuzz_infer_gives_one_row_per_input_and_keeps_good_files(tmp_path_factor
         assert result.exit_code == int(any(r["error"] for r in rows.values()))
 
     check()
+
+
+def test_evaluate_reports_the_flag_at_the_threshold_in_use(int8, tmp_path):
+    """--tumor-threshold is honoured under --evaluate: the flag's sensitivity and false alarms follow it."""
+    folder = make_dataset(tmp_path / "eval", per_class=3)
+    runs = {t: json.loads(infer([folder, "--evaluate", "--model", int8, "--format", "json",
+                                 "--tumor-threshold", t]).stdout) for t in ("0", "1")}
+    assert runs["0"]["screening"] == {"threshold": 0.0, "sensitivity": 1.0, "false_alarm_rate": 1.0}
+    assert runs["1"]["screening"]["threshold"] == 1.0 and runs["1"]["screening"]["false_alarm_rate"] == 0.0
+    assert runs["0"]["f2_macro"] == runs["1"]["f2_macro"]  # the argmax figures do not depend on it
+    recs = Classifier.load(int8, tumor_threshold=0.5).predict(sorted(folder.rglob("*.jpg")))
+    from tumor_runtime.evaluation import evaluate_records
+
+    labels = [["glioma", "meningioma", "notumor", "pituitary"].index(Path(r["path"]).parent.name) for r in recs]
+    mid = evaluate_records(recs, labels, ["glioma", "meningioma", "notumor", "pituitary"], threshold=0.5)
+    tumours = [r for r, y in zip(recs, labels) if y != 2]
+    assert mid["screening"]["sensitivity"] == pytest.approx(np.mean([r["tumor_probability"] >= 0.5 for r in tumours]))

@@ -15,7 +15,7 @@ from tumor_train.config import TrainConfig
 
 DEFAULTS = TrainConfig()
 # Options that may differ when a run is resumed: where the data and the threads are on this machine.
-RESUME_MAY_CHANGE = {"data", "threads", "out"}
+RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,6 +41,9 @@ RESUME_MAY_CHANGE = {"data", "threads", "out"}
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int)
 @click.option("--bf16/--no-bf16", default=DEFAULTS.bf16, show_default=True,
               help="bf16 autocast on CPUs with native bf16.")
+@click.option("--device", default=DEFAULTS.device, show_default=True,
+              help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Under torchrun each process uses "
+                   "its LOCAL_RANK's GPU (NCCL), or the CPU (gloo).")
 @click.option("--threads", default=DEFAULTS.threads, show_default=True, type=click.IntRange(0, 4096),
               help="Torch threads; 0 = all cores available.")
 @click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=click.IntRange(0),
@@ -50,7 +53,7 @@ RESUME_MAY_CHANGE = {"data", "threads", "out"}
                    "writes OUT/cv.json (mean ± std macro F2, accuracy, tumour sensitivity) and cv.png; 0 = off.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
-                   "with (only --data and --threads may change).")
+                   "with (only --data, --threads and --device may change).")
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
 @click.version_option(__version__, "--version", prog_name="tumor-train")
 def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
@@ -65,6 +68,7 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     raise_on_sigterm()
     from tumor_train.checkpoint import CheckpointError
     from tumor_train.data import DataError
+    from tumor_train.distributed import DeviceError, launched_by_torchrun
     from tumor_train.models import ARCHITECTURES
     from tumor_train.trainer import Interrupted, OutputError, run
 
@@ -73,12 +77,14 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     if folds == 1:
         fail("--cv needs at least 2 folds")
+    if launched_by_torchrun() and not options["out"]:
+        fail("under torchrun, give --out: every process must write to (and resume from) the same folder")
     try:
         if folds:
             return cross_validate(options, folds)
         cfg = resumed_config(options) if resume else new_config(options, overwrite)
         metrics = run(cfg, resume=resume)
-    except (DataError, CheckpointError, OutputError, ValueError) as exc:
+    except (DataError, CheckpointError, OutputError, DeviceError, ValueError) as exc:
         fail(str(exc))
     except Interrupted as exc:
         click.echo(f"Stopped: {exc}", err=True)
@@ -86,6 +92,8 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     except KeyboardInterrupt as exc:  # during data preparation: nothing to keep
         click.echo("Stopped: interrupted before training started", err=True)
         sys.exit(interrupted_exit_code(exc))
+    if "validation" not in metrics:  # another rank of a torchrun: rank 0 reports
+        return
     val = metrics["validation"]
     sensitivity = val["tumor_sensitivity"]
     click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "

@@ -28,7 +28,8 @@ class TrainConfig:
     intensity: float = 0.15  # augmentation: gamma and contrast in [1 - x, 1 + x] (MRI sequences differ); 0 = off
     ema_decay: float = 0.998  # weights are also averaged per step (EMA); validation and export use the average
     seed: int = 0  # seeds the split, the initial weights, the batch order and the augmentation
-    bf16: bool = True  # bf16 autocast for training on CPUs with native bf16 (AVX512-BF16 / AMX); ignored elsewhere
+    bf16: bool = True  # bf16 autocast on GPUs that support it and on CPUs with native bf16 (AVX512-BF16 / AMX)
+    device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda or cuda:N; torchrun: each rank its GPU
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)
     max_per_class: int = 0  # cap on training images per class, for quick trials; 0 = all
 

@@ -19,6 +19,7 @@ from tumor_runtime.fileio import atomic_write_text
 from tumor_train.config import TrainConfig
 from tumor_train.data import PreparedData, class_names, find_splits, load_split, relative_to_root
 from tumor_train.dedup import duplicate_groups, grouped_kfold
+from tumor_train.distributed import launched_by_torchrun, setup
 from tumor_train.trainer import check_writable, train_on
 
 FIELDS = ("f2_macro", "accuracy", "tumor_sensitivity")
@@ -43,8 +44,11 @@ def summarize_folds(folds: list[dict]) -> dict:
 def run_cv(cfg: TrainConfig, folds: int) -> dict:
     """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
     cfg.check()
+    if launched_by_torchrun():
+        raise ValueError("--cv runs its folds one after another in one process: start it without torchrun")
     out = Path(cfg.out)
     check_writable(out)
+    place = setup(cfg.device)
     root = Path(cfg.data).absolute()
     train_dir = find_splits(root)["train"]
     classes = class_names(train_dir)
@@ -63,7 +67,7 @@ def run_cv(cfg: TrainConfig, folds: int) -> dict:
             data = PreparedData(classes, everything.subset(train_idx), val, None, root, train_dir,
                                 [relative_to_root(p, root) for p in val.paths],
                                 {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []})
-            metrics = train_on(fold_cfg, data)
+            metrics = train_on(fold_cfg, data, place=place)
         records.append(fold_record(k, metrics))
         report = {"folds": records, "summary": summarize_folds(records), "k": folds, "config": asdict(cfg),
                   "complete": len(records) == folds}

@@ -156,12 +156,13 @@ def augment(batch: torch.Tensor, generator: torch.Generator, rotation: float, tr
     # affine_grid maps output to input coordinates: inverse rotation and zoom, x mirrored by `flip`.
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    # Parameters are drawn on the CPU generator, so a run is the same random sequence on any device.
+    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
     warped = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if intensity <= 0:
         return warped
-    gamma = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1)
-    contrast = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1)
+    gamma = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1).to(batch.device)
+    contrast = uniform(1 - intensity, 1 + intensity).view(n, 1, 1, 1).to(batch.device)
     return (warped.clamp_min(0) ** gamma * contrast).clamp(0, 1)
 
 

@@ -17,6 +17,7 @@ from tumor_runtime.metrics import summarize
 from tumor_train.checkpoint import CheckpointError, read_checkpoint
 from tumor_train.config import TrainConfig
 from tumor_train.data import augment, to_input
+from tumor_train.distributed import Placement, shard
 from tumor_train.models import build_model
 
 AUGMENT_FIELDS = ("rotation", "translate", "scale", "hflip", "intensity")
@@ -31,8 +32,8 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def autocast(enabled: bool, device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
@@ -59,6 +60,12 @@ def ema_update(decay: float):
     return update
 
 
+def cpu_state(state: dict) -> dict:
+    """A copy of a state dict with every tensor on the CPU: checkpoints load anywhere, and the copy
+    does not follow later training steps."""
+    return {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in state.items()}
+
+
 @dataclass
 class TrainingState:
     """Everything that changes during training and goes into the resumable checkpoint."""
@@ -68,22 +75,31 @@ class TrainingState:
     ema: AveragedModel  # the weight average that is validated, selected and exported
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    generator: torch.Generator  # batch order and augmentation
+    generator: torch.Generator  # batch order and augmentation (on the CPU: the same sequence on any device)
+    place: Placement = Placement(torch.device("cpu"))
+    trainer: nn.Module | None = None  # what the training step calls: the model, or its DDP wrapper
 
     @classmethod
-    def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int) -> "TrainingState":
-        model = build_model(cfg.arch, **model_args)
+    def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int,
+               place: Placement = Placement(torch.device("cpu"))) -> "TrainingState":
+        model = build_model(cfg.arch, **model_args).to(place.device)
+        if place.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        trainer = model
+        if place.world > 1:
+            trainer = nn.parallel.DistributedDataParallel(
+                model, device_ids=[place.device.index] if place.device.type == "cuda" else None)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return cls(model, model_args, AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True),
                    optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
-                   torch.Generator().manual_seed(cfg.seed))
+                   torch.Generator().manual_seed(cfg.seed), place, trainer)
 
     def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
         return {"epoch": epoch, "config": asdict(cfg), "arch": cfg.arch, "model_args": self.model_args,
-                "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "model": cpu_state(self.model.state_dict()), "ema": cpu_state(self.ema.state_dict()),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best": best}
+                "history": history, "best": best, "world_size": self.place.world}
 
     def restore(self, path: Path, cfg: TrainConfig) -> tuple[int, list, dict]:
         """Load the resumable checkpoint; returns (epochs done, history, best). CheckpointError if it
@@ -108,20 +124,26 @@ class TrainingState:
 
 def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Tensor, stats: tuple[float, float],
                     cfg: TrainConfig, bf16: bool, classes: list[str], progress=None) -> dict:
-    """One pass over uint8 `images` (N, H, W) in a seeded random order, updating the weight average
-    after each step; returns loss, accuracy and macro F2 of the training batches."""
-    model, (mean, std) = state.model, stats
+    """One pass over uint8 `images` (N, H, W) (on the training device) in a seeded random order,
+    updating the weight average after each step; returns loss, accuracy and macro F2 of the
+    training batches (of this rank's share under DDP)."""
+    model, (mean, std), place = state.trainer or state.model, stats, state.place
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     aug = {k: getattr(cfg, k) for k in AUGMENT_FIELDS}
     model.train()
-    order = torch.randperm(len(labels), generator=state.generator)
+    order = torch.randperm(len(labels), generator=state.generator)  # the same on every rank
+    mine = shard(order, place)  # this rank's rows of each global batch
     total_loss, preds, seen = 0.0, [], []
     for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-        index = order[start:start + cfg.batch_size]
-        x = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)  # warp in [0, 1]: padding is black
+        index = order[start:start + cfg.batch_size].to(images.device)
+        # The whole global batch is augmented on every rank (one draw sequence whatever the world
+        # size), then each rank keeps its rows: inputs are those of a single-process run.
+        x = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)[mine]  # warp in [0, 1]
         x = (x - mean) / std
-        y = labels[index]
-        with autocast(bf16):
+        if place.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[index][mine]
+        with autocast(bf16, place.device.type):
             logits = model(x)
             loss = criterion(logits.float(), y)
         state.optimizer.zero_grad(set_to_none=True)
@@ -130,22 +152,23 @@ def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Te
         state.scheduler.step()
         state.ema.update_parameters(model)
         total_loss += loss.item() * len(y)
-        preds.append(logits.argmax(1))
-        seen.append(y)
+        preds.append(logits.argmax(1).cpu())
+        seen.append(y.cpu())
         if progress is not None:
             progress.update(1)
             if step % 10 == 0:
                 running = summarize(torch.cat(seen).numpy(), torch.cat(preds).numpy(), classes)
                 progress.set_postfix(loss=f"{total_loss / sum(map(len, seen)):.3f}", f2=f"{running['f2_macro']:.3f}")
     stats = summarize(torch.cat(seen).numpy(), torch.cat(preds).numpy(), classes)
-    return {"loss": total_loss / len(order), "accuracy": stats["accuracy"], "f2": stats["f2_macro"]}
+    return {"loss": total_loss / sum(map(len, seen)), "accuracy": stats["accuracy"], "f2": stats["f2_macro"]}
 
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, mean: float, std: float, batch_size: int = 128) -> torch.Tensor:
-    """Class probabilities (N, classes) in FP32 for uint8 images (N, H, W)."""
+    """Class probabilities (N, classes) in FP32 on the CPU for uint8 images (N, H, W), on the model's device."""
     model.eval()
-    out = [torch.softmax(model(to_input(images[i:i + batch_size], mean, std)), 1)
+    device = next(model.parameters()).device
+    out = [torch.softmax(model(to_input(images[i:i + batch_size].to(device), mean, std)), 1).cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict
@@ -27,7 +28,8 @@ from tumor_train import report
 from tumor_train.checkpoint import FORMAT, CheckpointError, save_atomic
 from tumor_train.config import TrainConfig
 from tumor_train.data import ImageSet, PreparedData, pixel_stats, prepare_data
-from tumor_train.engine import TrainingState, cpu_has_native_bf16, evaluate, train_one_epoch
+from tumor_train.distributed import Placement, setup, teardown
+from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, evaluate, train_one_epoch
 from tumor_train.models import count_parameters, model_args_for
 from tumor_train.quantize import save_quantized
 
@@ -56,26 +58,27 @@ def check_writable(out: Path) -> None:
     """Create `out` and a file in it now, not after an hour of training."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test.tmp"
+        probe = out / f".write-test-{os.getpid()}.tmp"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
 
-def run_epoch(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats: tuple[float, float], bf16: bool,
-              epoch: int) -> dict:
-    """Train one epoch, validate the weight average; returns the history row."""
+def run_epoch(cfg: TrainConfig, state: TrainingState, tensors: dict, classes: list[str], stats: tuple[float, float],
+              bf16: bool, epoch: int) -> dict:
+    """Train one epoch, validate the weight average; returns the history row. `tensors` holds the
+    uint8 images and labels of both splits, already on the training device."""
     tic = time.perf_counter()
-    with tqdm(total=math.ceil(len(data.train.labels) / cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
-              unit="batch", leave=False) as bar:
-        fit = train_one_epoch(state, torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels),
-                              stats, cfg, bf16, data.classes, bar)
+    steps = math.ceil(len(tensors["train_labels"]) / cfg.batch_size)
+    with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+              disable=not state.place.is_main) as bar:
+        fit = train_one_epoch(state, tensors["train_images"], tensors["train_labels"], stats, cfg, bf16, classes, bar)
     seconds = time.perf_counter() - tic
-    val_stats, _ = evaluate(state.ema.module, torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels),
-                            *stats, data.classes)
-    tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
-               f"{val_stats['loss']:.4f} F2 {val_stats['f2_macro']:.4f} | {seconds:.1f}s")
+    val_stats, _ = evaluate(state.ema.module, tensors["val_images"], tensors["val_labels"], *stats, classes)
+    if state.place.is_main:
+        tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
+                   f"{val_stats['loss']:.4f} F2 {val_stats['f2_macro']:.4f} | {seconds:.1f}s")
     return {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
             "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": val_stats["loss"],
             "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"], "seconds": seconds}
@@ -83,15 +86,20 @@ def run_epoch(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats:
 
 def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats, bf16: bool, start: int,
                  history: list, best: dict) -> dict:
-    """Epochs start+1 .. cfg.epochs, a checkpoint after each; returns the best epoch's record."""
-    out, epoch = Path(cfg.out), start
+    """Epochs start+1 .. cfg.epochs, a checkpoint after each (rank 0); returns the best epoch's record."""
+    out, epoch, device = Path(cfg.out), start, state.place.device
+    tensors = {"train_images": torch.from_numpy(data.train.images).to(device),
+               "train_labels": torch.from_numpy(data.train.labels).to(device),
+               "val_images": torch.from_numpy(data.val.images).to(device),
+               "val_labels": torch.from_numpy(data.val.labels)}
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
-            history.append(run_epoch(cfg, state, data, stats, bf16, epoch))
-            if history[-1]["val_f2"] > best["f2"]:
-                weights = {k: v.clone() for k, v in state.ema.module.state_dict().items()}
+            history.append(run_epoch(cfg, state, tensors, data.classes, stats, bf16, epoch))
+            if history[-1]["val_f2"] > best["f2"]:  # the same decision on every rank: same weights, same data
+                weights = cpu_state(state.ema.module.state_dict())
                 best = {"epoch": epoch, "f2": history[-1]["val_f2"], "state_dict": weights}
-            save_atomic(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT)
+            if state.place.is_main:
+                save_atomic(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT)
     except KeyboardInterrupt as exc:
         saved = (f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
                  f"tumor-train --out {out} --resume") if epoch > 1 else "no checkpoint was written yet (none is " \
@@ -102,41 +110,60 @@ def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, sta
 
 
 def run(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train, select the epoch with the best validation macro F2, and write every output into cfg.out."""
+    """Train, select the epoch with the best validation macro F2, and write every output into cfg.out.
+    Under torchrun, every process calls this; rank 0 writes the files and returns the metrics."""
     cfg.check()
     out = Path(cfg.out)
-    if resume:
-        from tumor_train.checkpoint import read_checkpoint
+    place = setup(cfg.device)  # DeviceError before anything else
+    try:
+        if resume:
+            from tumor_train.checkpoint import read_checkpoint
 
-        read_checkpoint(out / CHECKPOINT)  # missing or corrupt: say so before decoding the data
-    check_writable(out)
-    return train_on(cfg, prepare_data(cfg), resume)
+            read_checkpoint(out / CHECKPOINT)  # missing or corrupt: say so before decoding the data
+        check_writable(out)
+        return train_on(cfg, prepare_data(cfg), resume, place)
+    finally:
+        teardown()
 
 
-def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False) -> dict:
-    """The run on prepared data (cross-validation calls this once per fold)."""
+def use_bf16(cfg: TrainConfig, place: Placement) -> bool:
+    if not cfg.bf16:
+        return False
+    return torch.cuda.is_bf16_supported() if place.device.type == "cuda" else cpu_has_native_bf16()
+
+
+def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
+             place: Placement = Placement(torch.device("cpu"))) -> dict:
+    """The run on prepared data (cross-validation calls this once per fold); only rank 0 writes files."""
     out = Path(cfg.out)
     check_writable(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if place.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     torch.manual_seed(cfg.seed)
-    bf16 = cfg.bf16 and cpu_has_native_bf16()
+    bf16 = use_bf16(cfg, place)
     stats = pixel_stats(data.train.images)
     args = model_args_for(cfg.arch, len(data.classes), cfg.width, cfg.dropout)
-    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size))
+    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place)
     start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
     if resume:
         start, history, best = state.restore(out / CHECKPOINT, cfg)
         print(f"Resuming after epoch {start} of {cfg.epochs}." if start < cfg.epochs else
               f"All {cfg.epochs} epochs are done: writing the outputs of the best epoch.")
-    print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
-          f"{len(data.val.labels)} validation images; bf16 autocast {'on' if bf16 else 'off'}.")
+    if place.is_main:
+        print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
+              f"{len(data.val.labels)} validation images; {place.device}"
+              f"{f' x {place.world} processes' if place.world > 1 else ''}; bf16 autocast {'on' if bf16 else 'off'}.")
     best = train_epochs(cfg, state, data, stats, bf16, start, history, best)
     if best["state_dict"] is None:
         raise CheckpointError(f"{out / CHECKPOINT} holds no trained weights")
-    state.model.load_state_dict(best["state_dict"])
+    if not place.is_main:
+        return {"rank": place.rank}
+    model = state.model.to("cpu").to(memory_format=torch.contiguous_format)  # the outputs are CPU files
+    model.load_state_dict(best["state_dict"])
     try:
-        return write_outputs(cfg, state.model, args, data, history, best, stats, bf16)
+        return write_outputs(cfg, model, args, data, history, best, stats, bf16, place)
     except KeyboardInterrupt as exc:
         raise Interrupted(f"interrupted while writing the outputs; the trained weights are in {out / CHECKPOINT}: "
                           f"tumor-train --out {out} --resume writes them again",
@@ -153,7 +180,7 @@ def split_report(model, split: ImageSet, mean: float, std: float, classes: list[
 
 
 def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, history: list, best: dict,
-                  stats: tuple[float, float], bf16: bool) -> dict:
+                  stats: tuple[float, float], bf16: bool, place: Placement = Placement(torch.device("cpu"))) -> dict:
     """model.pth first (the file later stages need), then the dynamic int8 model, metrics and plots."""
     out, (mean, std), classes = Path(cfg.out), stats, data.classes
     save_atomic({"format": FORMAT, "arch": cfg.arch, "model_args": args, "state_dict": model.state_dict(),
@@ -168,6 +195,7 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
     seconds = [h["seconds"] for h in history]
     metrics = {
         "config": asdict(cfg), "classes": classes, "parameters": count_parameters(model), "bf16_autocast": bf16,
+        "placement": place.describe(), "effective_batch_size": cfg.batch_size,
         "best_epoch": best["epoch"], "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
         "data": {"train_images": len(data.train.labels), "validation_images": len(data.val.labels),
                  "test_images": len(data.test.labels) if data.test is not None else 0,
