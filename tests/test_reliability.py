@@ -287,19 +287,18 @@ def test_08_scratch_of_killed_exports_is_cleaned(trained, tmp_path):
 # 9. Calibration sample sizes that are not a multiple of 16 ---------------------------------------
 
 @pytest.mark.parametrize("count", [17, 130, 255])
-def test_09_calibration_counts(trained, tmp_path, count):
+def test_09_calibration_counts(tmp_path, count):
+    """ONNX Runtime's histogram collectors (percentile, entropy) failed on a short last batch: any count
+    over 16 and not a multiple of 16. A small convolutional model is enough to reach that code."""
+    from tests.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
-    from tumor_export.onnx_export import export_fp32
     from tumor_export.quantize import preprocess, quantize_int8
-    from tumor_train.checkpoint import load_model
 
-    model, _ = load_model(trained / "model.pth")
-    export_fp32(model, 227, tmp_path / "m.onnx")
-    preprocess(tmp_path / "m.onnx", tmp_path / "pre.onnx")
-    inputs = np.random.default_rng(count).standard_normal((count, 1, 227, 227)).astype(np.float32)
-    method = "entropy" if count == 130 else "percentile"  # both use the histogram collector that failed
-    quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"), method)
-    assert (tmp_path / "q.onnx").stat().st_size > 0
+    preprocess(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    inputs = np.random.default_rng(count).standard_normal((count, 1, 32, 32)).astype(np.float32)
+    for method in ("percentile", "entropy"):
+        quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"), method)
+        assert (tmp_path / "q.onnx").stat().st_size > 0
 
 
 def test_09_a_corrupt_file_in_the_calibration_sample(trained, tmp_path):
@@ -706,7 +705,7 @@ def test_fuzz_loader_gives_an_image_or_an_image_error(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("fuzz-loader")
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(mangled_file())
     def check(case):
         ext, data = case
@@ -731,7 +730,7 @@ def test_fuzz_infer_gives_one_row_per_input_and_keeps_good_files(tmp_path_factor
     good = SAMPLES / "glioma"
     expected_good = Classifier.load(int8).predict(sorted(good.glob("*.jpg"))[:1])[0]
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(mangled_file(), min_size=1, max_size=4))
     def check(cases):
         folder = root / f"case{len(list(root.iterdir()))}"
