@@ -26,6 +26,14 @@ NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export i
           "(compact models; the reference AlexNet has no global-average-pool head)")
 
 
+def checked_options(threads: int | None, batch_size: int, tumor_threshold: float | None):
+    """(threads capped at the cores available, batch size, threshold or None); ValueError if one is bad."""
+    threads = available_cores() if threads is None else int_in_range("threads", threads, 1, 1 << 16)
+    if tumor_threshold is not None:
+        tumor_threshold = finite_in_range("tumor_threshold", tumor_threshold, 0.0, 1.0)
+    return min(threads, available_cores()), int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE), tumor_threshold
+
+
 def expand_dicom(items: Iterable) -> Iterator:
     """Each DICOM file becomes its frames (one row each); a DICOM file that cannot give frames becomes an
     `Unreadable` with the reason. Everything else passes through. Lazy: folders of any size stream."""
@@ -45,10 +53,9 @@ class Classifier:
     def __init__(self, session, info: ModelInfo, threads: int, batch_size: int = 32,
                  tumor_threshold: float | None = None, path: Path | None = None):
         self.session, self.info, self.path = session, info, path
-        self.threads = min(int_in_range("threads", threads, 1, 1 << 16), available_cores())
-        self.batch_size = int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
+        self.threads, self.batch_size, threshold = checked_options(threads, batch_size, tumor_threshold)
         self.tumor_threshold = finite_in_range(
-            "tumor_threshold", info.tumor_threshold if tumor_threshold is None else tumor_threshold, 0.0, 1.0)
+            "tumor_threshold", info.tumor_threshold if threshold is None else threshold, 0.0, 1.0)
         self.input_name, self.output_name = session.get_inputs()[0].name, output_name(session)
         self.has_cam = CAM_OUTPUT in [o.name for o in session.get_outputs()]
 
@@ -57,11 +64,7 @@ class Classifier:
              tumor_threshold: float | None = None, verify: bool = True) -> "Classifier":
         """Open `path` (default: the shipped int8 model); `threads` defaults to (and is capped at) the cores
         available. Bad arguments raise ValueError before the model is opened."""
-        threads = available_cores() if threads is None else int_in_range("threads", threads, 1, 1 << 16)
-        int_in_range("batch_size", batch_size, 1, MAX_BATCH_SIZE)
-        if tumor_threshold is not None:
-            finite_in_range("tumor_threshold", tumor_threshold, 0.0, 1.0)
-        threads = min(threads, available_cores())
+        threads, batch_size, tumor_threshold = checked_options(threads, batch_size, tumor_threshold)
         path = Path(path) if path is not None else default_model_path()
         session, info = open_session(path, threads, verify)
         return cls(session, info, threads, batch_size, tumor_threshold, path)
@@ -125,7 +128,8 @@ class Classifier:
     def iter_predict(self, items: Iterable, heatmaps: bool = False) -> Iterator[dict]:
         """Stream records in input order; bad items give a record with `error` set, never an exception.
         With `heatmaps`, each record also has "cam": the predicted class's map, float32 in [0, 1] at the
-        model's input resolution (ModelError at once if the model has no `cam` output)."""
+        model's input resolution, and "slice": the uint8 input it was computed on (None for error rows;
+        ModelError at once if the model has no `cam` output)."""
         if heatmaps and not self.has_cam:
             raise ModelError(NO_CAM)
         numbered = enumerate(expand_dicom(items))  # (position, item): arrays are named by position
@@ -152,6 +156,8 @@ class Classifier:
             name = str(item) if isinstance(item, (str, Path, Unreadable, DicomFrame)) else f"<array {position}>"
             cam = cam_by_index.get(i, np.zeros(0)) if heatmaps else None
             rec = self.record(name, by_index.get(i), decoded[i][1], cam)
+            if heatmaps:  # the overlay is drawn on what the model saw, without decoding the file again
+                rec["slice"] = decoded[i][0]
             if isinstance(item, DicomFrame):
                 rec["dicom"] = decoded[i][2]
             yield rec

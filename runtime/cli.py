@@ -153,23 +153,17 @@ def heatmap_folder(folder: str, classifier) -> None:
         raise UsageError(f"cannot write heat-maps to {folder}: {exc.strerror or exc}") from None
 
 
-def write_heatmap(rec: dict, folder: str, size: int) -> None:
-    """DIR/<name>.<hash>.png for a classified file; the record gets its path under "heatmap"."""
-    import io
-
+def write_heatmap(rec: dict, folder: str) -> None:
+    """DIR/<name>.<hash>.png for a classified input; the record gets its path under "heatmap"."""
     from tumor_runtime.fileio import atomic_write_bytes
-    from tumor_runtime.heatmap import heatmap_name, legend_for, overlay
-    from tumor_runtime.preprocess import load_gray
+    from tumor_runtime.heatmap import heatmap_name, overlay_png
 
-    cam = rec.pop("cam", None)
+    png = overlay_png(rec)
     rec["heatmap"] = None
-    if rec["error"] or cam is None:
-        return
-    buffer = io.BytesIO()
-    overlay(load_gray(rec["path"], size), cam, legend_for(rec)).save(buffer, format="PNG")
-    target = Path(folder) / heatmap_name(rec["path"])
-    atomic_write_bytes(target, buffer.getvalue())
-    rec["heatmap"] = str(target)
+    if png is not None:
+        target = Path(folder) / heatmap_name(rec["path"])
+        atomic_write_bytes(target, png)
+        rec["heatmap"] = str(target)
 
 
 def progress(classifier, files, quiet: bool, heatmaps: str | None = None):
@@ -179,7 +173,7 @@ def progress(classifier, files, quiet: bool, heatmaps: str | None = None):
     with bar if bar is not None else contextlib.nullcontext():
         for rec in classifier.iter_predict(files, heatmaps=bool(heatmaps)):
             if heatmaps:
-                write_heatmap(rec, heatmaps, classifier.info.input_size)
+                write_heatmap(rec, heatmaps)
             if rec["error"]:
                 name = rec["path"].encode("utf-8", "backslashreplace").decode("utf-8")
                 click.echo(f"{chr(10) if show else ''}error: {name}: {rec['error']}", err=True)

@@ -9,6 +9,7 @@ clipped at zero, scaled to [0, 1] and upsampled to the model's input resolution.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -52,6 +53,17 @@ def legend_for(rec: dict) -> str:
     tumor_p = rec.get("tumor_probability")
     return (f"{rec['label']} {rec['confidence']:.2f}" +
             ("" if tumor_p is None else f" | P(tumour) {tumor_p:.2f}"))
+
+
+def overlay_png(rec: dict) -> bytes | None:
+    """The overlay PNG of a record from `predict(..., heatmaps=True)`, None for an error row. Takes the
+    record's "cam" and "slice" out, so what remains is the plain JSON record."""
+    cam, gray = rec.pop("cam", None), rec.pop("slice", None)
+    if rec["error"] or cam is None or gray is None:
+        return None
+    buffer = io.BytesIO()
+    overlay(gray, cam, legend_for(rec)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def heatmap_name(path: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import tempfile
 import threading
@@ -99,7 +98,7 @@ async def read_uploads(request: Request, service: Service) -> list[tuple[str, by
 def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
     """Runs in the thread pool: each upload through a temporary file, so every input type takes the
     same path as in tumor-infer (DICOM frames included); rows named after the upload."""
-    from tumor_runtime.heatmap import legend_for, overlay
+    from tumor_runtime.heatmap import overlay_png
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
@@ -107,30 +106,12 @@ def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) 
             path = Path(folder) / f"upload{i}{suffix_for(data)}"
             path.write_bytes(data)
             for rec in service.classifier.predict([path], heatmaps=heatmap):
-                cam = rec.pop("cam", None)
                 rec["path"] = name + rec["path"][len(str(path)):]  # keeps a DICOM frame's "#n"
                 if heatmap:
-                    rec["heatmap_png"] = None if cam is None else png_base64(
-                        overlay(slice_gray(rec, path, service.classifier.info.input_size), cam, legend_for(rec)))
+                    png = overlay_png(rec)
+                    rec["heatmap_png"] = None if png is None else base64.b64encode(png).decode("ascii")
                 rows.append(rec)
     return rows
-
-
-def slice_gray(rec: dict, path: Path, size: int):
-    """The preprocessed slice a row was classified on (a DICOM row: its frame)."""
-    from tumor_runtime.dicom import DicomFrame, load_frame
-    from tumor_runtime.preprocess import load_gray
-
-    if rec.get("dicom") is None:
-        return load_gray(path, size)
-    frame = rec["path"].rsplit("#", 1)[1] if "#" in rec["path"] else None
-    return load_gray(load_frame(DicomFrame(path, int(frame) if frame else None))[0], size)
-
-
-def png_base64(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 async def predictions(request: Request) -> JSONResponse:

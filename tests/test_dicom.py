@@ -166,3 +166,19 @@ def test_without_pydicom_a_dcm_names_the_extra(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert 'pip install "tumor-kit[dicom]"' in json.loads(result.stdout)["error"]
     assert 'tumor-kit[dicom]' in result.stderr
+
+
+def test_heatmaps_of_dicom_frames(tmp_path, slice8):
+    """Overlays are drawn on the decoded frame itself: a DICOM file is never reopened as an image."""
+    from click.testing import CliRunner
+
+    from tumor_runtime.cli import main
+
+    (tmp_path / "in").mkdir()
+    write_dicom(tmp_path / "in" / "multi.dcm", np.stack([slice8, np.fliplr(slice8)]).astype(np.uint16), bits_stored=8)
+    result = CliRunner().invoke(main, [str(tmp_path / "in"), "--heatmaps", str(tmp_path / "maps"), "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in result.stdout.splitlines()]
+    assert [r["path"].rsplit("#", 1)[1] for r in rows] == ["1", "2"]
+    assert len({r["heatmap"] for r in rows}) == 2 and all(Path(r["heatmap"]).is_file() for r in rows)
+    assert all("slice" not in r and "cam" not in r for r in rows)
