@@ -114,7 +114,7 @@ def test_the_map_peaks_where_the_evidence_is(tmp_path, corner):
 def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(exported, tmp_path):
     from tumor_runtime.cli import main
 
-    data = make_dataset(tmp_path / "a", per_class=1)
+    make_dataset(tmp_path / "a", per_class=1)
     make_dataset(tmp_path / "b", per_class=1, seed=5)  # same file names in other folders
     (tmp_path / "a" / "glioma" / "broken.jpg").write_bytes(b"junk")
     out = tmp_path / "maps"
@@ -127,11 +127,10 @@ def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(exported, 
     assert [r["heatmap"] for r in rows if r["error"]] == [None]
     picture = Image.open(made[0])
     assert picture.mode == "RGB" and picture.width == 227 and picture.height > 227
-    assert "cam" not in rows[0]
-    del data
+    assert "cam" not in rows[0] and "slice" not in rows[0]
 
 
-def test_heatmaps_need_a_model_with_cam(tmp_path, images_for_heatmaps=None):
+def test_heatmaps_need_a_model_with_cam(tmp_path):
     from tests.onnx_fakes import tiny_model
     from tumor_runtime.cli import main
 
@@ -146,8 +145,6 @@ def test_heatmaps_need_a_model_with_cam(tmp_path, images_for_heatmaps=None):
 
 
 def test_alexnet_exports_without_cam(tmp_path):
-    import torch
-
     from tumor_export.onnx_export import export_fp32, supports_cam
     from tumor_train.models import build_model
 
@@ -155,4 +152,3 @@ def test_alexnet_exports_without_cam(tmp_path):
     assert not supports_cam(alexnet) and supports_cam(compact)
     assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
     assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam"]
-    del torch

@@ -181,7 +181,6 @@ def test_gate_leaves_the_chosen_model_on_disk(tmp_path, monkeypatch):
 def test_grouped_split_gives_validation_its_share_per_class():
     from tumor_train.dedup import grouped_split
 
-    rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 250)
     groups = np.arange(1000) // 2 * 2  # pairs: each group of two images shares a label
     train, val = grouped_split(labels, groups, 0.15, seed=3)
@@ -193,7 +192,6 @@ def test_grouped_split_gives_validation_its_share_per_class():
     again = grouped_split(labels, groups, 0.15, seed=3)
     assert [a.tolist() for a in again] == [train.tolist(), val.tolist()]
     assert grouped_split(labels, groups, 0.15, seed=4)[1].tolist() != val.tolist()
-    del rng
 
 
 def test_grouped_split_keeps_a_huge_group_in_training():
