@@ -10,9 +10,11 @@ cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data/brain-tumor-mri}"
 OUT="${GPU_CHECK_OUT:-runs/gpu-check}"
 rm -rf "$OUT"
-python - <<'PY'
+python - <<'PY' || exit 2
+import sys
 import torch
-assert torch.cuda.is_available(), "no CUDA device: this check needs a GPU"
+if not torch.cuda.is_available():
+    sys.exit("gpu_check.sh: no CUDA device here (torch.cuda.is_available() is False): run it on a machine with a GPU")
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s): "
       f"{torch.cuda.get_device_name(0)}")
 PY

@@ -39,7 +39,7 @@ def bench_inputs(bench_set, shipped_ckpt) -> np.ndarray:
     from tumor_export.calibration import load_inputs
 
     pre = shipped_ckpt["preprocess"]
-    return load_inputs(bench_set[0], pre["size"], pre["mean"], pre["std"])
+    return load_inputs(bench_set[0], pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,12 @@ class CalibrationError(Exception):
 
 def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = frozenset()) -> list[Path]:
     """`count` image files drawn with a fixed seed from the sorted recursive listing of `folder`."""
-    files = sorted(p for p in images_in(Path(folder), recursive=True) if p.resolve() not in exclude)
+    listed = images_in(Path(folder), recursive=True)
+    files = sorted(p for p in listed if p.resolve() not in exclude)
+    if listed and not files:
+        raise CalibrationError(f"every image under {folder} is an evaluation image, and calibrating on the images "
+                               "that judge the int8 model would flatter it: pass a --calibration folder other than "
+                               "--eval (for example the training images)")
     if not files:
         raise CalibrationError(f"no calibration images (.jpg .png .bmp .tif) under {folder}; pass --calibration DIR")
     rng = np.random.default_rng(seed)
@@ -27,12 +32,12 @@ def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = f
     return [files[i] for i in sorted(chosen)]
 
 
-def load_inputs(files: list[Path], size: int, mean: float, std: float) -> np.ndarray:
+def load_inputs(files: list[Path], size: int, mean: float, std: float, crop: str = "none") -> np.ndarray:
     """float32 (N, 1, size, size) model inputs; unreadable files are left out (N may be 0)."""
     images = []
     for path in files:
         try:
-            images.append(load_gray(path, size))
+            images.append(load_gray(path, size, crop))
         except (ImageError, OSError):
             continue
     stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)

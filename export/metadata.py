@@ -26,6 +26,7 @@ def model_metadata(ckpt: dict, threshold: float) -> dict[str, str]:
         "input_size": str(pre["size"]),
         "grayscale": json.dumps(pre["grayscale"]),
         "resize": pre["resize"],
+        "crop": pre.get("crop", "none"),
         "mean": repr(float(pre["mean"])),
         "std": repr(float(pre["std"])),
         "arch": ckpt["arch"],

@@ -87,7 +87,7 @@ def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> 
         raise DataError(f"calibration folder {folder} does not exist; pass --calibration DIR")
     pre = ckpt["preprocess"]
     files = sample_files(Path(folder), opts.calibration_size, opts.seed, {p.resolve() for p in exclude})
-    inputs = load_inputs(files, pre["size"], pre["mean"], pre["std"])
+    inputs = load_inputs(files, pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
     if len(inputs) == 0:
         raise CalibrationError(f"none of the {len(files)} calibration images drawn from {folder} could be read")
     return inputs, files
@@ -156,7 +156,7 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
                                                                                       tumor.MAX_THRESHOLD)
     else:
         eval_files, labels = labelled
-        eval_inputs = load_inputs(eval_files, pre["size"], pre["mean"], pre["std"])
+        eval_inputs = load_inputs(eval_files, pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
         if len(eval_inputs) != len(labels):
             raise DataError(f"{len(labels) - len(eval_inputs)} of the {len(labels)} evaluation images could not "
                             "be read")

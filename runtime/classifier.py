@@ -47,6 +47,14 @@ def expand_dicom(items: Iterable) -> Iterator:
             yield item
 
 
+def metadata_json(text: str):
+    """A JSON metadata value for the card; the raw text when it is not JSON (or nested past any sense)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 class Classifier:
     """Load once, then `predict` paths or arrays; each result is a dict as tumor-infer's JSON rows."""
 
@@ -77,13 +85,15 @@ class Classifier:
         card = {"path": str(self.path), "sha256": sha256_file(self.path) if self.path else None,
                 "classes": info.classes, "negative_class": info.negative_class,
                 "input": {"size": info.input_size, "channels": 1, "mean": info.mean, "std": info.std,
-                          "resize": meta.get("resize")},
+                          "resize": meta.get("resize"), "crop": info.crop},
                 "tumor_threshold": self.tumor_threshold, "precision": meta.get("precision", "unknown"),
                 "arch": info.arch, "heatmaps": self.has_cam,
-                "version": json.loads(meta.get("exported_with", "{}")).get("tumor_kit")}
+                "version": None}
         for key in ("trained_with", "exported_with", "calibration"):
             if key in meta:
-                card[key] = json.loads(meta[key])
+                card[key] = metadata_json(meta[key])
+        if isinstance(card.get("exported_with"), dict):
+            card["version"] = card["exported_with"].get("tumor_kit")
         return card
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
@@ -120,8 +130,8 @@ class Classifier:
         try:
             if isinstance(item, DicomFrame):
                 gray, dicom = load_frame(item)
-                return load_gray(gray, self.info.input_size), None, dicom
-            return load_gray(item, self.info.input_size), None, None
+                return load_gray(gray, self.info.input_size, self.info.crop), None, dicom
+            return load_gray(item, self.info.input_size, self.info.crop), None, None
         except (ImageError, OSError, ValueError, TypeError) as exc:
             return None, str(exc) or type(exc).__name__, None
 

@@ -80,7 +80,7 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
         if evaluate:
             if len(paths) != 1:
                 raise UsageError("--evaluate takes exactly one folder")
-            files, labels = labelled(paths[0], classifier.info.classes)
+            files, labels = frames_with_labels(*labelled(paths[0], classifier.info.classes))
         else:
             files, labels = collect(list(paths), recursive), None
         target = output_target(output, files)
@@ -99,12 +99,23 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
         return write_records(classifier, records, fmt, stream)
 
 
+def frames_with_labels(files: list, labels: list[int]) -> tuple[list, list[int]]:
+    """Each DICOM file becomes its frames (or one error item) before scoring, each frame with its file's
+    label: one label per row, so a multi-frame file never shifts the labels after it."""
+    from tumor_runtime.classifier import expand_dicom
+
+    pairs = [(item, label) for file, label in zip(files, labels) for item in expand_dicom([file])]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 def output_target(output: str | None, inputs: list) -> Path | None:
     """The regular file that -o names (symlinks followed), or None for stdout; refuses anything else."""
     from tumor_runtime.inputs import UsageError
 
     if output is None or output == "-":
         return None
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        raise UsageError(f"--output {output} names a folder; give a file name, e.g. {output.rstrip('/')}/results.csv")
     target = Path(os.path.realpath(output))
     if target.exists() and not target.is_file():
         raise UsageError(f"--output {output} is not a regular file (a folder, device or pipe); "
@@ -175,7 +186,9 @@ def progress(classifier, files, quiet: bool, heatmaps: str | None = None):
             if heatmaps:
                 write_heatmap(rec, heatmaps)
             if rec["error"]:
-                name = rec["path"].encode("utf-8", "backslashreplace").decode("utf-8")
+                from tumor_runtime.output import one_line
+
+                name = one_line(rec["path"].encode("utf-8", "backslashreplace").decode("utf-8"))
                 click.echo(f"{chr(10) if show else ''}error: {name}: {rec['error']}", err=True)
             if bar is not None:
                 bar.update(1)

@@ -38,10 +38,13 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_on_sigterm() -> None:
+    """SIGTERM raises `Terminated`; SIGINT raises KeyboardInterrupt even when the parent started us with it
+    ignored (a shell's `&`): an interrupt before the first row is then exit 130, never a silent exit 0."""
     def handler(signum, frame):
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class DeferredInterrupts:
@@ -88,5 +91,10 @@ def require_extra(extra: str, command: str) -> None:
     """Exit with one line naming the extra when its packages are not installed (a runtime-only install)."""
     missing = [m for m in EXTRAS[extra] if not installed(m)]
     if missing:
-        fail(f"{command} needs the [{extra}] extra ({', '.join(missing)} not installed): "
-             f'pip install "tumor-kit[{"train" if extra == "export" else extra}]"')
+        name = "train" if extra == "export" else extra  # the export stage ships in the [train] extra
+        fail(f"{command} needs the [{name}] extra ({', '.join(missing)} not installed): {install_hint(name)}")
+
+
+def install_hint(extra: str) -> str:
+    """How to add an extra: from a clone of the repository, where the kit's users get it."""
+    return f'pip install -e ".[{extra}]" in a clone of the repository'

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from tumor_runtime.preprocess import HEATMAP_SUFFIX
+
 CAM_OUTPUT = "cam"
 ALPHA = 0.45  # weight of the colour map over the slice
 
@@ -66,8 +68,13 @@ def overlay_png(rec: dict) -> bytes | None:
     return buffer.getvalue()
 
 
+MAX_STEM_BYTES = 160  # + ".<hash>.heatmap.png" and atomic_path's ".<name>.<random>.tmp" stay under 255 bytes
+
+
 def heatmap_name(path: str) -> str:
-    """A file name after the input that cannot collide: scan.jpg in two folders -> two names."""
+    """A file name after the input that cannot collide (scan.jpg in two folders -> two names), short enough
+    for any file system, and ending in HEATMAP_SUFFIX so that listings never take an overlay for a slice."""
     digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     stem = Path(path).name.encode("utf-8", "replace").decode("utf-8").replace("#", "-")
-    return f"{stem}.{digest}.png"
+    stem = stem.encode("utf-8")[:MAX_STEM_BYTES].decode("utf-8", "ignore")
+    return f"{stem}.{digest}{HEATMAP_SUFFIX}"

@@ -40,11 +40,23 @@ def images_in(folder: Path, recursive: bool, errors: list | None = None) -> list
         if errors is not None:
             errors.append(Unreadable(Path(exc.filename or folder), f"cannot read folder ({exc.strerror or exc})"))
 
-    found = []
-    for root, dirs, files in os.walk(folder, onerror=unreadable):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+    found, seen = [], {os.path.realpath(folder)}
+    # Symlinked folders are followed (class folders are often links into a dataset), each real folder once:
+    # a link back up the tree cannot loop.
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and new_folder(Path(root) / d, seen)] \
+            if recursive else []
         found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f)) or is_dicom_file(Path(root) / f)]
     return found
+
+
+def new_folder(path: Path, seen: set) -> bool:
+    """True the first time a real folder is met (and remembers it)."""
+    real = os.path.realpath(path)
+    if real in seen:
+        return False
+    seen.add(real)
+    return True
 
 
 def collect(paths: list[str], recursive: bool) -> list:

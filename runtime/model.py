@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tumor_runtime.fileio import sha256_file
+from tumor_runtime.preprocess import CROPS
 from tumor_runtime.validate import finite_in_range
 
 MANIFEST = "manifest.json"
@@ -39,16 +40,17 @@ class ModelInfo:
     tumor_threshold: float
     arch: str
     metadata: dict
+    crop: str = "none"  # "brain": cut to the head before resizing (preprocess.brain_box); older models: none
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "ModelInfo":
         try:
-            classes = json.loads(meta["classes"])
+            classes = json.loads(meta["classes"])  # RecursionError below: a metadata bomb
             info = cls(classes=classes, input_size=int(meta["input_size"]), mean=float(meta["mean"]),
                        std=float(meta["std"]), negative_class=str(meta["negative_class"]),
                        tumor_threshold=float(meta["tumor_threshold"]), arch=meta.get("arch", "unknown"),
-                       metadata=dict(meta))
-        except (KeyError, ValueError, TypeError) as exc:
+                       metadata=dict(meta), crop=str(meta.get("crop", "none")))
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise ModelError(f"model metadata is incomplete ({exc}); export it with tumor-export") from None
         info.check()
         return info
@@ -60,6 +62,12 @@ class ModelInfo:
             raise ModelError(f"model metadata lists invalid classes {self.classes!r}")
         if not 0 < self.input_size <= MAX_INPUT_SIZE:
             raise ModelError(f"model metadata input_size {self.input_size} is not in 1..{MAX_INPUT_SIZE}")
+        if self.negative_class not in self.classes:
+            raise ModelError(f"model metadata negative_class {self.negative_class!r} is not one of its classes "
+                             f"{self.classes}: the tumour columns could not be computed")
+        if self.crop not in CROPS:
+            raise ModelError(f"model metadata asks for crop {self.crop!r}, which this runtime does not know "
+                             f"({', '.join(CROPS)}): upgrade tumor-kit")
         if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
             raise ModelError(f"model metadata mean {self.mean} / std {self.std} is invalid (std must be > 0)")
         try:
@@ -97,7 +105,7 @@ def read_manifest(folder: Path) -> dict | None:
             raise TypeError
         if not all(isinstance(v, str) for v in [*files.values(), *replacing.values()]):
             raise TypeError
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise ModelError(f"{manifest} is not a valid manifest (unreadable, or not {{\"files\": {{name: sha256}}}})") from None
     return {"files": files, "replacing": replacing}
 

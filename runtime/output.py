@@ -32,10 +32,11 @@ class Writer:
             self.stream.write(("," if self.count else "") + "\n  " + json.dumps(rec))
         elif self.fmt == "csv":
             probs, dicom = rec["probabilities"] or {}, rec.get("dicom") or {}
-            self.csv.writerow([rec["path"], rec["label"] or "", _num(rec["confidence"]), _num(rec["tumor_probability"]),
+            self.csv.writerow([csv_cell(rec["path"]), rec["label"] or "", _num(rec["confidence"]), _num(rec["tumor_probability"]),
                                "" if rec["tumor"] is None else str(rec["tumor"]).lower(),
                                *[_num(probs.get(c)) for c in self.classes],
-                               *["" if dicom.get(k) is None else dicom[k] for k in DICOM_COLUMNS], rec["error"] or ""])
+                               *["" if dicom.get(k) is None else dicom[k] for k in DICOM_COLUMNS],
+                               csv_cell(rec["error"] or "")])
         else:
             self.stream.write(_table_row(rec))
         self.count += 1
@@ -45,14 +46,29 @@ class Writer:
             self.stream.write("\n]\n" if self.count else "]\n")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A file name or message for a CSV cell: one that a spreadsheet would run as a formula gets a leading
+    apostrophe (OWASP's CSV-injection rule)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def one_line(text: str) -> str:
+    """A name for the table: control characters (a newline in a file name) shown escaped, never obeyed."""
+    return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in text)
+
+
 def _num(value) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
 def _table_row(rec: dict) -> str:
-    path = rec["path"] if len(rec["path"]) <= 48 else "..." + rec["path"][-45:]
+    path = one_line(rec["path"])
+    path = path if len(path) <= 48 else "..." + path[-45:]
     if rec["error"]:
-        return f"{path:<48} ERROR: {rec['error']}\n"
+        return f"{path:<48} ERROR: {one_line(rec['error'])}\n"
     flag = "YES" if rec["tumor"] else "no"
     return f"{path:<48} {rec['label']:<12} {rec['confidence']:>10.4f} {rec['tumor_probability']:>9.4f}  {flag}\n"
 

@@ -1,30 +1,48 @@
-"""The one deterministic image transform of the kit: decode, grayscale, resize, normalise.
+"""The one deterministic image transform of the kit: decode, grayscale, (brain crop), resize, normalise.
 
 Training caches `load_gray` output and normalises with `normalize`; the runtime calls the
 same two functions, driven by the model's metadata, so both sides see identical pixels.
+Models exported with `crop: brain` in their metadata first cut the slice to the square
+around the head (`brain_box`); older models keep the plain resize.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 50_000_000
+# Refuse images whose short side is below this: a 1x5000 strip or a 4x4 icon is not a slice (the data is 224 px).
+MIN_SIDE = 32
 RESIZE_METHOD = "pil-bilinear"
+CROPS = ("none", "brain")  # "none": the whole frame (models before the crop); "brain": `brain_box`
+
+# Brain crop: a pixel is "head" above this share of the slice's bright level (its 99th percentile),
+# and never below BRAIN_MIN_LEVEL (JPEG noise in a black border reaches a few levels).
+BRAIN_LEVEL = 0.1
+BRAIN_MIN_LEVEL = 10
+BRAIN_LINE_SHARE = 0.02  # a row/column counts only if this share of it is head: isolated specks do not
+BRAIN_MIN_SIDE = 0.25  # a box smaller than this share of the frame's short side is a speck, not a head: no crop
+BRAIN_MARGIN = 0.04  # added around the box, as a share of its long side
 
 
 class ImageError(ValueError):
     """An input that cannot be turned into a model input; the message names the reason."""
 
 
+HEATMAP_SUFFIX = ".heatmap.png"  # the kit's own overlays (tumor-infer --heatmaps): never listed as inputs
+
+
 def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return (path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+            and not path.name.lower().endswith(HEATMAP_SUFFIX))
 
 
 HOT_PIXEL_PERCENTILE = 99.99  # above this rank, a maximum more than twice as bright is a hot pixel
@@ -80,13 +98,30 @@ def to_gray(img: Image.Image) -> Image.Image:
     return img.convert("RGB").convert("L")  # RGB, CMYK, YCbCr, P, ...
 
 
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is ("FIFO", "character device", ...): those are never read."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def require_regular_file(path: Path) -> None:
+    """ImageError for a FIFO, a device or a socket (a FIFO blocks a reader forever, /dev/zero never ends)."""
+    kind = file_kind(path.stat().st_mode)
+    if kind is not None:
+        raise ImageError(f"not a regular file ({kind})")
+
+
 def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
-    """Open and fully decode an image file, refusing empty files, non-images and bombs.
+    """Open and fully decode an image file, refusing empty files, non-images, bombs and multi-frame files.
 
     With `size`, JPEGs are decoded straight to grayscale, at the smallest DCT scale that is
     still at least `size` pixels (PIL's draft mode): about twice as fast, same pixels here.
     """
     path = Path(path)
+    require_regular_file(path)
     if path.stat().st_size == 0:
         raise ImageError("empty file")
     try:
@@ -100,24 +135,94 @@ def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     with img:
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS})")
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:  # multi-page TIFF, animated GIF/APNG: classifying only the first frame would be silent
+            raise ImageError(f"{img.format} with {frames} frames: save each slice as its own image")
         if size is not None and img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
             img.draft("L", (size, size))
         try:
             img.load()
+            # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag.
+            upright = ImageOps.exif_transpose(img)
         except Exception as exc:
             raise ImageError(f"corrupt or truncated image ({exc})") from None
+        if upright is not img:
+            return upright if upright.mode != "P" else upright.convert("RGBA" if "transparency" in img.info else "RGB")
         return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
 
 
-def load_gray(source, size: int) -> np.ndarray:
-    """Path, PIL image or array -> uint8 array (size, size): grayscale, PIL bilinear resize."""
+def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
+    """First and last index (inclusive) whose count reaches `minimum`; None if none does."""
+    hits = np.flatnonzero(counts >= minimum)
+    return (int(hits[0]), int(hits[-1])) if hits.size else None
+
+
+def brain_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The square (left, top, right, bottom) around the head of a uint8 slice (H, W), or None: keep the frame.
+
+    Head pixels are those above max(BRAIN_MIN_LEVEL, BRAIN_LEVEL x the 99th percentile); rows and
+    columns with fewer than BRAIN_LINE_SHARE of head pixels are border (noise, text, specks). The
+    box grows by BRAIN_MARGIN and is squared around its centre; it may reach past the frame (black
+    padding). None for a blank or constant slice, a box below BRAIN_MIN_SIDE of the frame (a speck),
+    or a box that already covers the frame.
+    """
+    h, w = gray.shape
+    bright = float(np.percentile(gray, 99))
+    mask = gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)
+    rows = _head_span(mask.sum(axis=1), max(1.0, BRAIN_LINE_SHARE * w))
+    cols = _head_span(mask.sum(axis=0), max(1.0, BRAIN_LINE_SHARE * h))
+    if rows is None or cols is None:
+        return None
+    box_h, box_w = rows[1] - rows[0] + 1, cols[1] - cols[0] + 1
+    if max(box_h, box_w) < BRAIN_MIN_SIDE * min(h, w):
+        return None
+    side = int(round(max(box_h, box_w) * (1 + 2 * BRAIN_MARGIN)))
+    if side >= max(h, w) and h == w:
+        return None  # the head fills a square frame: the crop would be the frame itself
+    left = (cols[0] + cols[1] + 1 - side) // 2
+    top = (rows[0] + rows[1] + 1 - side) // 2
+    return left, top, left + side, top + side
+
+
+def checked_array(array: np.ndarray) -> np.ndarray:
+    """An array the API was given, if it can be a slice: 2-D (H, W) or (H, W, 1..4), with a finite value."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(f"not an image: an array of shape {array.shape} (give (H, W) or (H, W, channels))")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if np.issubdtype(array.dtype, np.floating) and array.size and not np.isfinite(array).any():
+        raise ImageError("no finite pixel value (all NaN or infinite)")
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    return array
+
+
+def check_content(gray: Image.Image) -> None:
+    """Refuse what cannot be a slice: a side below MIN_SIDE, or one gray level everywhere (blank, or a
+    DICOM whose rescale or window maps every pixel to one value)."""
+    if min(gray.size) < MIN_SIDE:
+        raise ImageError(f"image too small ({gray.width}x{gray.height} pixels; the minimum is {MIN_SIDE} on each side)")
+    low, high = gray.getextrema()
+    if low == high:
+        raise ImageError(f"constant image (every pixel is {low}): nothing to classify")
+
+
+def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
+    """Path, PIL image or array -> uint8 array (size, size): grayscale, optional brain crop, PIL bilinear resize."""
+    if crop not in CROPS:
+        raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if isinstance(source, np.ndarray):
-        img = Image.fromarray(source)
+        img = Image.fromarray(checked_array(source))
     elif isinstance(source, Image.Image):
         img = source
     else:
-        img = open_image(source, size)
+        # Draft decoding shrinks by the frame; a crop needs the full frame's detail.
+        img = open_image(source, size if crop == "none" else None)
     gray = to_gray(img)
+    check_content(gray)
+    box = brain_box(np.asarray(gray)) if crop == "brain" else None
+    if box is not None:
+        gray = gray.crop(box)  # parts outside the frame come back black
     if gray.size != (size, size):
         gray = gray.resize((size, size), Image.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)

@@ -9,6 +9,9 @@ import socket
 import click
 
 from tumor_runtime import __version__
+from tumor_runtime.cli_common import FiniteFloat
+
+GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl-C: stop accepting, give in-flight requests this long, then exit
 
 
 def is_loopback(host: str) -> bool:
@@ -28,8 +31,8 @@ def is_loopback(host: str) -> bool:
               help="Server processes, each with its own model session.")
 @click.option("--token", envvar="TUMOR_SERVE_TOKEN", help="Bearer token required on every route but /ping "
                                                           "[env: TUMOR_SERVE_TOKEN].")
-@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(0.001, 4096),
-              help="Largest request body; bigger ones get 413.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(0.001, 4096),
+              help="Largest request body, however it is sent (one file, a multipart form, chunked); bigger get 413.")
 @click.version_option(__version__, "--version", prog_name="tumor-serve")
 def main(model, host, port, workers, token, max_upload_mb) -> None:
     """Serve the classifier over HTTP (TorchServe's inference API) with a web page at /.
@@ -37,14 +40,16 @@ def main(model, host, port, workers, token, max_upload_mb) -> None:
     POST /predictions/tumor with an image body (or a multipart form with files), GET /ping,
     GET /models/tumor. Research and education only: not a medical device.
     """
-    from tumor_runtime.cli_common import fail, installed
+    from tumor_runtime.cli_common import fail, install_hint, installed
 
     missing = [m for m in ("starlette", "uvicorn", "multipart") if not installed(m)]
     if missing:
         fail(f'tumor-serve needs the [serve] extra ({", ".join(missing)} not installed): '
-             'pip install "tumor-kit[serve]"')
+             f"{install_hint('serve')}")
     if model and not os.path.isfile(model):
         fail(f"model {model} does not exist")
+    if token is not None and not token.strip():
+        fail("--token is empty or blank: give a real secret, or leave --token out")
     if not token and not is_loopback(host):
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can use the model",
                    err=True)
@@ -52,5 +57,7 @@ def main(model, host, port, workers, token, max_upload_mb) -> None:
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",
                        "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb)})
+    click.echo(f"tumor-serve: http://{host}:{port}/ with {model or 'the shipped int8 model'}; "
+               f"{'a bearer token is required' if token else 'no token required'}; Ctrl-C stops it.", err=True)
     uvicorn.run("tumor_runtime.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+                log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)

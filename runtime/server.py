@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -47,8 +49,9 @@ class Service:
 
         try:
             self.classifier = Classifier.load(self.model)
-        except Exception as exc:  # reported by every request as 503 with the reason
-            self.load_error = str(exc)
+        except Exception as exc:  # reported by /ping (500) and every request (503) with the reason
+            self.load_error = str(exc) or type(exc).__name__
+            print(f"tumor-serve: the model cannot be loaded: {self.load_error}", file=sys.stderr, flush=True)
 
 
 def error(code: int, message: str) -> JSONResponse:
@@ -66,33 +69,46 @@ def suffix_for(data: bytes) -> str | None:
 
 
 def authorized(request: Request, service: Service) -> bool:
+    """The bearer token (compared in constant time); ?token= only for the page, which a browser opens by URL."""
     if not service.token:
         return True
     header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-    return bool(given) and given == service.token
+    if header.lower().startswith("bearer "):
+        given = header[7:]
+    else:
+        given = request.query_params.get("token", "") if request.url.path == "/" else ""
+    return bool(given) and secrets.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                                  service.token.encode("utf-8", "surrogateescape"))
+
+
+async def read_body(request: Request, service: Service) -> bytes:
+    """The whole request body, however it is framed (Content-Length or chunked); 413 once it passes the limit."""
+    too_large = HTTPException(413, f"the body is over the {service.max_bytes / 2**20:g} MB limit (--max-upload-mb)")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > service.max_bytes:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > service.max_bytes:
+            raise too_large
+    return bytes(body)
 
 
 async def read_uploads(request: Request, service: Service) -> list[tuple[str, bytes]]:
-    """[(name, bytes)] from a raw body or a multipart form; 413 past the size limit."""
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > service.max_bytes:
-        raise HTTPException(413, f"the body is over the {service.max_bytes // 2**20} MB limit (--max-upload-mb)")
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    """[(name, bytes)] from a raw body or a multipart form; 413 past the size limit for the whole request."""
+    body = await read_body(request, service)
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        request._body = body  # Starlette parses the form from this cached body: the limit above held for all parts
         form = await request.form(max_part_size=service.max_bytes)
         files = [(f.filename or f"file{i}", await f.read()) for i, f in
                  enumerate(v for _, v in form.multi_items() if hasattr(v, "read"))]
         if not files:
             raise HTTPException(400, "the form holds no file")
         return files
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > service.max_bytes:
-            raise HTTPException(413, f"the body is over the {service.max_bytes // 2**20} MB limit (--max-upload-mb)")
     if not body:
         raise HTTPException(400, "empty body: send an image, or a multipart form with files")
-    return [(request.query_params.get("filename", "body"), bytes(body))]
+    return [(request.query_params.get("filename", "body"), body)]
 
 
 def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
@@ -134,7 +150,11 @@ async def predictions(request: Request) -> JSONResponse:
 
 
 async def ping(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "Healthy"})
+    """Healthy (200), or Unhealthy (500) with the reason when the model can never load (as TorchServe)."""
+    service: Service = request.app.state.service
+    if service.load_error is not None:
+        return JSONResponse({"status": "Unhealthy", "reason": service.load_error}, status_code=500)
+    return JSONResponse({"status": "Healthy" if service.classifier is not None else "Loading"})
 
 
 async def model_card(request: Request) -> JSONResponse:

@@ -116,7 +116,8 @@ def test_multi_frame_gives_one_row_per_frame(tmp_path, slice8):
     path = write_dicom(tmp_path / "multi.dcm", frames, bits_stored=8)
     rows = Classifier.load().predict([path])
     assert [r["path"] for r in rows] == [f"{path}#1", f"{path}#2", f"{path}#3"]
-    assert all(r["error"] is None and r["dicom"]["instance_number"] == 7 for r in rows)
+    assert all(r["error"] is None and r["dicom"]["instance_number"] == 7 for r in rows[:2])
+    assert rows[2]["label"] is None and "constant image" in rows[2]["error"]  # a blank frame is not diagnosed
 
 
 def test_folder_of_dicom_files_with_and_without_extension(tmp_path, slice8):
@@ -164,8 +165,8 @@ def test_without_pydicom_a_dcm_names_the_extra(tmp_path):
                     " '--format', 'jsonl']\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert 'pip install "tumor-kit[dicom]"' in json.loads(result.stdout)["error"]
-    assert 'tumor-kit[dicom]' in result.stderr
+    assert 'pip install -e ".[dicom]"' in json.loads(result.stdout)["error"]
+    assert '.[dicom]' in result.stderr
 
 
 def test_heatmaps_of_dicom_frames(tmp_path, slice8):

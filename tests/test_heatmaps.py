@@ -136,9 +136,10 @@ def test_heatmaps_need_a_model_with_cam(tmp_path):
 
     model = tiny_model(tmp_path / "nocam.onnx")
     clf = Classifier.load(model)
+    gradient = np.tile(np.arange(50, dtype=np.uint8) * 5, (50, 1))
     with pytest.raises(ModelError, match="no 'cam' output"):
-        clf.predict([np.zeros((50, 50), np.uint8)], heatmaps=True)
-    assert clf.predict([np.zeros((50, 50), np.uint8)])[0]["error"] is None  # without heat-maps: fine
+        clf.predict([gradient], heatmaps=True)
+    assert clf.predict([gradient])[0]["error"] is None  # without heat-maps: fine
     data = make_dataset(tmp_path / "d", per_class=1)
     result = CliRunner().invoke(main, [str(data), "-r", "--model", str(model), "--heatmaps", str(tmp_path / "m")])
     assert result.exit_code == 2 and "no 'cam' output" in result.stderr

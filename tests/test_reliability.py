@@ -31,6 +31,8 @@ from tumor_runtime.fileio import sha256_file
 from tumor_runtime.model import ModelError
 from tumor_runtime.preprocess import load_gray
 
+pytestmark = pytest.mark.faults
+
 BLOCK_TORCH = """
 import sys
 class Block:
@@ -354,7 +356,7 @@ def test_11_runtime_only_install_names_the_extra(module, args):
     code = BLOCK_TORCH + f"from {module} import main\nsys.argv = ['x', *{args!r}]\nmain()"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     one_line_error(result)
-    assert 'pip install "tumor-kit[train]"' in result.stderr
+    assert 'pip install -e ".[train]"' in result.stderr
 
 
 # 12. One line instead of a traceback -------------------------------------------------------------

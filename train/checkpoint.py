@@ -63,6 +63,24 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     try:
         model = build_model(ckpt["arch"], **ckpt["model_args"])
         model.load_state_dict(ckpt["state_dict"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"{path} does not match its architecture: {str(exc).splitlines()[0]}") from None
-    return model.eval(), ckpt
+    check_labels(path, model.eval(), ckpt)
+    return model, ckpt
+
+
+def check_labels(path: Path, model: torch.nn.Module, ckpt: dict) -> None:
+    """Classes, negative class and preprocessing that the runtime can trust: the model's output width is
+    the number of class names, the negative class is one of them. Checked by a dry run, not by reading."""
+    classes, negative, pre = ckpt.get("classes"), ckpt.get("negative_class"), ckpt.get("preprocess")
+    if not (isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise CheckpointError(f"{path} lists no valid class names ({classes!r})")
+    if negative not in classes:
+        raise CheckpointError(f"{path}: its negative class {negative!r} is not one of its classes {classes}")
+    if not isinstance(pre, dict) or not all(k in pre for k in ("size", "mean", "std")):
+        raise CheckpointError(f"{path} has no preprocessing record (size, mean, std)")
+    with torch.no_grad():
+        width = model(torch.zeros(1, 1, int(pre["size"]), int(pre["size"]))).shape[-1]
+    if width != len(classes):
+        raise CheckpointError(f"{path} names {len(classes)} classes but the model gives {width} outputs")

@@ -33,9 +33,18 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
               help="Peak AdamW learning rate (warm-up, then cosine decay).")
 @click.option("--width", default=DEFAULTS.width, show_default=True, type=click.IntRange(4, 4096),
               help="Channels of the compact model's stem.")
+@click.option("--size", "image_size", default=DEFAULTS.image_size, show_default=True, type=click.IntRange(32, 1024),
+              help="Square input side in pixels; stored with the model, which the runtime reads.")
+@click.option("--crop", default=DEFAULTS.crop, show_default=True, type=click.Choice(["none", "brain"]),
+              help="brain: cut each slice to the square around the head before resizing (the runtime does the "
+                   "same, from the model's metadata); none: the whole frame.")
 @click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True,
-              type=FiniteFloat(0, 0.9, low_open=True),
-              help="Validation share when there is no Validation folder (duplicates grouped).")
+              type=FiniteFloat(0, 0.9),
+              help="Validation share when there is no Validation folder (duplicates grouped). 0 = final fit: "
+                   "every image trains for --epochs and the last weight average is the model.")
+@click.option("--val-list", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Text file naming the validation images (paths relative to --data, one a line): a fixed "
+                   "split, e.g. to compare recipes on the same images.")
 @click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=FiniteFloat(0, 1),
               help="Thumbnail correlation at which two images count as near-duplicates.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int)
@@ -62,6 +71,14 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     Selects the epoch with the best validation macro F2 and writes model.pth, the dynamic
     int8 model_quantized.pth, metrics.json, history.csv and plots into --out.
     """
+    try:
+        train_command(resume, overwrite, folds, options)
+    except KeyboardInterrupt:  # Ctrl-C while torch is still loading: 130, not click's "Aborted!" and 1
+        click.echo("Stopped: interrupted before training started", err=True)
+        sys.exit(130)
+
+
+def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> None:
     from tumor_runtime.cli_common import interrupted_exit_code, raise_on_sigterm, require_extra
 
     require_extra("train", "tumor-train")
@@ -95,6 +112,9 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     if "validation" not in metrics:  # another rank of a torchrun: rank 0 reports
         return
     val = metrics["validation"]
+    if val is None:
+        click.echo(f"Final fit: {cfg.epochs} epochs on every image, no validation split. Outputs in {cfg.out}/")
+        return
     sensitivity = val["tumor_sensitivity"]
     click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "
                f"{val['accuracy']:.4f}, tumour sensitivity "

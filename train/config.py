@@ -18,8 +18,10 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_epochs: float = 2.0  # linear warm-up before the cosine decay
     label_smoothing: float = 0.05  # softens one-hot targets; helps calibration of the tumour threshold
-    image_size: int = 227  # square input side, as AlexNet
-    val_fraction: float = 0.15  # share of images carved for validation when there is no Validation folder
+    image_size: int = 227  # square input side (--size), stored in the checkpoint and the ONNX metadata
+    crop: str = "none"  # "brain": cut each slice to the square around the head before resizing; "none": whole frame
+    val_fraction: float = 0.15  # share carved for validation when there is no Validation folder; 0 = final fit
+    val_list: str = ""  # text file of validation images (paths relative to --data, one a line): a fixed split
     dup_threshold: float = 0.92  # Pearson correlation of 48x48 thumbnails at or above which two images are one group
     rotation: float = 15.0  # augmentation: max rotation in degrees
     translate: float = 0.1  # augmentation: max shift as a fraction of the side
@@ -36,13 +38,17 @@ class TrainConfig:
     # (low, high, low_open) for every float knob: NaN or out-of-range values are refused, not trained with.
     FLOAT_RANGES = {"dropout": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 10.0, False),
                     "warmup_epochs": (0.0, 1e6, False), "label_smoothing": (0.0, 1.0, False),
-                    "val_fraction": (0.0, 0.9, True), "dup_threshold": (0.0, 1.0, False),
+                    "val_fraction": (0.0, 0.9, False), "dup_threshold": (0.0, 1.0, False),
                     "rotation": (0.0, 180.0, False), "translate": (0.0, 1.0, False), "scale": (0.0, 0.9, False),
                     "hflip": (0.0, 1.0, False), "intensity": (0.0, 0.9, False), "ema_decay": (0.0, 1.0, False)}
 
     def check(self) -> None:
         """ValueError naming the first field that is not finite and in range."""
+        from tumor_runtime.preprocess import CROPS
         from tumor_runtime.validate import finite_in_range, int_in_range
+
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
 
         for name, (low, high, low_open) in self.FLOAT_RANGES.items():
             finite_in_range(name, getattr(self, name), low, high, low_open)

@@ -17,7 +17,7 @@ import numpy as np
 
 from tumor_runtime.fileio import atomic_write_text
 from tumor_train.config import TrainConfig
-from tumor_train.data import PreparedData, class_names, find_splits, load_split, relative_to_root
+from tumor_train.data import PreparedData, class_names, find_splits, grouping_images, load_split, relative_to_root
 from tumor_train.dedup import duplicate_groups, grouped_kfold
 from tumor_train.distributed import launched_by_torchrun, setup
 from tumor_train.trainer import check_writable, train_on
@@ -41,6 +41,18 @@ def summarize_folds(folds: list[dict]) -> dict:
     return summary
 
 
+def check_folds(splits: list, labels: np.ndarray, classes: list[str]) -> None:
+    """DataError unless every fold validates on some images and trains on every class."""
+    from tumor_train.data import DataError
+
+    for k, (train_idx, val_idx) in enumerate(splits, start=1):
+        missing = [c for i, c in enumerate(classes) if not np.any(labels[train_idx] == i)]
+        if len(val_idx) == 0 or missing:
+            raise DataError(f"{len(splits)}-fold cross-validation needs more images: fold {k} would have "
+                            f"{len(val_idx)} validation images" + (f" and no training image of {', '.join(missing)}"
+                                                                   if missing else "") + "; use fewer folds")
+
+
 def run_cv(cfg: TrainConfig, folds: int) -> dict:
     """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
     cfg.check()
@@ -52,10 +64,12 @@ def run_cv(cfg: TrainConfig, folds: int) -> dict:
     root = Path(cfg.data).absolute()
     train_dir = find_splits(root)["train"]
     classes = class_names(train_dir)
-    everything = load_split(train_dir, classes, cfg.image_size, "train", cfg.max_per_class)
-    groups = duplicate_groups(everything.paths, everything.images, cfg.dup_threshold)
+    everything = load_split(train_dir, classes, cfg.image_size, "train", cfg.max_per_class, cfg.crop)
+    groups = duplicate_groups(everything.paths, grouping_images(everything, cfg), cfg.dup_threshold)
+    splits = grouped_kfold(everything.labels, groups, folds, cfg.seed)
+    check_folds(splits, everything.labels, classes)  # before the first fold trains, not after the second
     records = []
-    for k, (train_idx, val_idx) in enumerate(grouped_kfold(everything.labels, groups, folds, cfg.seed), start=1):
+    for k, (train_idx, val_idx) in enumerate(splits, start=1):
         fold_cfg = replace(cfg, out=str(out / f"fold-{k}"))
         done = Path(fold_cfg.out) / "metrics.json"
         if done.is_file():

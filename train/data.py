@@ -59,9 +59,16 @@ def find_splits(root: Path) -> dict[str, Path | None]:
 
 
 def class_names(train_dir: Path) -> list[str]:
+    """The class folders, sorted. One must be the negative class: the tumour flag, its threshold and the
+    sensitivity are all measured against it, so a model without it could not screen."""
+    from tumor_runtime.tumor import NEGATIVE_CLASS
+
     names = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(names) < 2:
         raise DataError(f"{train_dir} needs at least two class folders, found {len(names)}")
+    if NEGATIVE_CLASS not in names:
+        raise DataError(f"{train_dir} has no '{NEGATIVE_CLASS}' class folder (found {', '.join(names)}): the kit "
+                        f"screens for tumours against slices without one, so the data needs {NEGATIVE_CLASS}/")
     return names
 
 
@@ -99,12 +106,12 @@ def relative_to_root(path: Path, root: Path) -> str:
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
 
-def decode_images(paths: list[Path], labels: np.ndarray, size: int, progress=None) -> ImageSet:
+def decode_images(paths: list[Path], labels: np.ndarray, size: int, progress=None, crop: str = "none") -> ImageSet:
     """Decode every file once (threads: PIL releases the GIL); unreadable files are skipped and named."""
 
     def decode(path):
         try:
-            return load_gray(path, size), None
+            return load_gray(path, size, crop), None
         except (ImageError, OSError) as exc:
             return None, str(exc)
 
@@ -185,12 +192,42 @@ class PreparedData:
     info: dict  # duplicate groups and skipped files, for metrics.json
 
 
-def load_split(folder: Path, classes: list[str], size: int, name: str, limit: int = 0) -> ImageSet:
+GROUPING_SIZE = 227  # duplicates are found on whole frames at this size, whatever the recipe: same groups, same folds
+GROUPING_CROP = "none"
+
+
+def grouping_images(split: ImageSet, cfg) -> np.ndarray:
+    """uint8 (N, 227, 227) whole frames of `split` for duplicate grouping: the cached images when the recipe
+    already decodes them so, else a second decode (seconds), so that every recipe splits the data alike."""
+    if cfg.image_size == GROUPING_SIZE and cfg.crop == GROUPING_CROP:
+        return split.images
+    return decode_images(split.paths, split.labels, GROUPING_SIZE).images
+
+
+def split_by_list(images: ImageSet, val_list: Path, root: Path) -> tuple[ImageSet, ImageSet]:
+    """(train, validation): validation is the files named in `val_list` (relative to the dataset root,
+    one a line, # comments), training everything else. A named file that is not in the data is an error."""
+    try:
+        wanted = [line.strip() for line in val_list.read_text().splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read --val-list {val_list}: {exc}") from None
+    wanted = {w for w in wanted if w and not w.startswith("#")}
+    names = [relative_to_root(p, root) for p in images.paths]
+    missing = wanted - set(names)
+    if missing:
+        raise DataError(f"--val-list names {len(missing)} file(s) not among the training images, "
+                        f"e.g. {sorted(missing)[0]}")
+    in_val = np.array([n in wanted for n in names], dtype=bool)
+    return images.subset(np.flatnonzero(~in_val)), images.subset(np.flatnonzero(in_val))
+
+
+def load_split(folder: Path, classes: list[str], size: int, name: str, limit: int = 0,
+               crop: str = "none") -> ImageSet:
     from tqdm import tqdm
 
     paths, labels = list_images(folder, classes, limit)
     with tqdm(total=len(paths), desc=f"decode {name}", unit="img", leave=False) as bar:
-        split = decode_images(paths, labels, size, bar)
+        split = decode_images(paths, labels, size, bar, crop)
     require_every_class(split, classes, name)
     return split
 
@@ -203,14 +240,25 @@ def prepare_data(cfg) -> PreparedData:
     root = Path(os.path.abspath(cfg.data))
     splits = find_splits(root)
     classes = class_names(splits["train"])
-    train = load_split(splits["train"], classes, cfg.image_size, "train", cfg.max_per_class)
+    # A fixed --val-list is taken from every image; the cap then applies to what is left for training.
+    limit = 0 if cfg.val_list and splits["validation"] is None else cfg.max_per_class
+    train = load_split(splits["train"], classes, cfg.image_size, "train", limit, cfg.crop)
     skipped = list(train.skipped)
     info = {"train_dir": str(splits["train"]), "duplicate_groups": None}
     if splits["validation"] is not None:
-        val = load_split(splits["validation"], classes, cfg.image_size, "validation")
+        val = load_split(splits["validation"], classes, cfg.image_size, "validation", crop=cfg.crop)
         skipped += val.skipped
+    elif cfg.val_list:
+        train, val = split_by_list(train, Path(cfg.val_list), root)
+        if cfg.max_per_class:
+            train = train.subset(np.concatenate([np.flatnonzero(train.labels == c)[:cfg.max_per_class]
+                                                 for c in range(len(classes))]))
+        info["val_list"] = str(cfg.val_list)
+    elif cfg.val_fraction == 0:  # final fit: every image trains; the CV report is the evidence
+        train, val = train, train.subset([])
+        info["final_fit"] = True
     else:
-        groups = duplicate_groups(train.paths, train.images, cfg.dup_threshold)
+        groups = duplicate_groups(train.paths, grouping_images(train, cfg), cfg.dup_threshold)
         sizes = np.unique(groups, return_counts=True)[1]
         info["duplicate_groups"] = int((sizes > 1).sum())
         info["images_in_duplicate_groups"] = int(sizes[sizes > 1].sum())
@@ -220,9 +268,9 @@ def prepare_data(cfg) -> PreparedData:
         train, val = train.subset(train_idx), train.subset(val_idx)
     test = None
     if splits["test"] is not None:
-        test = load_split(splits["test"], classes, cfg.image_size, "test")
+        test = load_split(splits["test"], classes, cfg.image_size, "test", crop=cfg.crop)
         skipped += test.skipped
-    if len(train.labels) == 0 or len(val.labels) == 0:
+    if len(train.labels) == 0 or (len(val.labels) == 0 and not info.get("final_fit")):
         raise DataError("no readable images left for training or validation")
     info["skipped_files"] = [{"file": f, "reason": r} for f, r in skipped]
     return PreparedData(classes, train, val, test, root, splits["train"],

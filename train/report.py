@@ -40,7 +40,8 @@ def plot_curves(history: list[dict], out: Path) -> None:
     for key, name in (("accuracy", "accuracy.png"), ("loss", "loss.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label=labels[key][0])
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], label=labels[key][1])
+        if any(h[f"val_{key}"] is not None for h in history):  # a final fit has no validation curve
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label=labels[key][1])
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

@@ -75,13 +75,17 @@ def run_epoch(cfg: TrainConfig, state: TrainingState, tensors: dict, classes: li
               disable=not state.place.is_main) as bar:
         fit = train_one_epoch(state, tensors["train_images"], tensors["train_labels"], stats, cfg, bf16, classes, bar)
     seconds = time.perf_counter() - tic
-    val_stats, _ = evaluate(state.ema.module, tensors["val_images"], tensors["val_labels"], *stats, classes)
+    row = {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
+           "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": None, "val_accuracy": None,
+           "val_f2": None, "seconds": seconds}
+    if len(tensors["val_labels"]):  # a final fit has no validation split
+        val_stats, _ = evaluate(state.ema.module, tensors["val_images"], tensors["val_labels"], *stats, classes)
+        row |= {"val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"]}
     if state.place.is_main:
-        tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | validation (EMA) loss "
-                   f"{val_stats['loss']:.4f} F2 {val_stats['f2_macro']:.4f} | {seconds:.1f}s")
-    return {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
-            "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": val_stats["loss"],
-            "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"], "seconds": seconds}
+        val_text = "no validation (final fit)" if row["val_f2"] is None else \
+            f"validation (EMA) loss {row['val_loss']:.4f} F2 {row['val_f2']:.4f}"
+        tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | {val_text} | {seconds:.1f}s")
+    return row
 
 
 def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats, bf16: bool, start: int,
@@ -95,11 +99,12 @@ def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, sta
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             history.append(run_epoch(cfg, state, tensors, data.classes, stats, bf16, epoch))
-            if history[-1]["val_f2"] > best["f2"]:  # the same decision on every rank: same weights, same data
+            # The best validation F2 (the same decision on every rank); a final fit keeps the last epoch.
+            if history[-1]["val_f2"] is None or history[-1]["val_f2"] > best["f2"]:
                 weights = cpu_state(state.ema.module.state_dict())
-                best = {"epoch": epoch, "f2": history[-1]["val_f2"], "state_dict": weights}
+                best = {"epoch": epoch, "f2": history[-1]["val_f2"] or -1.0, "state_dict": weights}
             if state.place.is_main:
-                save_atomic(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT)
+                save_checkpoint(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT, epoch)
     except KeyboardInterrupt as exc:
         saved = (f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
                  f"tumor-train --out {out} --resume") if epoch > 1 else "no checkpoint was written yet (none is " \
@@ -107,6 +112,16 @@ def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, sta
         raise Interrupted(f"interrupted in epoch {epoch}; {saved}",
                           terminated=isinstance(exc, Terminated)) from None
     return best
+
+
+def save_checkpoint(state: dict, path: Path, epoch: int) -> None:
+    """The resumable checkpoint after `epoch`; OutputError (the previous one intact) if the disk refuses it."""
+    try:
+        save_atomic(state, path)
+    except OSError as exc:
+        kept = f"the checkpoint of epoch {epoch - 1} in {path} is intact: free space, then tumor-train --out " \
+               f"{path.parent} --resume" if epoch > 1 else "no checkpoint was written yet"
+        raise OutputError(f"could not save the checkpoint after epoch {epoch} ({exc.strerror or exc}); {kept}") from None
 
 
 def run(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -174,6 +189,20 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
                           "them again") from None
 
 
+EXPORTS = ("model.int8.onnx", "model.onnx", "manifest.json", "export_report.json")
+
+
+def remove_stale_exports(out: Path) -> None:
+    """ONNX models beside a new model.pth were exported from the weights it replaced: the runtime would
+    run the old model under the new run's name. They go (the manifest first, so nothing vouches for them)."""
+    stale = [name for name in EXPORTS if (out / name).exists()]
+    for name in sorted(stale, key=lambda n: n != "manifest.json"):
+        (out / name).unlink()
+    if stale:
+        print(f"Removed {', '.join(stale)}: exported from the weights this run replaced. Export again: "
+              f"tumor-export --checkpoint {out / 'model.pth'} --int8")
+
+
 def split_report(model, split: ImageSet, mean: float, std: float, classes: list[str]) -> tuple[dict, np.ndarray]:
     stats, probs = evaluate(model, torch.from_numpy(split.images), torch.from_numpy(split.labels), mean, std, classes)
     return stats, probs.argmax(1)
@@ -186,11 +215,13 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
     save_atomic({"format": FORMAT, "arch": cfg.arch, "model_args": args, "state_dict": model.state_dict(),
                  "classes": classes, "negative_class": NEGATIVE_CLASS,
                  "preprocess": {"size": cfg.image_size, "mean": mean, "std": std, "grayscale": True,
-                                "resize": RESIZE_METHOD},
+                                "resize": RESIZE_METHOD, "crop": cfg.crop},
                  "data": {"root": str(data.root), "train_dir": str(data.train_dir), "val_files": data.val_files},
                  "best_epoch": best["epoch"], "val_f2": best["f2"], "versions": versions()}, out / "model.pth")
+    remove_stale_exports(out)
     save_quantized(model, cfg.arch, args, out / "model_quantized.pth")
-    validation, val_pred = split_report(model, data.val, mean, std, classes)
+    final_fit = len(data.val.labels) == 0
+    validation, val_pred = (None, None) if final_fit else split_report(model, data.val, mean, std, classes)
     test = split_report(model, data.test, mean, std, classes)[0] if data.test is not None else None
     seconds = [h["seconds"] for h in history]
     metrics = {
@@ -202,9 +233,14 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
                  "mean": mean, "std": std, **data.info, "skipped_count": len(data.info["skipped_files"])},
         "history": history, "validation": validation, "test": test, "versions": versions(),
     }
+    if final_fit:
+        metrics["note"] = ("final fit: every image trained for a fixed number of epochs and the last weight average "
+                           "is the model; there is no validation split. The evidence is the cross-validation report "
+                           "(tumor-train --cv) of the same recipe.")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     report.write_history(history, out / "history.csv")
     report.plot_curves(history, out)
-    report.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
-    report.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")
+    if not final_fit:
+        report.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
+        report.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")
     return metrics

@@ -1,0 +1,50 @@
+"""Interrupt windows around the atomic writes (hardening round three, item 19)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from tumor_runtime import fileio
+from tumor_runtime.cli_common import raise_on_sigterm
+
+pytestmark = pytest.mark.faults
+
+
+def test_19_a_signal_during_mkstemp_leaves_no_stray_tmp(tmp_path, monkeypatch):
+    real = fileio.tempfile.mkstemp
+
+    def mkstemp_then_interrupt(*args, **kwargs):
+        made = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # lands right after the file exists, before its name is kept
+        return made
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write_text(tmp_path / "results.json", "[]")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_19_a_signal_while_writing_keeps_the_old_file_and_no_tmp(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            os.kill(os.getpid(), signal.SIGINT)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+def test_19_sigint_works_even_when_the_parent_ignored_it():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's `cmd &` starts a process
+    previous_term = signal.getsignal(signal.SIGTERM)
+    try:
+        raise_on_sigterm()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

@@ -1,0 +1,115 @@
+"""Checks that came too late or ended in a traceback (hardening round three, items 14, 15 and 18)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from tests.conftest import CLASSES, make_dataset
+from tests.onnx_fakes import tiny_model
+from tests.test_reliability import infer, one_line_error, run
+
+pytestmark = pytest.mark.faults
+
+
+def test_15_training_without_the_negative_class_stops_before_epoch_1(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=4, classes=["glioma", "meningioma", "pituitary"])
+    result = run("tumor_train", ["--data", data, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
+    one_line_error(result)
+    assert "'notumor'" in result.stderr and not (tmp_path / "o" / "checkpoint.pth").exists()
+
+
+def test_15_cv_with_too_few_images_stops_before_any_fold(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=2)
+    result = run("tumor_train", ["--data", data, "--out", tmp_path / "cv", "--epochs", "1", "--width", "8",
+                                 "--cv", "3"])
+    one_line_error(result)
+    assert "fold" in result.stderr and not list((tmp_path / "cv").glob("fold-*")) \
+        and not (tmp_path / "cv" / "cv.json").exists()
+
+
+def tampered(trained, tmp_path, **changes):
+    ckpt = torch.load(trained / "model.pth", weights_only=True)
+    for key, value in changes.items():
+        if value is None:
+            del ckpt[key]
+        else:
+            ckpt[key] = value
+    path = tmp_path / "model.pth"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("changes, word", [
+    ({"classes": [*CLASSES, "extra"]}, "names 5 classes but the model gives 4 outputs"),
+    ({"classes": None}, "no valid class names"),
+    ({"negative_class": "healthy"}, "negative class 'healthy' is not one of its classes"),
+    ({"arch": "alexnet"}, "does not match its architecture")])
+def test_14_15_export_refuses_a_checkpoint_the_runtime_could_not_trust(trained, tmp_path, changes, word):
+    path = tampered(trained, tmp_path, **changes)
+    result = run("tumor_export", ["--checkpoint", path, "--out", tmp_path / "x"])
+    one_line_error(result)
+    assert word in result.stderr and not (tmp_path / "x" / "model.onnx").exists()
+
+
+def test_15_runtime_refuses_a_negative_class_outside_the_classes(tmp_path):
+    sample = tmp_path / "s.png"
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 3, (64, 1))).save(sample)
+    result = infer([sample, "--model", tiny_model(tmp_path / "m.onnx", negative_class="healthy")])
+    one_line_error(result)
+    assert "negative_class 'healthy'" in result.stderr
+
+
+@pytest.mark.parametrize("meta", [{"exported_with": json.dumps(["a", "list"])},
+                                  {"trained_with": "[" * 100_000 + "]" * 100_000}])
+def test_14_model_info_with_odd_metadata_is_no_traceback(tmp_path, meta):
+    result = infer(["--model-info", "--model", tiny_model(tmp_path / "m.onnx", **meta)])
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    card = json.loads(result.stdout)
+    assert card["version"] is None
+
+
+def test_14_a_deeply_nested_manifest_is_a_one_line_error(tmp_path):
+    model = tiny_model(tmp_path / "m.onnx")
+    (tmp_path / "manifest.json").write_text('{"files": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    result = infer(["--model-info", "--model", model])
+    one_line_error(result)
+    assert "not a valid manifest" in result.stderr
+
+
+def test_14_serve_refuses_a_nan_upload_limit():
+    from click.testing import CliRunner
+
+    from tumor_runtime.serve_cli import main
+
+    result = CliRunner().invoke(main, ["--max-upload-mb", "nan"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "finite" in result.output
+
+
+def test_14_a_full_disk_during_a_checkpoint_is_a_one_line_error(dataset, tmp_path, monkeypatch):
+    import tumor_train.trainer as trainer
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "save_atomic", disk_full)
+    result = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
+    one_line_error(result)
+    assert "No space left on device" in result.stderr and "checkpoint" in result.stderr
+
+
+def test_18_retraining_over_exports_removes_them(trained, exported, dataset, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    for name in ("model.onnx", "model.int8.onnx", "manifest.json", "export_report.json"):
+        shutil.copy(exported / name, out / name)
+    result = run("tumor_train", ["--data", dataset, "--out", out, "--epochs", "1", "--width", "8", "--overwrite"])
+    assert result.returncode == 0, result.stderr
+    assert not any((out / n).exists() for n in ("model.onnx", "model.int8.onnx", "manifest.json"))
+    assert "tumor-export" in result.stdout and (out / "model.pth").is_file()
