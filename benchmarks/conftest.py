@@ -89,12 +89,12 @@ def choose_bench_set(chosen: str | None, limit: int, shared: Path = SHARED):
         files, labels = list_images(Path(chosen), classes)
         description = f"--bench-data {chosen}"
     elif (shared / "Training").is_dir():
-        import torch
-
-        ckpt = torch.load(ARTIFACTS / "model.pth", weights_only=True)
-        files = [shared / f for f in ckpt["data"]["val_files"]]  # val_files are relative to the dataset root
+        # The kit's fixed grouped validation split (relative to the dataset root): the images every candidate
+        # recipe was validated on. A final-fit model trained on them too: the header says so.
+        names = [n for n in (ARTIFACTS / "val_files.txt").read_text().split() if n]
+        files = [shared / f for f in names]
         labels = np.array([classes.index(f.parent.name) for f in files])
-        description = f"the shipped model's validation split under {shared}"
+        description = f"the kit's fixed validation split (artifacts/val_files.txt) under {shared}"
     else:
         files, labels = list_images(ARTIFACTS / "samples", classes)
         description = (f"artifacts/samples ONLY ({len(files)} images: {shared} is absent); figures from so few "

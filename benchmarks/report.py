@@ -119,8 +119,10 @@ def main(path: str) -> None:
     if "onnx-int8" in c and "baseline-int8" in c:
         n, b = c["onnx-int8"], c["baseline-int8"]
         out.append(f"- shipped ONNX int8 vs the previous shipped int8 (baseline-int8): {ratio(n[0], b[0], '{:.2f}x')} "
-                   f"the size, {ratio(b[1], n[1], '{:.2f}x')} single-image speed, {ratio(n[2], b[2], '{:.2f}x')} "
-                   "batch throughput")
+                   f"the size, {ratio(b[1], n[1], '{:.2f}x')} single-image speed (1 thread), "
+                   f"{ratio(n[2], b[2], '{:.2f}x')} batch throughput, "
+                   f"{ratio(n[3], b[3], '{:.2f}x') if None not in (n[3], b[3]) else 'n/a'} tumor-infer end to end "
+                   "(decode, crop, resize and model, all cores)")
     if "compact" in values and "alexnet" in values:
         c, a = values["compact"].get("onnx-int8"), values["alexnet"].get("torch-dynamic-int8")
         if c and a:

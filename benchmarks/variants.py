@@ -20,6 +20,7 @@ class Variant:
     name: str  # torch-fp32, torch-dynamic-int8, onnx-fp32, onnx-int8, openvino-fp32, openvino-int8
     path: Path  # the file a deployment would ship
     runner: Callable[[int], Callable[[np.ndarray], np.ndarray]]
+    preprocess: dict  # {"size", "mean", "std", "crop"}: the inputs this variant takes (the baseline differs)
 
 
 def torch_runner(model):
@@ -61,21 +62,23 @@ def openvino_runner(path: Path, precision: str):
 
 
 def build_variants(model_name: str, model, fp32_onnx: Path, int8_onnx: Path, torch_file: Path,
-                   quantized_file: Path) -> dict[str, Variant]:
+                   quantized_file: Path, pre: dict) -> dict[str, Variant]:
     from tumor_train.quantize import quantize_linear
 
     found = {
-        "torch-fp32": Variant(model_name, "torch-fp32", torch_file, torch_runner(model.eval())),
+        "torch-fp32": Variant(model_name, "torch-fp32", torch_file, torch_runner(model.eval()), pre),
         "torch-dynamic-int8": Variant(model_name, "torch-dynamic-int8", quantized_file,
-                                      torch_runner(quantize_linear(copy.deepcopy(model)))),
-        "onnx-fp32": Variant(model_name, "onnx-fp32", fp32_onnx, onnx_runner(fp32_onnx)),
-        "onnx-int8": Variant(model_name, "onnx-int8", int8_onnx, onnx_runner(int8_onnx)),
+                                      torch_runner(quantize_linear(copy.deepcopy(model))), pre),
+        "onnx-fp32": Variant(model_name, "onnx-fp32", fp32_onnx, onnx_runner(fp32_onnx), pre),
+        "onnx-int8": Variant(model_name, "onnx-int8", int8_onnx, onnx_runner(int8_onnx), pre),
     }
     try:
         import openvino  # noqa: F401  (optional peer runtime)
 
-        found["openvino-fp32"] = Variant(model_name, "openvino-fp32", fp32_onnx, openvino_runner(fp32_onnx, "f32"))
-        found["openvino-int8"] = Variant(model_name, "openvino-int8", int8_onnx, openvino_runner(int8_onnx, "f32"))
+        found["openvino-fp32"] = Variant(model_name, "openvino-fp32", fp32_onnx, openvino_runner(fp32_onnx, "f32"),
+                                         pre)
+        found["openvino-int8"] = Variant(model_name, "openvino-int8", int8_onnx, openvino_runner(int8_onnx, "f32"),
+                                         pre)
     except ImportError:
         pass
     return found
@@ -87,15 +90,30 @@ BASELINE_INT8 = Path(__file__).resolve().parent / "baseline" / "model.int8.onnx"
 def shipped_variants(artifacts: Path) -> dict[str, Variant]:
     from tumor_train.checkpoint import load_model
 
-    model, _ = load_model(artifacts / "model.pth")
+    model, ckpt = load_model(artifacts / "model.pth")
     found = build_variants("compact", model, artifacts / "model.onnx", artifacts / "model.int8.onnx",
-                           artifacts / "model.pth", artifacts / "model_quantized.pth")
+                           artifacts / "model.pth", artifacts / "model_quantized.pth", inputs_of(ckpt["preprocess"]))
     if BASELINE_INT8.is_file():  # today's model against the previous one, on the same machine and run
-        found["baseline-int8"] = Variant("compact", "baseline-int8", BASELINE_INT8, onnx_runner(BASELINE_INT8))
+        found["baseline-int8"] = Variant("compact", "baseline-int8", BASELINE_INT8, onnx_runner(BASELINE_INT8),
+                                         onnx_inputs(BASELINE_INT8))
     return found
 
 
-def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict) -> dict[str, Variant]:
+def inputs_of(pre: dict) -> dict:
+    return {"size": int(pre["size"]), "mean": float(pre["mean"]), "std": float(pre["std"]),
+            "crop": pre.get("crop", "none")}
+
+
+def onnx_inputs(path: Path) -> dict:
+    """The preprocessing an exported model declares in its metadata (older models: no crop)."""
+    from tumor_export.metadata import read_metadata
+
+    meta = read_metadata(path)
+    return inputs_of({"size": meta["input_size"], "mean": meta["mean"], "std": meta["std"],
+                      "crop": meta.get("crop", "none")})
+
+
+def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict, pre: dict) -> dict[str, Variant]:
     """The reference AlexNet with seeded random weights, exported and quantized the kit's way."""
     import torch
 
@@ -114,8 +132,8 @@ def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict) 
     export_fp32(model, 227, folder / "alexnet.onnx")
     preprocess(folder / "alexnet.onnx", folder / "alexnet.pre.onnx")
     quantize_int8(folder / "alexnet.pre.onnx", folder / "alexnet.int8.onnx", ArrayReader(calibration, INPUT_NAME))
-    meta = model_metadata(shipped_ckpt | {"arch": "alexnet"}, 0.5)
+    meta = model_metadata(shipped_ckpt | {"arch": "alexnet", "preprocess": shipped_ckpt["preprocess"] | pre}, 0.5)
     for name in ("alexnet.onnx", "alexnet.int8.onnx"):
         write_metadata(folder / name, meta)
     return build_variants("alexnet", model, folder / "alexnet.onnx", folder / "alexnet.int8.onnx",
-                          folder / "alexnet.pth", folder / "alexnet_quantized.pth")
+                          folder / "alexnet.pth", folder / "alexnet_quantized.pth", pre)

@@ -46,7 +46,8 @@ def images_in(folder: Path, recursive: bool, errors: list | None = None) -> list
     for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
         dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and new_folder(Path(root) / d, seen)] \
             if recursive else []
-        found += [Path(root) / f for f in sorted(files) if is_image_file(Path(f)) or is_dicom_file(Path(root) / f)]
+        found += [Path(root) / f for f in sorted(files) if f.upper() != "DICOMDIR"  # an index of a media, no image
+                  and (is_image_file(Path(f)) or is_dicom_file(Path(root) / f))]
     return found
 
 

@@ -68,8 +68,8 @@ class ModelInfo:
         if self.crop not in CROPS:
             raise ModelError(f"model metadata asks for crop {self.crop!r}, which this runtime does not know "
                              f"({', '.join(CROPS)}): upgrade tumor-kit")
-        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
-            raise ModelError(f"model metadata mean {self.mean} / std {self.std} is invalid (std must be > 0)")
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and 0 <= self.mean <= 1 and 0 < self.std <= 1):
+            raise ModelError(f"model metadata mean {self.mean} / std {self.std} is invalid (pixels are scaled to [0, 1]: the mean must be in [0, 1] and the std in (0, 1])")
         try:
             finite_in_range("model metadata tumor_threshold", self.tumor_threshold, 0.0, 1.0)
         except ValueError as exc:

@@ -160,14 +160,15 @@ def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
 def brain_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     """The square (left, top, right, bottom) around the head of a uint8 slice (H, W), or None: keep the frame.
 
-    Head pixels are those above max(BRAIN_MIN_LEVEL, BRAIN_LEVEL x the 99th percentile); rows and
+    Head pixels are those above max(BRAIN_MIN_LEVEL, BRAIN_LEVEL x the 99th percentile level); rows and
     columns with fewer than BRAIN_LINE_SHARE of head pixels are border (noise, text, specks). The
     box grows by BRAIN_MARGIN and is squared around its centre; it may reach past the frame (black
     padding). None for a blank or constant slice, a box below BRAIN_MIN_SIDE of the frame (a speck),
     or a box that already covers the frame.
     """
     h, w = gray.shape
-    bright = float(np.percentile(gray, 99))
+    counts = np.bincount(gray.ravel(), minlength=256)  # uint8: the 99th percentile from a histogram, fast
+    bright = int(np.searchsorted(np.cumsum(counts), 0.99 * gray.size))
     mask = gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)
     rows = _head_span(mask.sum(axis=1), max(1.0, BRAIN_LINE_SHARE * w))
     cols = _head_span(mask.sum(axis=0), max(1.0, BRAIN_LINE_SHARE * h))

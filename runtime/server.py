@@ -50,8 +50,11 @@ class Service:
         try:
             self.classifier = Classifier.load(self.model)
         except Exception as exc:  # reported by /ping (500) and every request (503) with the reason
-            self.load_error = str(exc) or type(exc).__name__
-            print(f"tumor-serve: the model cannot be loaded: {self.load_error}", file=sys.stderr, flush=True)
+            reason = str(exc) or type(exc).__name__
+            print(f"tumor-serve: the model cannot be loaded: {reason}", file=sys.stderr, flush=True)
+            # Clients see the model's file name, not where the server keeps it.
+            self.load_error = reason.replace(str(Path(self.model).parent) + os.sep, "") if self.model else reason
+            return
 
 
 def error(code: int, message: str) -> JSONResponse:
@@ -61,9 +64,10 @@ def error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "type": kinds.get(code, "Error"), "message": message}, status_code=code)
 
 
-def suffix_for(data: bytes) -> str | None:
-    """The file suffix for accepted content, by its leading bytes; None if it is not an accepted type."""
-    if len(data) > 132 and data[128:132] == b"DICM":
+def suffix_for(data: bytes, name: str = "") -> str | None:
+    """The file suffix for accepted content, by its leading bytes (or a .dcm name: DICOM files written without
+    the 128-byte preamble, which tumor-infer reads too); None if it is not an accepted type."""
+    if (len(data) > 132 and data[128:132] == b"DICM") or name.lower().endswith((".dcm", ".dicom")):
         return ".dcm"
     return next((suffix for magic, suffix in SIGNATURES.items() if data.startswith(magic)), None)
 
@@ -119,7 +123,7 @@ def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) 
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
         for i, (name, data) in enumerate(uploads):
-            path = Path(folder) / f"upload{i}{suffix_for(data)}"
+            path = Path(folder) / f"upload{i}{suffix_for(data, name)}"
             path.write_bytes(data)
             for rec in service.classifier.predict([path], heatmaps=heatmap):
                 rec["path"] = name + rec["path"][len(str(path)):]  # keeps a DICOM frame's "#n"
@@ -135,7 +139,7 @@ async def predictions(request: Request) -> JSONResponse:
     if service.classifier is None:
         return error(503, service.load_error or "the model is still loading; try again shortly")
     uploads = await read_uploads(request, service)
-    unsupported = [name for name, data in uploads if suffix_for(data) is None]
+    unsupported = [name for name, data in uploads if suffix_for(data, name) is None]
     if unsupported:
         return error(415, f"{', '.join(unsupported)}: not a JPEG, PNG, TIFF, BMP or DICOM file")
     heatmap = request.query_params.get("heatmap", "0").lower() in ("1", "true", "yes")
@@ -144,8 +148,9 @@ async def predictions(request: Request) -> JSONResponse:
     loop = asyncio.get_running_loop()
     rows = await loop.run_in_executor(service.pool, classify, service, uploads, heatmap)
     failed = [r for r in rows if r["error"]]
-    if failed and len(rows) == 1:
-        return error(400, f"{failed[0]['path']}: {failed[0]['error']}")
+    if failed and len(failed) == len(rows):  # nothing could be classified: 400, whether one file or many
+        return error(400, "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5])
+                     + (f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""))
     return JSONResponse(rows[0] if len(rows) == 1 else rows)
 
 
@@ -161,7 +166,9 @@ async def model_card(request: Request) -> JSONResponse:
     service: Service = request.app.state.service
     if service.classifier is None:
         return error(503, service.load_error or "the model is still loading; try again shortly")
-    return JSONResponse(service.classifier.card())
+    card = service.classifier.card()
+    card["path"] = Path(card["path"]).name if card.get("path") else None  # never the server's file layout
+    return JSONResponse(card)
 
 
 async def page(request: Request) -> HTMLResponse:

@@ -44,7 +44,31 @@ def test_ping_and_model_card(client):
     assert client.get("/ping").json() == {"status": "Healthy"}
     card = client.get("/models/tumor").json()
     assert card["classes"] == ["glioma", "meningioma", "notumor", "pituitary"] and card["precision"] == "int8"
-    assert len(card["sha256"]) == 64 and card["input"]["size"] == 227 and card["heatmaps"] is True
+    assert len(card["sha256"]) == 64 and card["heatmaps"] is True
+    from tumor_runtime.model import default_model_path
+
+    assert card["input"]["size"] == Classifier.load(verify=False).info.input_size
+    assert card["path"] == default_model_path().name  # the file name, never where the server keeps it
+
+
+def test_every_file_failing_is_400_however_many(client):
+    files = [("data", (f"bad{i}.jpg", b"\xff\xd8\xff" + b"\0" * 200, "image/jpeg")) for i in range(3)]
+    response = client.post("/predictions/tumor", files=files)
+    assert response.status_code == 400 and "bad0.jpg" in response.json()["message"]
+    mixed = client.post("/predictions/tumor", files=[files[0], ("data", (SAMPLE_FILES[0].name,
+                                                                          SAMPLE_FILES[0].read_bytes(), "image/jpeg"))])
+    assert mixed.status_code == 200 and [r["error"] is None for r in mixed.json()] == [False, True]
+
+
+def test_dicom_without_preamble_is_read_by_its_name(client, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from tests.test_dicom import write_dicom
+
+    gray = np.asarray(Image.open(SAMPLE_FILES[0]).convert("L"))
+    path = write_dicom(tmp_path / "np.dcm", gray.astype(np.uint16), bits_stored=8, with_preamble=False)
+    assert path.read_bytes()[128:132] != b"DICM" and pydicom
+    response = client.post("/predictions/tumor", files=[("data", ("np.dcm", path.read_bytes(), "application/dicom"))])
+    assert response.status_code == 200 and response.json()["label"]
 
 
 def test_raw_body_gives_the_tumor_infer_record(client, expected):

@@ -246,6 +246,9 @@ def prepare_data(cfg) -> PreparedData:
     skipped = list(train.skipped)
     info = {"train_dir": str(splits["train"]), "duplicate_groups": None}
     if splits["validation"] is not None:
+        if class_names(splits["validation"]) != classes:
+            raise DataError(f"{splits['validation']} holds classes {', '.join(class_names(splits['validation']))}, "
+                            f"but {splits['train']} holds {', '.join(classes)}: they must be the same")
         val = load_split(splits["validation"], classes, cfg.image_size, "validation", crop=cfg.crop)
         skipped += val.skipped
     elif cfg.val_list:

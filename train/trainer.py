@@ -8,6 +8,7 @@ run are in checkpoint.pth before any output is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,6 +64,27 @@ def check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
+
+
+LOCK = ".tumor-train.lock"
+
+
+@contextlib.contextmanager
+def lock_output(out: Path, enabled: bool = True):
+    """One run per output folder: a second tumor-train on the same --out stops at once (an advisory lock that
+    the operating system drops when the process ends, however it ends)."""
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    with open(out / LOCK, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another tumor-train is writing to {out}: wait for it to end, or choose another "
+                              "--out") from None
+        yield
 
 
 def run_epoch(cfg: TrainConfig, state: TrainingState, tensors: dict, classes: list[str], stats: tuple[float, float],
@@ -136,7 +158,8 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict:
 
             read_checkpoint(out / CHECKPOINT)  # missing or corrupt: say so before decoding the data
         check_writable(out)
-        return train_on(cfg, prepare_data(cfg), resume, place)
+        with lock_output(out, place.is_main):
+            return train_on(cfg, prepare_data(cfg), resume, place)
     finally:
         teardown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -220,3 +221,53 @@ def test_16_calibrating_on_the_evaluation_folder_says_why_it_cannot(trained, tmp
                                   "--eval", data, "--calibration", data])
     one_line_error(result)
     assert "every image under" in result.stderr and "--calibration folder other than --eval" in result.stderr
+
+
+def test_17_a_huge_batch_size_runs_the_model_in_bounded_slices(tmp_path):
+    from tumor_runtime.classifier import SESSION_BATCH
+
+    clf = Classifier.load(threads=1, batch_size=4096)
+    seen = []
+    real = clf.session.run
+
+    def recording(outputs, feeds):
+        seen.append(len(next(iter(feeds.values()))))
+        return real(outputs, feeds)
+
+    clf.session.run = recording
+    images = [np.tile(np.arange(64, dtype=np.uint8) * (i % 3 + 1), (64, 1)) for i in range(150)]
+    records = clf.predict(images)
+    assert len(records) == 150 and all(r["error"] is None for r in records)
+    assert max(seen) <= SESSION_BATCH and sum(seen) == 150
+    single = Classifier.load(threads=1, batch_size=1).predict(images[:3])
+    assert [r["probabilities"] for r in single] == pytest.approx([r["probabilities"] for r in records[:3]])
+
+
+def test_10_sigterm_stops_the_server_even_with_a_client_holding_a_request(tmp_path):
+    """SIGTERM: stop accepting, give in-flight requests a bounded time, exit (it lingered ~80 s)."""
+    import socket
+    import time
+    import urllib.request
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from tumor_runtime.serve_cli import main; main()",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /predictions/tumor HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\xff\xd8")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        slow.close()
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()

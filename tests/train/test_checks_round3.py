@@ -113,3 +113,50 @@ def test_18_retraining_over_exports_removes_them(trained, exported, dataset, tmp
     assert result.returncode == 0, result.stderr
     assert not any((out / n).exists() for n in ("model.onnx", "model.int8.onnx", "manifest.json"))
     assert "tumor-export" in result.stdout and (out / "model.pth").is_file()
+
+
+def test_two_runs_on_one_output_folder_are_refused(dataset, tmp_path):
+    import fcntl
+
+    out = tmp_path / "o"
+    out.mkdir()
+    with open(out / ".tumor-train.lock", "w") as held:  # as a first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run("tumor_train", ["--data", dataset, "--out", out, "--epochs", "1", "--width", "8"])
+    one_line_error(result)
+    assert "another tumor-train is writing" in result.stderr and not (out / "checkpoint.pth").exists()
+
+
+def test_a_validation_folder_with_other_classes_is_refused(tmp_path):
+    root = tmp_path / "d"
+    make_dataset(root / "Train", per_class=3)
+    make_dataset(root / "Validation", per_class=2, classes=[*CLASSES, "extra"])
+    result = run("tumor_train", ["--data", root, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
+    one_line_error(result)
+    assert "must be the same" in result.stderr
+
+
+def test_final_fit_trains_on_every_image_and_says_there_is_no_validation(dataset, tmp_path):
+    result = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "2", "--width", "8",
+                                 "--val-fraction", "0"])
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["validation"] is None and "cross-validation" in metrics["note"]
+    assert metrics["data"]["train_images"] == 32 and metrics["best_epoch"] == 2  # the last epoch's average
+    assert "Final fit" in result.stdout
+
+
+def test_val_list_fixes_the_validation_images(dataset, tmp_path):
+    names = ["glioma/img_001.jpg", "notumor/img_002.jpg", "pituitary/img_000.jpg", "meningioma/img_003.jpg"]
+    (tmp_path / "val.txt").write_text("# the fixed split\n" + "\n".join(names) + "\n")
+    result = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "1", "--width", "8",
+                                 "--val-list", tmp_path / "val.txt", "--size", "48", "--crop", "brain"])
+    assert result.returncode == 0, result.stderr
+    ckpt = torch.load(tmp_path / "o" / "model.pth", weights_only=True)
+    assert sorted(ckpt["data"]["val_files"]) == sorted(names)
+    assert ckpt["preprocess"]["size"] == 48 and ckpt["preprocess"]["crop"] == "brain"
+    (tmp_path / "bad.txt").write_text("glioma/nope.jpg\n")
+    bad = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o2", "--epochs", "1", "--width", "8",
+                              "--val-list", tmp_path / "bad.txt"])
+    one_line_error(bad)
+    assert "not among the training images" in bad.stderr
