@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from tumor_runtime.contract import INPUT_NAME, PROBABILITIES
+
 
 @dataclass
 class Variant:
@@ -43,7 +45,7 @@ def onnx_runner(path: Path):
 
     def make(threads: int):
         session = create_session(path, threads, spinning=True)  # as measured before: spinning allowed
-        return lambda x: session.run(["probabilities"], {"image": x})[0]
+        return lambda x: session.run([PROBABILITIES], {INPUT_NAME: x})[0]
 
     return make
 
@@ -55,7 +57,7 @@ def openvino_runner(path: Path, precision: str):
         # OpenVINO runs FP32 models in bf16 on AMX CPUs unless told otherwise: pin f32 for a fair FP32 row.
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
         compiled = ov.Core().compile_model(str(path), "CPU", config)
-        output = compiled.output("probabilities")
+        output = compiled.output(PROBABILITIES)
         return lambda x: compiled(x)[output]
 
     return make
@@ -63,7 +65,7 @@ def openvino_runner(path: Path, precision: str):
 
 def build_variants(model_name: str, model, fp32_onnx: Path, int8_onnx: Path, torch_file: Path,
                    quantized_file: Path, pre: dict) -> dict[str, Variant]:
-    from tumor_train.quantize import quantize_linear
+    from tumor_train.dynamic_int8 import quantize_linear
 
     found = {
         "torch-fp32": Variant(model_name, "torch-fp32", torch_file, torch_runner(model.eval()), pre),
@@ -119,18 +121,18 @@ def alexnet_variants(folder: Path, calibration: np.ndarray, shipped_ckpt: dict, 
 
     from tumor_export.calibration import ArrayReader
     from tumor_export.metadata import model_metadata, write_metadata
-    from tumor_export.onnx_export import INPUT_NAME, export_fp32
-    from tumor_export.quantize import preprocess, quantize_int8
+    from tumor_export.onnx_export import export_fp32
+    from tumor_export.static_int8 import prepare_graph, quantize_int8
     from tumor_train.checkpoint import save_atomic
     from tumor_train.models import build_model
-    from tumor_train.quantize import save_quantized
+    from tumor_train.dynamic_int8 import save_quantized
 
     torch.manual_seed(0)
     model = build_model("alexnet", num_classes=4).eval()
     save_atomic({"arch": "alexnet", "state_dict": model.state_dict()}, folder / "alexnet.pth")
     save_quantized(model, "alexnet", {"num_classes": 4}, folder / "alexnet_quantized.pth")
     export_fp32(model, 227, folder / "alexnet.onnx")
-    preprocess(folder / "alexnet.onnx", folder / "alexnet.pre.onnx")
+    prepare_graph(folder / "alexnet.onnx", folder / "alexnet.pre.onnx")
     quantize_int8(folder / "alexnet.pre.onnx", folder / "alexnet.int8.onnx", ArrayReader(calibration, INPUT_NAME))
     meta = model_metadata(shipped_ckpt | {"arch": "alexnet", "preprocess": shipped_ckpt["preprocess"] | pre}, 0.5)
     for name in ("alexnet.onnx", "alexnet.int8.onnx"):

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from tumor_runtime.errors import KitError
 from tumor_runtime.inputs import images_in
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 
 MAX_CALIBRATION_BATCH = 16
 
 
-class CalibrationError(Exception):
+class CalibrationError(KitError):
     """No usable calibration images; reported in one line."""
 
 

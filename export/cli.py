@@ -14,7 +14,7 @@ from tumor_runtime.cli_common import FiniteFloat
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="model.pth written by tumor-train (for example runs/<time>/model.pth).")
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", "-o", type=click.Path(file_okay=False),
               help="Output folder [default: the checkpoint's folder]. Replacing the shipped model is explicit: "
                    "--out artifacts.")
 @click.option("--int8", is_flag=True, help="Also write model.int8.onnx (ONNX Runtime static int8, QDQ). Without it, "
@@ -27,8 +27,8 @@ from tumor_runtime.cli_common import FiniteFloat
               help="Activation ranges: the 99.999th percentile, the full min-max, or KL entropy (with ONNX "
                    "Runtime's 128-bin default, entropy often equals minmax).")
 @click.option("--activation-type", default="u8", show_default=True, type=click.Choice(["u8", "s8"]))
-@click.option("--eval", "eval_dir", type=click.Path(file_okay=False),
-              help="Labelled folder DIR/<class>/ for the parity gate and the tumour threshold [default: the "
+@click.option("--evaluate", "--eval", "eval_dir", type=click.Path(file_okay=False),
+              help="Labelled folder DIR/<class>/ for the parity gate and the tumor threshold [default: the "
                    "checkpoint's validation split, if its images are at hand; FP32-only exports need none].")
 @click.option("--max-f2-drop", default=0.005, show_default=True, type=FiniteFloat(0, 1),
               help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.")
@@ -42,15 +42,22 @@ def main(checkpoint, out, int8, calibration, calibration_size, calibration_metho
     must keep FP32's macro F2 within --max-f2-drop. Writes model.onnx, model.int8.onnx,
     export_report.json and manifest.json; nothing is written if a check fails.
     """
-    from tumor_runtime.cli_common import fail, interrupted_exit_code, raise_on_sigterm, require_extra
+    from tumor_runtime.cli_common import guarded, interrupted_exit_code, raise_on_sigterm, require_extra
 
     require_extra("export", "tumor-export")
     raise_on_sigterm()
-    from tumor_export.calibration import CalibrationError
-    from tumor_export.onnx_export import ExportError
-    from tumor_export.pipeline import ExportOptions, GateError, OutputError, run_export
-    from tumor_train.checkpoint import CheckpointError
-    from tumor_train.data import DataError
+    try:
+        guarded(export_command, checkpoint, out, int8, calibration, calibration_size, calibration_method,
+                activation_type, eval_dir, max_f2_drop, seed)
+    except KeyboardInterrupt as exc:
+        click.echo("Stopped: interrupted; the output folder is unchanged", err=True)
+        sys.exit(interrupted_exit_code(exc))
+
+
+def export_command(checkpoint, out, int8, calibration, calibration_size, calibration_method, activation_type,
+                   eval_dir, max_f2_drop, seed) -> None:
+    from tumor_runtime.cli_common import fail
+    from tumor_export.pipeline import ExportOptions, run_export
 
     opts = ExportOptions(checkpoint=Path(checkpoint), out=Path(out) if out else None, int8=int8,
                          calibration=Path(calibration) if calibration else None, calibration_size=calibration_size,
@@ -58,13 +65,6 @@ def main(checkpoint, out, int8, calibration, calibration_size, calibration_metho
                          eval=Path(eval_dir) if eval_dir else None, max_f2_drop=max_f2_drop, seed=seed)
     try:
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
-    except (CheckpointError, DataError, CalibrationError, OutputError, ValueError) as exc:
-        fail(str(exc), 2)
-    except (ExportError, GateError) as exc:
-        fail(str(exc), 1)
-    except KeyboardInterrupt as exc:
-        click.echo("Stopped: interrupted; the output folder is unchanged", err=True)
-        sys.exit(interrupted_exit_code(exc))
     except OSError as exc:
         fail(f"could not write the export: {exc.strerror or exc}", 1)
     click.echo(format_report(report))
@@ -73,7 +73,7 @@ def main(checkpoint, out, int8, calibration, calibration_size, calibration_metho
 def format_report(report: dict) -> str:
     lines = [f"{name}: {info['bytes'] / 1e6:.2f} MB" for name, info in report["files"].items()]
     if report["fp32"] is None:
-        lines.append("FP32 not scored (no evaluation images); tumour threshold "
+        lines.append("FP32 not scored (no evaluation images); tumor threshold "
                      f"{report['tumor_threshold']:.4f} (default)")
     else:
         lines.append(f"FP32 macro F2 {report['fp32']['f2_macro']:.4f}")
@@ -84,7 +84,7 @@ def format_report(report: dict) -> str:
                      f"{', '.join(p['nodes_kept_float']) or 'none'}")
     if report["fp32"] is not None:
         sensitivity = report["fp32"]["screening"]["sensitivity"]
-        lines.append(f"Tumour threshold {report['tumor_threshold']:.4f} (flag sensitivity "
+        lines.append(f"Tumor threshold {report['tumor_threshold']:.4f} (flag sensitivity "
                      f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')})")
     lines.append(f"{report['seconds']:.1f}s")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from tumor_export.quantize import quantizable_nodes, quantize_int8
+from tumor_export.static_int8 import quantizable_nodes, quantize_int8
 from tumor_runtime.metrics import summarize
 from tumor_runtime.model import create_session, output_name
 

@@ -9,13 +9,9 @@ import onnx
 
 
 def tool_versions() -> dict:
-    import onnxruntime
-    import torch
+    from tumor_runtime.contract import tool_versions as versions
 
-    import tumor_runtime
-
-    return {"tumor_kit": tumor_runtime.__version__, "torch": str(torch.__version__), "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    return versions("torch", "onnx", "onnxruntime")
 
 
 def model_metadata(ckpt: dict, threshold: float) -> dict[str, str]:

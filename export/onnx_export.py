@@ -10,14 +10,16 @@ import onnx
 import torch
 from torch import nn
 
+from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT, INPUT_NAME, OUTPUT_NAMES, PROBABILITIES
+from tumor_runtime.errors import KitError
+
 OPSET = 18
-INPUT_NAME = "image"
-OUTPUT_NAMES = ["probabilities", "logits"]
-CAM_OUTPUT = "cam"  # (N, classes, h, w) class activation maps, for models with a GAP + linear head
 
 
-class ExportError(Exception):
+class ExportError(KitError):
     """An export that failed a check; nothing is written at the target path."""
+
+    exit_code = 1  # the exported graph failed a check
 
 
 def supports_cam(model: nn.Module) -> bool:
@@ -28,10 +30,13 @@ def supports_cam(model: nn.Module) -> bool:
 
 
 class WithProbabilities(nn.Module):
-    """(N, 1, H, W) -> probabilities (N, classes), logits (N, classes) [, cam (N, classes, h, w)].
+    """(N, 1, H, W) -> probabilities (N, classes), logits (N, classes) [, cam (N, classes, h, w),
+    features (N, k)].
 
     CAM (Zhou et al. 2016): cam_c = sum_k W[c, k] * A_k, where A (N, k, h, w) is the last feature
     map and W the head's weights: a 1x1 convolution of A, so it lives in the graph, torch-free.
+    `features` are the pooled activations the head reads: the runtime's out-of-distribution score
+    (`tumor_runtime.ood`) measures how far they are from the training slices'.
     """
 
     def __init__(self, model: nn.Module, cam: bool = False):
@@ -43,10 +48,11 @@ class WithProbabilities(nn.Module):
             logits = self.model(image)
             return torch.softmax(logits, dim=1), logits
         features = self.model.features(image)  # (N, k, h, w)
-        logits = self.model.head(features)
+        pooled = self.model.head[:-1](features)  # (N, k): pool, flatten, dropout (identity in eval)
+        logits = self.model.head[-1](pooled)
         weight = self.model.head[-1].weight  # (classes, k)
         cam = nn.functional.conv2d(features, weight[:, :, None, None])  # (N, classes, h, w)
-        return torch.softmax(logits, dim=1), logits, cam
+        return torch.softmax(logits, dim=1), logits, cam, pooled
 
 
 def export_fp32(model: nn.Module, size: int, path: Path) -> bool:
@@ -58,8 +64,8 @@ def export_fp32(model: nn.Module, size: int, path: Path) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(wrapped, example, input_names=[INPUT_NAME],
-                                    output_names=OUTPUT_NAMES + ([CAM_OUTPUT] if cam else []),
-                                    dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+                                    output_names=list(OUTPUT_NAMES) + ([CAM_OUTPUT, FEATURES_OUTPUT] if cam else []),
+                                    dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
                                     opset_version=OPSET, dynamo=True, verbose=False)
     program.save(str(path))
     return cam
@@ -86,7 +92,7 @@ def check_against_torch(path: Path, model: nn.Module, inputs: np.ndarray, atol: 
 
     check_onnx(path)
     session = create_session(path)
-    ort_probs = session.run(["probabilities"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    ort_probs = session.run([PROBABILITIES], {INPUT_NAME: inputs.astype(np.float32)})[0]
     with torch.no_grad():
         torch_probs = torch.softmax(model.eval()(torch.from_numpy(inputs)), 1).numpy()
     diff = float(np.abs(ort_probs - torch_probs).max())
@@ -98,6 +104,13 @@ def check_against_torch(path: Path, model: nn.Module, inputs: np.ndarray, atol: 
         cam_diff = float(np.abs(ort_cam - expected).max() / max(1.0, float(np.abs(expected).max())))
         if not cam_diff <= 1e-4:
             raise ExportError(f"ONNX Runtime and torch class activation maps disagree by {cam_diff:.2e} (relative)")
+    if FEATURES_OUTPUT in [o.name for o in session.get_outputs()]:
+        ort_features = session.run([FEATURES_OUTPUT], {INPUT_NAME: inputs.astype(np.float32)})[0]
+        with torch.no_grad():
+            expected = model.head[:-1](model.features(torch.from_numpy(inputs))).numpy()
+        feature_diff = float(np.abs(ort_features - expected).max() / max(1.0, float(np.abs(expected).max())))
+        if not feature_diff <= 1e-4:
+            raise ExportError(f"ONNX Runtime and torch pooled features disagree by {feature_diff:.2e} (relative)")
     return diff
 
 

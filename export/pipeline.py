@@ -21,18 +21,19 @@ import numpy as np
 from tumor_export import gate
 from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
-from tumor_export.onnx_export import INPUT_NAME, check_against_torch, check_onnx, export_fp32, fixed_inputs
-from tumor_export.quantize import preprocess
+from tumor_export.onnx_export import check_against_torch, check_onnx, export_fp32, fixed_inputs
+from tumor_export.static_int8 import prepare_graph
 from tumor_runtime import tumor
 from tumor_runtime.fileio import atomic_write_text, sha256_file
-from tumor_runtime.model import MANIFEST, ModelError, read_manifest
+from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
+from tumor_runtime.errors import KitError, OutputError
+from tumor_runtime.model import ModelError, read_manifest
 from tumor_runtime.validate import finite_in_range, int_in_range
 from tumor_train.checkpoint import load_model
-from tumor_train.data import DataError, list_images
+from tumor_train.data import DataError
 
 PARITY_SAMPLES = 8  # inputs on which ONNX Runtime must match torch to 1e-4
 SCRATCH_PREFIX = ".export-"
-MODEL_FILES = ("model.onnx", "model.int8.onnx")
 
 
 @dataclass
@@ -54,12 +55,24 @@ class ExportOptions:
         int_in_range("--calibration-size", self.calibration_size, 1, 1_000_000)
 
 
-class GateError(Exception):
+class GateError(KitError):
     """int8 could not meet the parity gate; nothing was written."""
 
+    exit_code = 1  # the work ran and the int8 model failed its check
 
-class OutputError(Exception):
-    """The output folder cannot be written; reported before any work."""
+
+def eval_images(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """--eval DIR by the kit's one labelled-folder rule (as tumor-infer --evaluate reads it)."""
+    from tumor_runtime.inputs import Unreadable, UsageError, labelled
+
+    try:
+        files, labels = labelled(folder, classes)
+    except UsageError as exc:
+        raise DataError(f"--eval: {exc}") from None
+    bad = [f for f in files if isinstance(f, Unreadable)]
+    if bad:
+        raise DataError(f"--eval: {bad[0].path} cannot be read: {bad[0].reason}")
+    return files, np.asarray(labels)
 
 
 def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[list[Path], np.ndarray] | None:
@@ -69,7 +82,7 @@ def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[lis
     if opts.eval is not None:
         if not Path(opts.eval).is_dir():
             raise DataError(f"--eval folder {opts.eval} does not exist")
-        return list_images(Path(opts.eval), classes)
+        return eval_images(Path(opts.eval), classes)
     root = Path(ckpt.get("data", {}).get("root", ""))
     files = [root / f for f in ckpt.get("data", {}).get("val_files", [])]
     if files and all(f.is_file() for f in files):
@@ -173,9 +186,30 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     report["tumor_threshold"] = threshold
     if opts.int8:
         quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
+    report["ood"] = out_of_distribution(scratch, opts, ckpt, labelled, eval_inputs if labelled else None, log) \
+        if report["cam_output"] else None
     report["files"] = {name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
                        for name in MODEL_FILES if (scratch / name).is_file()}
     return report
+
+
+def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled, eval_inputs, log) -> dict | None:
+    """Fit the out-of-distribution score into each model file (tumor_export.ood_fit); None, said in the log,
+    without training and validation images at hand (the models then carry no flag, as older exports)."""
+    from tumor_export import ood_fit
+
+    folder = Path(opts.calibration or ckpt.get("data", {}).get("train_dir", ""))
+    if labelled is None or not folder.is_dir():
+        log("No training and validation images at hand: exported without the out-of-distribution flag.")
+        return None
+    log("Fitting the out-of-distribution score ...")
+    train = ood_fit.training_sample(folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1,
+                                    {p.resolve() for p in labelled[0]})
+    if len(train[1]) < 2 * len(ckpt["classes"]):
+        log(f"Only {len(train[1])} training images under {folder}: exported without the out-of-distribution flag.")
+        return None
+    return {name: ood_fit.attach(scratch / name, train, eval_inputs) for name in MODEL_FILES
+            if (scratch / name).is_file()}
 
 
 def commit(out: Path, written: dict[str, Path], stale: list[str], log=print) -> None:
@@ -221,7 +255,7 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
     calib, calib_files = calibration
     log(f"Calibrating int8 ({opts.calibration_method}, {opts.activation_type}) on {len(calib)} images ...")
     prepared, int8_path = scratch / "model.pre.onnx", scratch / "model.int8.onnx"
-    preprocess(scratch / "model.onnx", prepared)
+    prepare_graph(scratch / "model.onnx", prepared)
     int8, kept, trials = gate.quantize_with_gate(prepared, int8_path, ArrayReader(calib, INPUT_NAME), fp32,
                                                  eval_inputs, labels, ckpt["classes"], opts.max_f2_drop,
                                                  opts.calibration_method, opts.activation_type, log=log)

@@ -15,7 +15,8 @@ import numpy as np
 from tumor_runtime import tumor
 from tumor_runtime.inputs import Unreadable
 from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
-from tumor_runtime.heatmap import CAM_OUTPUT, normalized_cam
+from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
+from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
@@ -23,6 +24,8 @@ from tumor_runtime.validate import finite_in_range, int_in_range
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
 MAX_BATCH_SIZE = 4096
 SESSION_BATCH = 64  # images per model call: larger batches gain nothing on a CPU and cost memory
+NO_OOD = ("this model carries no out-of-distribution score: export it again with tumor-export (compact models, "
+          "with training and validation images at hand)")
 NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export it again with tumor-export "
           "(compact models; the reference AlexNet has no global-average-pool head)")
 
@@ -66,7 +69,11 @@ class Classifier:
         self.tumor_threshold = finite_in_range(
             "tumor_threshold", info.tumor_threshold if threshold is None else threshold, 0.0, 1.0)
         self.input_name, self.output_name = session.get_inputs()[0].name, output_name(session)
-        self.has_cam = CAM_OUTPUT in [o.name for o in session.get_outputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        self.has_cam = CAM_OUTPUT in outputs
+        if info.ood is not None and FEATURES_OUTPUT not in outputs:
+            raise ModelError("the model's metadata has an out-of-distribution score but its graph has no "
+                             f"'{FEATURES_OUTPUT}' output: export it again")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, threads: int | None = None, batch_size: int = 32,
@@ -88,6 +95,9 @@ class Classifier:
                 "input": {"size": info.input_size, "channels": 1, "mean": info.mean, "std": info.std,
                           "resize": meta.get("resize"), "crop": info.crop},
                 "tumor_threshold": self.tumor_threshold, "precision": meta.get("precision", "unknown"),
+                "out_of_distribution": None if info.ood is None else {
+                    "method": "mahalanobis-ppca", "threshold": info.ood.threshold,
+                    "components": int(info.ood.directions.shape[1])},
                 "arch": info.arch, "heatmaps": self.has_cam,
                 "version": None}
         for key in ("trained_with", "exported_with", "calibration"):
@@ -116,18 +126,29 @@ class Classifier:
                  for i in range(0, len(gray), SESSION_BATCH)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
 
+    def ood_scores(self, gray: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W) -> out-of-distribution scores (N,); ModelError for a model exported without them."""
+        if self.info.ood is None:
+            raise ModelError(NO_OOD)
+        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0])
+
     def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None,
-               cams: np.ndarray | None = None) -> dict:
+               cams: np.ndarray | None = None, ood_score: float | None = None) -> dict:
+        """One result row. `ood_score`/`in_distribution`: None when the model has no out-of-distribution
+        score (exported before it) or the row is an error."""
         if probs is None:
             rec = {"path": path, "label": None, "confidence": None, "probabilities": None,
-                   "tumor_probability": None, "tumor": None, "error": error}
+                   "tumor_probability": None, "tumor": None, "ood_score": None, "in_distribution": None,
+                   "error": error}
             return rec | ({"cam": None} if cams is not None else {})
         best = int(np.argmax(probs))
         tumor_p = tumor.tumor_probability(probs, self.info.classes, self.info.negative_class)
+        inside = None if ood_score is None else not bool(self.info.ood.flags(ood_score))
         return {"path": path, "label": self.info.classes[best], "confidence": float(probs[best]),
                 "probabilities": {c: float(p) for c, p in zip(self.info.classes, probs)},
                 "tumor_probability": None if tumor_p is None else float(tumor_p),
                 "tumor": None if tumor_p is None else bool(tumor.flag(tumor_p, self.tumor_threshold)),
+                "ood_score": None if ood_score is None else float(ood_score), "in_distribution": inside,
                 "error": None} | ({} if cams is None else {"cam": normalized_cam(cams, best, self.info.input_size)})
 
     def _decode(self, item):
@@ -165,14 +186,18 @@ class Classifier:
     def _classify(self, chunk: list, decoded: list, heatmaps: bool) -> Iterator[dict]:
         good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
         batch = np.stack([decoded[i][0] for i in good]) if good else None
-        probs, cams = [], []
+        probs, cams, scores = [], [], []
         if batch is not None:
-            probs, cams = self.probabilities_and_cams(batch) if heatmaps else (self.probabilities(batch), [])
-        by_index, cam_by_index = dict(zip(good, probs)), dict(zip(good, cams))
+            names = [self.output_name] + [CAM_OUTPUT] * heatmaps + [FEATURES_OUTPUT] * (self.info.ood is not None)
+            outputs = self._run(batch, names)
+            probs = outputs[0]
+            cams = outputs[1] if heatmaps else []
+            scores = self.info.ood.score(outputs[-1]) if self.info.ood is not None else []
+        by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
             name = str(item) if isinstance(item, (str, Path, Unreadable, DicomFrame)) else f"<array {position}>"
             cam = cam_by_index.get(i, np.zeros(0)) if heatmaps else None
-            rec = self.record(name, by_index.get(i), decoded[i][1], cam)
+            rec = self.record(name, by_index.get(i), decoded[i][1], cam, score_by_index.get(i))
             if heatmaps:  # the overlay is drawn on what the model saw, without decoding the file again
                 rec["slice"] = decoded[i][0]
             if isinstance(item, DicomFrame):

@@ -27,15 +27,16 @@ FORMATS = ["table", "csv", "json", "jsonl"]
                    "stdout; '-' is stdout. Never one of the inputs.")
 @click.option("--evaluate", is_flag=True,
               help="PATHS is one folder with a subfolder per class: print macro/weighted F2, accuracy, "
-                   "tumour sensitivity, the tumour flag's sensitivity and false alarms, and the confusion matrix.")
+                   "tumor sensitivity, the tumor flag's sensitivity and false alarms, and the confusion matrix.")
 @click.option("--tumor-threshold", type=FiniteFloat(0, 1),
-              help="Flag a tumour when P(tumour) = 1 - P(notumor) reaches this [default: stored in the model].")
+              help="Flag a tumor when P(tumor) = 1 - P(notumor) reaches this [default: stored in the model].")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
-@click.option("--threads", type=click.IntRange(1),
-              help="Inference and decoding threads [default and maximum: the cores available].")
+@click.option("--threads", type=click.IntRange(0), default=0,
+              help="Inference and decoding threads; 0 = the cores available (CPU affinity and container limit), "
+                   "which is also the maximum.  [default: 0]")
 @click.option("--heatmaps", type=click.Path(file_okay=False),
               help="Write one overlay PNG per classified input into this folder: the slice, the predicted class's "
-                   "activation map, and a legend (label, confidence, P(tumour)). Needs a model with a 'cam' output.")
+                   "activation map, and a legend (label, confidence, P(tumor)). Needs a model with a 'cam' output.")
 @click.option("--model-info", is_flag=True, help="Print the model's card (classes, input, threshold, precision, "
                                                  "sha256, provenance) as JSON and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -44,16 +45,18 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
          quiet) -> None:
     """Classify brain MRI slices (JPEG, PNG, BMP, TIFF) as glioma, meningioma, notumor or pituitary.
 
-    PATHS are image files and folders. Exit code 0: all classified; 1: some inputs could
-    not be read (each gets an error row) or the results could not be written; 2: usage
-    error; 130: interrupted. For research and education, not for diagnosis.
+    PATHS are image files, DICOM files and folders. Every row says whether the input looks
+    like the brain slices the model knows (in_distribution). Exit code 0: all classified;
+    1: some inputs could not be read (each gets an error row), some were flagged out of
+    distribution, or the results could not be written; 2: usage error; 70: internal error;
+    130: interrupted. For research and education, not for diagnosis.
     """
-    from tumor_runtime.cli_common import fail, interrupted_exit_code, raise_on_sigterm
+    from tumor_runtime.cli_common import fail, guarded, interrupted_exit_code, raise_on_sigterm
 
     raise_on_sigterm()
     try:
-        sys.exit(run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads,
-                             heatmaps, model_info, quiet))
+        sys.exit(guarded(run_command, paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size,
+                         threads, heatmaps, model_info, quiet, passthrough=(OSError,)))
     except KeyboardInterrupt as exc:
         click.echo("Stopped: interrupted; no output file was written" if output not in (None, "-") else
                    "Stopped: interrupted", err=True)
@@ -69,11 +72,11 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
                 model_info, quiet) -> int:
     from tumor_runtime.cli_common import fail
     from tumor_runtime.classifier import Classifier
-    from tumor_runtime.inputs import UsageError, collect, labelled
-    from tumor_runtime.model import ModelError
+    from tumor_runtime.errors import KitError, UsageError
+    from tumor_runtime.inputs import collect, labelled
 
     try:
-        classifier = Classifier.load(model, threads=threads, batch_size=batch_size, tumor_threshold=tumor_threshold)
+        classifier = Classifier.load(model, threads=threads or None, batch_size=batch_size, tumor_threshold=tumor_threshold)
         if model_info:
             click.echo(json.dumps(classifier.card(), indent=2))
             return 0
@@ -86,8 +89,8 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
         target = output_target(output, files)
         if heatmaps:
             heatmap_folder(heatmaps, classifier)
-    except (ModelError, UsageError, ValueError) as exc:
-        fail(str(exc))
+    except KitError as exc:
+        fail(str(exc), exc.exit_code)
     with contextlib.ExitStack() as stack:
         try:  # the output file is created before any work, so an unwritable target costs nothing
             stream = stack.enter_context(destination(target))
@@ -200,18 +203,22 @@ def write_records(classifier, records, fmt: str, stream) -> int:
     from tumor_runtime.cli_common import DeferredInterrupts
     from tumor_runtime.output import Writer
 
-    failed = 0
+    failed = flagged = 0
     writer = Writer(stream, fmt, classifier.info.classes)
     try:
         with DeferredInterrupts() as interrupts:
             for rec in records:
                 interrupts.check()
                 failed += rec["error"] is not None
+                flagged += rec.get("in_distribution") is False
                 writer.write(rec)
             interrupts.check()
     finally:
         writer.close()
-    return 1 if failed else 0
+    if flagged:
+        click.echo(f"warning: {flagged} input(s) do not look like the brain MRI slices the model was trained on "
+                   "(in_distribution false): their classes are not to be trusted", err=True)
+    return 1 if failed or flagged else 0
 
 
 def write_evaluation(classifier, records, labels, fmt: str, stream) -> int:

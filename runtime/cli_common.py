@@ -7,6 +7,7 @@ Exit codes of every command: 0 done, 1 a partial failure (named on stderr), 2 us
 from __future__ import annotations
 
 import importlib.util
+import os
 import signal
 import sys
 
@@ -14,7 +15,7 @@ import click
 
 from tumor_runtime.validate import finite_in_range
 
-EXTRAS = {"train": ("torch", "matplotlib", "tqdm", "sklearn"), "export": ("torch", "onnx", "onnxscript")}
+EXTRAS = {"train": ("torch", "matplotlib", "tqdm"), "export": ("torch", "onnx", "onnxscript")}
 
 
 class FiniteFloat(click.ParamType):
@@ -72,6 +73,31 @@ class DeferredInterrupts:
 
 def interrupted_exit_code(exc: BaseException) -> int:
     return 143 if isinstance(exc, Terminated) else 130
+
+
+def guarded(body, *args, passthrough: tuple = (), **kwargs):
+    """Run a command's body under the kit's exit-code rule: a KitError is one line and its exit code; an
+    OSError (a full disk, a vanished folder) is one line and exit 1; any other exception is a bug, said as
+    one line asking for a report (TUMOR_KIT_DEBUG=1 shows the traceback). `passthrough`: exception types
+    the caller handles itself."""
+    from tumor_runtime.errors import EXIT_BUG, KitError
+
+    try:
+        return body(*args, **kwargs)
+    except passthrough:
+        raise
+    except KitError as exc:
+        fail(str(exc), exc.exit_code)
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", 1)
+    except Exception as exc:
+        if os.environ.get("TUMOR_KIT_DEBUG"):
+            raise
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        fail(f"internal error ({type(exc).__name__}{': ' + detail if detail else ''}). This is a bug in tumor-kit: "
+             "please report it with the command you ran; TUMOR_KIT_DEBUG=1 shows the traceback", EXIT_BUG)
 
 
 def fail(message: str, code: int = 2) -> None:

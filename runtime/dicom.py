@@ -207,6 +207,16 @@ def to_8bit(ds, pixels: np.ndarray) -> np.ndarray:
     return gray
 
 
+def single_frame_gray(path: Path) -> np.ndarray:
+    """uint8 gray of a one-frame DICOM file, for the stages that take one image per file (training,
+    calibration, export's --eval); ImageError for a multi-frame file, whose frames only tumor-infer lists."""
+    frames = frames_of(Path(path))
+    if len(frames) != 1:
+        raise ImageError(f"multi-frame DICOM ({len(frames)} frames): training and calibration take one image per "
+                         "file; tumor-infer and --evaluate classify every frame")
+    return load_frame(frames[0])[0]
+
+
 def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:
     """(uint8 gray (rows, cols), the row's DICOM context) for one frame; ImageError with the reason."""
     if not available():

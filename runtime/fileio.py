@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import signal
-import tempfile
-import threading
+import secrets
 from pathlib import Path
 
 
@@ -20,36 +18,31 @@ def atomic_path(target: str | os.PathLike):
     """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Signals wait until the temporary file exists and its name is kept, and are let through inside the
-    # `try`: an interrupt can no longer land between mkstemp and the `finally` that removes it (a stray .tmp).
-    tmp, blocked = None, _block_signals()
+    # The name is kept before the file exists, so that an interrupt at any point (other threads may take the
+    # signal, so masking it in this one is not enough) finds the `finally` that removes it: no stray .tmp.
+    tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        tmp = Path(name)
-        os.close(fd)
-        blocked = _restore_signals(blocked)
+        while tmp is None:
+            candidate = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+            tmp = candidate
+            try:
+                create_exclusive(candidate)
+            except FileExistsError:  # another writer's file: not ours to remove
+                tmp = None
         yield tmp
-        # mkstemp creates 0600: keep the replaced file's permissions, or give a new file the usual ones.
+        # The file was created 0600: keep the replaced file's permissions, or give a new file the usual ones.
         mode = target.stat().st_mode & 0o7777 if target.is_file() else 0o666 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
-        _restore_signals(blocked)
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
 
-def _block_signals():
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-
-
-def _restore_signals(previous) -> None:
-    """Unblock (returns None, so that a second call does nothing)."""
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+def create_exclusive(path: Path) -> None:
+    """Create an empty file that did not exist (0600, as mkstemp)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _umask() -> int:

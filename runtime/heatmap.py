@@ -18,7 +18,6 @@ from PIL import Image, ImageDraw
 
 from tumor_runtime.preprocess import HEATMAP_SUFFIX
 
-CAM_OUTPUT = "cam"
 ALPHA = 0.45  # weight of the colour map over the slice
 
 
@@ -54,7 +53,7 @@ def overlay(gray: np.ndarray, cam: np.ndarray, legend: str) -> Image.Image:
 def legend_for(rec: dict) -> str:
     tumor_p = rec.get("tumor_probability")
     return (f"{rec['label']} {rec['confidence']:.2f}" +
-            ("" if tumor_p is None else f" | P(tumour) {tumor_p:.2f}"))
+            ("" if tumor_p is None else f" | P(tumor) {tumor_p:.2f}"))
 
 
 def overlay_png(rec: dict) -> bytes | None:

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tumor_runtime.dicom import is_dicom_file
+from tumor_runtime.errors import UsageError  # noqa: F401  (raised here; importers use this name)
 from tumor_runtime.preprocess import is_image_file
 
 
-class UsageError(Exception):
-    """Bad paths on the command line (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +92,24 @@ def collect(paths: list[str], recursive: bool) -> list:
     return items
 
 
-def labelled(folder: str, classes: list[str]) -> tuple[list, list[int]]:
-    """DIR/<class>/... for --evaluate: class folders must be the model's classes."""
+SPLIT_FOLDERS = ("Training", "Train", "Testing", "Test", "Validation", "Val")
+
+
+def labelled(folder: str | os.PathLike, classes: list[str]) -> tuple[list, list[int]]:
+    """The kit's one labelled-folder rule: FOLDER/<class>/... with every class folder one of `classes` (not all
+    need be there), images listed by `images_in` (recursive, symlinks followed, hidden skipped, DICOM
+    included), each with its folder's label; unreadable files and folders come back as `Unreadable` items
+    with their label, for the caller to count or refuse. Training, export's --eval and tumor-infer's
+    --evaluate all read labelled folders through this function. UsageError for a folder that is not one."""
     root = Path(folder)
     if not root.is_dir():
-        raise UsageError(f"--evaluate needs a folder with one subfolder per class, got {root}")
+        raise UsageError(f"{root} is not a folder: give one with a subfolder per class ({', '.join(classes)})")
     present = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     unknown = [d for d in present if d not in classes]
+    splits = [d for d in unknown if d in SPLIT_FOLDERS]
+    if splits:
+        raise UsageError(f"{root} looks like a dataset root ({', '.join(splits)}): give the split itself, "
+                         f"e.g. {root / splits[0]}")
     if not present or unknown:
         raise UsageError(f"{root} must hold class folders named {', '.join(classes)}"
                          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))

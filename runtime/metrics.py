@@ -1,8 +1,8 @@
 """Classification metrics in plain numpy: confusion matrix, F-beta, and the summary every stage reports.
 
-F2 weighs recall four times as much as precision, because a missed tumour costs more
+F2 weighs recall four times as much as precision, because a missed tumor costs more
 than a false alarm. Every stage (training, export gate, runtime evaluation) uses these.
-Tumour-specific figures (sensitivity, the screening flag) live in `tumor_runtime.tumor`.
+Tumor-specific figures (sensitivity, the screening flag) live in `tumor_runtime.tumor`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load a self-describing ONNX model: the one session factory, metadata, graph and manifest checks.
 
-Everything the runtime needs (classes, input size, mean/std, tumour threshold) is read
+Everything the runtime needs (classes, input size, mean/std, tumor threshold) is read
 from the model's `metadata_props`, written by tumor-export; no other file is required.
 A model whose graph disagrees with its metadata (input size, number of outputs) is refused
 at load, never used with probabilities under the wrong names.
@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tumor_runtime.contract import DEFAULT_MODEL, MANIFEST, PROBABILITIES  # older or foreign models: first output
+from tumor_runtime.errors import KitError
 from tumor_runtime.fileio import sha256_file
 from tumor_runtime.preprocess import CROPS
 from tumor_runtime.validate import finite_in_range
 
-MANIFEST = "manifest.json"
-DEFAULT_MODEL = "model.int8.onnx"
-PROBABILITIES = "probabilities"  # the output the runtime reads; older or foreign models: the first output
 MAX_INPUT_SIZE = 4096
 
 
-class ModelError(Exception):
+class ModelError(KitError):
     """A model that cannot be used: missing, not ONNX, not a tumor-kit model, inconsistent, or tampered with."""
 
 
@@ -41,6 +40,7 @@ class ModelInfo:
     arch: str
     metadata: dict
     crop: str = "none"  # "brain": cut to the head before resizing (preprocess.brain_box); older models: none
+    ood: object = None  # tumor_runtime.ood.OodModel, or None for models exported without the score
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "ModelInfo":
@@ -49,7 +49,7 @@ class ModelInfo:
             info = cls(classes=classes, input_size=int(meta["input_size"]), mean=float(meta["mean"]),
                        std=float(meta["std"]), negative_class=str(meta["negative_class"]),
                        tumor_threshold=float(meta["tumor_threshold"]), arch=meta.get("arch", "unknown"),
-                       metadata=dict(meta), crop=str(meta.get("crop", "none")))
+                       metadata=dict(meta), crop=str(meta.get("crop", "none")), ood=ood_of(meta))
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise ModelError(f"model metadata is incomplete ({exc}); export it with tumor-export") from None
         info.check()
@@ -64,7 +64,7 @@ class ModelInfo:
             raise ModelError(f"model metadata input_size {self.input_size} is not in 1..{MAX_INPUT_SIZE}")
         if self.negative_class not in self.classes:
             raise ModelError(f"model metadata negative_class {self.negative_class!r} is not one of its classes "
-                             f"{self.classes}: the tumour columns could not be computed")
+                             f"{self.classes}: the tumor columns could not be computed")
         if self.crop not in CROPS:
             raise ModelError(f"model metadata asks for crop {self.crop!r}, which this runtime does not know "
                              f"({', '.join(CROPS)}): upgrade tumor-kit")
@@ -74,6 +74,18 @@ class ModelInfo:
             finite_in_range("model metadata tumor_threshold", self.tumor_threshold, 0.0, 1.0)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
+
+
+def ood_of(meta: dict):
+    """The out-of-distribution score in the metadata, None without one; ModelError for a damaged one."""
+    if "ood" not in meta:
+        return None
+    from tumor_runtime.ood import OodModel
+
+    try:
+        return OodModel.from_metadata(meta["ood"])
+    except ValueError as exc:
+        raise ModelError(f"model metadata: {exc}") from None
 
 
 def default_model_path() -> Path:
@@ -125,10 +137,23 @@ def verify_manifest(path: Path) -> None:
 
 
 def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota (cgroup v2
+    cpu.max), not the host's core count."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+    """ceil(quota / period) from cgroup v2's cpu.max ("200000 100000" -> 2); None without a limit."""
+    try:
+        quota, period = open(path).read().split()[:2]
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 def create_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = False):

@@ -8,6 +8,7 @@ import json
 from typing import IO
 
 
+OOD_WARNING = "WARNING: does not look like a brain MRI slice (out of distribution)"
 DICOM_COLUMNS = ("sop_instance_uid", "series_instance_uid", "instance_number")  # empty for other files
 
 
@@ -19,11 +20,11 @@ class Writer:
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             self.csv.writerow(["path", "label", "confidence", "tumor_probability", "tumor",
-                               *[f"p_{c}" for c in classes], *DICOM_COLUMNS, "error"])
+                               *[f"p_{c}" for c in classes], "ood_score", "in_distribution", *DICOM_COLUMNS, "error"])
         elif fmt == "json":
             stream.write("[")
         elif fmt == "table":
-            stream.write(f"{'path':<48} {'label':<12} {'confidence':>10} {'P(tumour)':>9}  tumour\n")
+            stream.write(f"{'path':<48} {'label':<12} {'confidence':>10} {'P(tumor)':>9}  tumor\n")
 
     def write(self, rec: dict) -> None:
         if self.fmt == "jsonl":
@@ -34,7 +35,8 @@ class Writer:
             probs, dicom = rec["probabilities"] or {}, rec.get("dicom") or {}
             self.csv.writerow([csv_cell(rec["path"]), rec["label"] or "", _num(rec["confidence"]), _num(rec["tumor_probability"]),
                                "" if rec["tumor"] is None else str(rec["tumor"]).lower(),
-                               *[_num(probs.get(c)) for c in self.classes],
+                               *[_num(probs.get(c)) for c in self.classes], _num(rec.get("ood_score")),
+                               _bool(rec.get("in_distribution")),
                                *["" if dicom.get(k) is None else dicom[k] for k in DICOM_COLUMNS],
                                csv_cell(rec["error"] or "")])
         else:
@@ -60,6 +62,10 @@ def one_line(text: str) -> str:
     return "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in text)
 
 
+def _bool(value) -> str:
+    return "" if value is None else str(value).lower()
+
+
 def _num(value) -> str:
     return "" if value is None else f"{value:.6f}"
 
@@ -70,7 +76,10 @@ def _table_row(rec: dict) -> str:
     if rec["error"]:
         return f"{path:<48} ERROR: {one_line(rec['error'])}\n"
     flag = "YES" if rec["tumor"] else "no"
-    return f"{path:<48} {rec['label']:<12} {rec['confidence']:>10.4f} {rec['tumor_probability']:>9.4f}  {flag}\n"
+    row = f"{path:<48} {rec['label']:<12} {rec['confidence']:>10.4f} {rec['tumor_probability']:>9.4f}  {flag}"
+    if rec.get("in_distribution") is False:
+        row += f"   {OOD_WARNING}"
+    return row + "\n"
 
 
 def _fmt(value) -> str:
@@ -80,13 +89,14 @@ def _fmt(value) -> str:
 def evaluation_text(result: dict) -> str:
     classes, cm = result["classes"], result["confusion_matrix"]
     width = max(10, *map(len, classes)) + 1
-    lines = [f"images {result['n_images']}  errors {result['n_errors']}",
+    lines = [f"images {result['n_images']}  errors {result['n_errors']}  "
+             f"out of distribution {result.get('n_out_of_distribution', 0)}",
              f"macro F2      {_fmt(result['f2_macro'])}", f"weighted F2   {_fmt(result['f2_weighted'])}",
              f"accuracy      {_fmt(result['accuracy'])}",
-             f"tumour sensitivity (argmax) {_fmt(result['tumor_sensitivity'])}"]
+             f"tumor sensitivity (argmax) {_fmt(result['tumor_sensitivity'])}"]
     if "screening" in result:
         s = result["screening"]
-        lines.append(f"tumour flag at threshold {s['threshold']:.4f}: sensitivity {_fmt(s['sensitivity'])}, "
+        lines.append(f"tumor flag at threshold {s['threshold']:.4f}: sensitivity {_fmt(s['sensitivity'])}, "
                      f"false alarms {_fmt(s['false_alarm_rate'])}")
     lines += ["", "confusion matrix (rows true, columns predicted)",
               " " * width + "".join(f"{c:>{width}}" for c in classes)]

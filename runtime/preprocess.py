@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from tumor_runtime.errors import KitError, OptionError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 50_000_000
@@ -33,7 +35,7 @@ BRAIN_MIN_SIDE = 0.25  # a box smaller than this share of the frame's short side
 BRAIN_MARGIN = 0.04  # added around the box, as a share of its long side
 
 
-class ImageError(ValueError):
+class ImageError(KitError, ValueError):
     """An input that cannot be turned into a model input; the message names the reason."""
 
 
@@ -211,14 +213,17 @@ def check_content(gray: Image.Image) -> None:
 def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
     """Path, PIL image or array -> uint8 array (size, size): grayscale, optional brain crop, PIL bilinear resize."""
     if crop not in CROPS:
-        raise ValueError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
+        raise OptionError(f"unknown crop {crop!r}; choose one of {', '.join(CROPS)}")
     if isinstance(source, np.ndarray):
         img = Image.fromarray(checked_array(source))
     elif isinstance(source, Image.Image):
         img = source
     else:
+        from tumor_runtime.dicom import is_dicom_file, single_frame_gray  # one file rule for every stage
+
         # Draft decoding shrinks by the frame; a crop needs the full frame's detail.
-        img = open_image(source, size if crop == "none" else None)
+        img = Image.fromarray(single_frame_gray(Path(source))) if is_dicom_file(Path(source)) \
+            else open_image(source, size if crop == "none" else None)
     gray = to_gray(img)
     check_content(gray)
     box = brain_box(np.asarray(gray)) if crop == "brain" else None

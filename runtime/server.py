@@ -39,8 +39,10 @@ SIGNATURES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"II*\x00":
 class Service:
     """The loaded classifier (None while loading), its thread pool and the request limits."""
 
-    def __init__(self, model: str | None, token: str | None, max_upload_mb: float):
+    def __init__(self, model: str | None, token: str | None, max_upload_mb: float, threads: int | None = None,
+                 tumor_threshold: float | None = None):
         self.model, self.token, self.max_bytes = model, token, int(max_upload_mb * 2**20)
+        self.threads, self.tumor_threshold = threads, tumor_threshold
         self.classifier, self.load_error = None, None
         self.pool = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="infer")
 
@@ -48,7 +50,7 @@ class Service:
         from tumor_runtime.classifier import Classifier
 
         try:
-            self.classifier = Classifier.load(self.model)
+            self.classifier = Classifier.load(self.model, threads=self.threads, tumor_threshold=self.tumor_threshold)
         except Exception as exc:  # reported by /ping (500) and every request (503) with the reason
             reason = str(exc) or type(exc).__name__
             print(f"tumor-serve: the model cannot be loaded: {reason}", file=sys.stderr, flush=True)
@@ -142,7 +144,8 @@ async def predictions(request: Request) -> JSONResponse:
     unsupported = [name for name, data in uploads if suffix_for(data, name) is None]
     if unsupported:
         return error(415, f"{', '.join(unsupported)}: not a JPEG, PNG, TIFF, BMP or DICOM file")
-    heatmap = request.query_params.get("heatmap", "0").lower() in ("1", "true", "yes")
+    # ?heatmaps=1, as tumor-infer's --heatmaps (and ?heatmap=1, TorchServe-style)
+    heatmap = any(request.query_params.get(k, "0").lower() in ("1", "true", "yes") for k in ("heatmaps", "heatmap"))
     if heatmap and not service.classifier.has_cam:
         return error(400, "this model has no 'cam' output, so it cannot give heat-maps")
     loop = asyncio.get_running_loop()
@@ -176,10 +179,10 @@ async def page(request: Request) -> HTMLResponse:
 
 
 def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = 20.0,
-               load_now: bool = False) -> Starlette:
+               load_now: bool = False, threads: int | None = None, tumor_threshold: float | None = None) -> Starlette:
     """The ASGI app. The model loads in a background thread when the server starts (503 until then),
     or at once with `load_now`."""
-    service = Service(model, token, max_upload_mb)
+    service = Service(model, token, max_upload_mb, threads, tumor_threshold)
 
     async def guard(request: Request, call_next):
         if request.url.path != "/ping" and not authorized(request, service):
@@ -215,5 +218,8 @@ def create_app(model: str | None = None, token: str | None = None, max_upload_mb
 
 def app_from_environment() -> Starlette:
     """For uvicorn's factory mode (several workers): the options travel in the environment."""
-    return create_app(os.environ.get("TUMOR_SERVE_MODEL") or None, os.environ.get("TUMOR_SERVE_TOKEN") or None,
-                      float(os.environ.get("TUMOR_SERVE_MAX_UPLOAD_MB", "20")))
+    env = os.environ.get
+    return create_app(env("TUMOR_SERVE_MODEL") or None, env("TUMOR_SERVE_TOKEN") or None,
+                      float(env("TUMOR_SERVE_MAX_UPLOAD_MB", "20")), threads=int(env("TUMOR_SERVE_THREADS") or 0) or None,
+                      tumor_threshold=float(env("TUMOR_SERVE_TUMOR_THRESHOLD")) if env("TUMOR_SERVE_TUMOR_THRESHOLD")
+                      else None)

@@ -1,9 +1,9 @@
-"""Tumour decisions, in one place: P(tumour), the screening flag, its threshold and sensitivity.
+"""Tumor decisions, in one place: P(tumor), the screening flag, its threshold and sensitivity.
 
-P(tumour) = 1 - P(notumor): the probability that the slice shows any tumour class. The
-flag is P(tumour) >= threshold. The threshold is chosen at export on validation data as
-the highest value that still catches `TARGET_SENSITIVITY` of the tumour slices, capped
-at 0.5 so the flag is never less sensitive than "P(tumour) beats P(notumor)".
+P(tumor) = 1 - P(notumor): the probability that the slice shows any tumor class. The
+flag is P(tumor) >= threshold. The threshold is chosen at export on validation data as
+the highest value that still catches `TARGET_SENSITIVITY` of the tumor slices, capped
+at 0.5 so the flag is never less sensitive than "P(tumor) beats P(notumor)".
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ MAX_THRESHOLD = 0.5
 
 
 def tumor_probability(probabilities: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS):
-    """(N, classes) or (classes,) probabilities -> P(tumour) of the same leading shape; None without `negative`."""
+    """(N, classes) or (classes,) probabilities -> P(tumor) of the same leading shape; None without `negative`."""
     if negative not in classes:
         return None
     return 1.0 - np.asarray(probabilities, dtype=np.float64)[..., classes.index(negative)]
 
 
 def flag(tumor_p, threshold: float):
-    """The screening decision: True where P(tumour) reaches the threshold."""
+    """The screening decision: True where P(tumor) reaches the threshold."""
     return np.asarray(tumor_p) >= threshold
 
 
 def tumor_sensitivity(cm: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS) -> float | None:
-    """Share of tumour images (rows of any class but `negative`) predicted as any tumour class."""
+    """Share of tumor images (rows of any class but `negative`) predicted as any tumor class."""
     if negative not in classes:
         return None
     neg = classes.index(negative)

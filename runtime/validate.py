@@ -1,10 +1,12 @@
 """Argument checks shared by the Python API and the commands: no NaN, no infinity, no out-of-range.
 
-A NaN threshold would silently turn every tumour flag off (every comparison with NaN is
+A NaN threshold would silently turn every tumor flag off (every comparison with NaN is
 False); these checks refuse it instead.
 """
 
 from __future__ import annotations
+
+from tumor_runtime.errors import OptionError
 
 import math
 import numbers
@@ -16,15 +18,15 @@ def finite_in_range(name: str, value, low: float | None = None, high: float | No
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise OptionError(f"{name} must be a number, got {value!r}") from None
     below = low is not None and (number <= low if low_open else number < low)
     if not math.isfinite(number) or below or (high is not None and number > high):
         bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{name} must be a finite number in {bounds}, got {value!r}")
+        raise OptionError(f"{name} must be a finite number in {bounds}, got {value!r}")
     return number
 
 
 def int_in_range(name: str, value, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        raise OptionError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     return int(value)

@@ -157,6 +157,6 @@ def test_threshold_keeps_sensitivity_with_fewest_false_alarms():
     assert (scores[is_tumor] >= t).mean() >= 0.995
     assert t <= 0.5
     strict = choose_threshold(np.r_[np.full(10, 0.1), np.full(1000, 0.9)], np.r_[np.zeros(10, bool), np.ones(1000, bool)])
-    assert strict == 0.5  # capped: never less sensitive than P(tumour) > P(notumor)
+    assert strict == 0.5  # capped: never less sensitive than P(tumor) > P(notumor)
     loose = choose_threshold(np.linspace(0.001, 0.3, 200), np.ones(200, bool))
     assert loose == pytest.approx(np.linspace(0.001, 0.3, 200)[1])  # floor(0.005 * 200) = 1 miss allowed

@@ -42,7 +42,7 @@ def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tm
     """The int8 model has the `cam` output too, and adding it did not change the int8 probabilities:
     the same graph without `cam`, quantized with the same calibration, gives the same probabilities."""
     from tumor_export.calibration import ArrayReader, load_inputs, sample_files
-    from tumor_export.quantize import preprocess, quantize_int8
+    from tumor_export.static_int8 import prepare_graph, quantize_int8
 
     session = create_session(exported / "model.int8.onnx")
     assert "cam" in [o.name for o in session.get_outputs()]
@@ -52,7 +52,7 @@ def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tm
     del no_cam.graph.output[:]
     no_cam.graph.output.extend(keep)
     onnx.save(no_cam, str(tmp_path / "nocam.onnx"))
-    preprocess(tmp_path / "nocam.onnx", tmp_path / "nocam.pre.onnx")
+    prepare_graph(tmp_path / "nocam.onnx", tmp_path / "nocam.pre.onnx")
     import torch
 
     ckpt = torch.load(trained / "model.pth", weights_only=True)
@@ -152,4 +152,4 @@ def test_alexnet_exports_without_cam(tmp_path):
     alexnet, compact = build_model("alexnet", num_classes=4), build_model("compact", num_classes=4, width=8)
     assert not supports_cam(alexnet) and supports_cam(compact)
     assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
-    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam"]
+    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam", "features"]

@@ -294,9 +294,9 @@ def test_09_calibration_counts(tmp_path, count):
     over 16 and not a multiple of 16. A small convolutional model is enough to reach that code."""
     from tests.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
-    from tumor_export.quantize import preprocess, quantize_int8
+    from tumor_export.static_int8 import prepare_graph, quantize_int8
 
-    preprocess(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    prepare_graph(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
     inputs = np.random.default_rng(count).standard_normal((count, 1, 32, 32)).astype(np.float32)
     for method in ("percentile", "entropy"):
         quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"), method)
@@ -765,5 +765,5 @@ def test_evaluate_reports_the_flag_at_the_threshold_in_use(int8, tmp_path):
 
     labels = [["glioma", "meningioma", "notumor", "pituitary"].index(Path(r["path"]).parent.name) for r in recs]
     mid = evaluate_records(recs, labels, ["glioma", "meningioma", "notumor", "pituitary"], threshold=0.5)
-    tumours = [r for r, y in zip(recs, labels) if y != 2]
-    assert mid["screening"]["sensitivity"] == pytest.approx(np.mean([r["tumor_probability"] >= 0.5 for r in tumours]))
+    tumors = [r for r, y in zip(recs, labels) if y != 2]
+    assert mid["screening"]["sensitivity"] == pytest.approx(np.mean([r["tumor_probability"] >= 0.5 for r in tumors]))

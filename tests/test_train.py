@@ -16,7 +16,7 @@ from PIL import Image
 
 from tumor_train.checkpoint import load_model
 from tumor_train.cli import main
-from tumor_train.quantize import load_quantized
+from tumor_train.dynamic_int8 import load_quantized
 
 FAST = ["--epochs", "1", "--width", "8"]
 
@@ -140,7 +140,7 @@ def test_reference_layout_with_validation_and_testing(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "resnet"], "unknown --arch"),
+    (["--arch", "resnet"], "'resnet' is not one of 'compact', 'alexnet'"),
     (["--data", "/no/such/folder"], "does not exist"),
     ([], "Data does not exist"),
     (["--epochs", "0"], "--epochs"),

@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts: metrics and tumour decisions, the gate search, the grouped split,
+"""Unit tests of the pure parts: metrics and tumor decisions, the gate search, the grouped split,
 the grayscale conversion. Fast, and aimed at the bugs a review planted (issue #10)."""
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def test_metrics_match_scikit_learn(data):
         row = got["per_class"][name]
         assert (row["precision"], row["recall"], row["f2"], row["support"]) == pytest.approx(
             (precision[i], recall[i], f2[i], support[i]))
-    tumour_true = [t != 2 for t in y_true]
-    caught = [p != 2 for p, t in zip(y_pred, tumour_true) if t]
-    expected = sklearn.recall_score(tumour_true, [p != 2 for p in y_pred], zero_division=0) if caught else None
+    tumor_true = [t != 2 for t in y_true]
+    caught = [p != 2 for p, t in zip(y_pred, tumor_true) if t]
+    expected = sklearn.recall_score(tumor_true, [p != 2 for p in y_pred], zero_division=0) if caught else None
     assert got["tumor_sensitivity"] == (pytest.approx(expected) if caught else None)
 
 
@@ -63,16 +63,16 @@ def test_macro_counts_classes_only_predicted():
     assert got["f2_macro"] == pytest.approx((0 + (1 + 4) * 1 * 0.5 / (4 * 1 + 0.5) + 1) / 3)
 
 
-def test_tumour_sensitivity_counts_missed_tumours():
-    cm = np.array([[8, 1, 1, 0], [0, 9, 1, 0], [0, 0, 10, 0], [0, 0, 2, 8]])  # 4 tumours called notumor of 30
+def test_tumor_sensitivity_counts_missed_tumors():
+    cm = np.array([[8, 1, 1, 0], [0, 9, 1, 0], [0, 0, 10, 0], [0, 0, 2, 8]])  # 4 tumors called notumor of 30
     assert tumor.tumor_sensitivity(cm, CLASSES) == pytest.approx(26 / 30)
     assert tumor.tumor_sensitivity(cm, ["a", "b", "c", "d"]) is None
     assert tumor.tumor_sensitivity(np.zeros((4, 4), int), CLASSES) is None
-    # a tumour called another tumour class still counts as caught
+    # a tumor called another tumor class still counts as caught
     assert tumor.tumor_sensitivity(np.array([[0, 5, 0, 0], [0] * 4, [0] * 4, [0] * 4]), CLASSES) == 1.0
 
 
-def test_tumour_probability_and_flag():
+def test_tumor_probability_and_flag():
     probs = np.array([[0.1, 0.2, 0.6, 0.1], [0.3, 0.3, 0.1, 0.3]])
     np.testing.assert_allclose(tumor.tumor_probability(probs, CLASSES), [0.4, 0.9])
     assert tumor.tumor_probability(probs, ["a", "b", "c", "d"]) is None
@@ -95,12 +95,12 @@ def test_threshold_is_the_highest_that_keeps_sensitivity(scores, data):
     t = tumor.choose_threshold(scores, is_tumor)
     assert 0 <= t <= tumor.MAX_THRESHOLD
     if is_tumor.any():
-        tumour_scores = scores[is_tumor]
+        tumor_scores = scores[is_tumor]
         if t < tumor.MAX_THRESHOLD:
-            assert (tumour_scores >= t).mean() >= tumor.TARGET_SENSITIVITY
-            higher = tumour_scores[tumour_scores > t]
+            assert (tumor_scores >= t).mean() >= tumor.TARGET_SENSITIVITY
+            higher = tumor_scores[tumor_scores > t]
             if len(higher):  # any higher threshold would miss too many
-                assert (tumour_scores >= higher.min()).mean() < tumor.TARGET_SENSITIVITY
+                assert (tumor_scores >= higher.min()).mean() < tumor.TARGET_SENSITIVITY
     else:
         assert t == tumor.MAX_THRESHOLD
 
@@ -152,9 +152,9 @@ def test_gate_leaves_the_chosen_model_on_disk(tmp_path, monkeypatch):
     import tumor_export.gate as gate
     from tests.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
-    from tumor_export.quantize import preprocess, quantizable_nodes
+    from tumor_export.static_int8 import prepare_graph, quantizable_nodes
 
-    preprocess(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    prepare_graph(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
     nodes = quantizable_nodes(tmp_path / "pre.onnx")
     assert len(nodes) == 3
     wanted = nodes[1]  # not the last candidate: a missing re-quantization would leave the last one

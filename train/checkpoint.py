@@ -12,13 +12,14 @@ from pathlib import Path
 
 import torch
 
+from tumor_runtime.errors import KitError
 from tumor_runtime.fileio import atomic_write_bytes
 from tumor_train.models import build_model
 
 FORMAT = "tumor-kit/model-v1"
 
 
-class CheckpointError(Exception):
+class CheckpointError(KitError):
     """Missing or incompatible checkpoint, reported in one line."""
 
 

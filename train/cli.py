@@ -11,6 +11,7 @@ from click.core import ParameterSource
 
 from tumor_runtime import __version__
 from tumor_runtime.cli_common import FiniteFloat, fail
+from tumor_runtime.errors import UsageError
 from tumor_train.config import TrainConfig
 
 DEFAULTS = TrainConfig()
@@ -22,10 +23,10 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 @click.option("--data", default=DEFAULTS.data, show_default=True, type=click.Path(file_okay=False),
               help="Dataset root: Train/ (or Training/), optional Validation/ and Testing/, one folder per class; "
                    "or a plain folder of class folders.")
-@click.option("--out", default=None, type=click.Path(file_okay=False),
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
               help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots "
                    "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.")
-@click.option("--arch", default=DEFAULTS.arch, show_default=True,
+@click.option("--arch", default=DEFAULTS.arch, show_default=True, type=click.Choice(["compact", "alexnet"]),
               help="Architecture: compact (~0.9M parameters at width 40) or alexnet (the ~58M reference).")
 @click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1, 65_536))
@@ -59,20 +60,22 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
               help="Use at most this many training images per class (quick trials); 0 = all.")
 @click.option("--cv", "folds", default=0, type=click.IntRange(0, 20),
               help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "
-                   "writes OUT/cv.json (mean ± std macro F2, accuracy, tumour sensitivity) and cv.png; 0 = off.")
+                   "writes OUT/cv.json (mean ± std macro F2, accuracy, tumor sensitivity) and cv.png; 0 = off.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
                    "with (only --data, --threads and --device may change).")
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
 @click.version_option(__version__, "--version", prog_name="tumor-train")
 def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
-    """Train a brain-tumour MRI classifier (glioma, meningioma, notumor, pituitary).
+    """Train a brain-tumor MRI classifier (glioma, meningioma, notumor, pituitary).
 
     Selects the epoch with the best validation macro F2 and writes model.pth, the dynamic
     int8 model_quantized.pth, metrics.json, history.csv and plots into --out.
     """
+    from tumor_runtime.cli_common import guarded
+
     try:
-        train_command(resume, overwrite, folds, options)
+        guarded(train_command, resume, overwrite, folds, options)
     except KeyboardInterrupt:  # Ctrl-C while torch is still loading: 130, not click's "Aborted!" and 1
         click.echo("Stopped: interrupted before training started", err=True)
         sys.exit(130)
@@ -83,11 +86,9 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
 
     require_extra("train", "tumor-train")
     raise_on_sigterm()
-    from tumor_train.checkpoint import CheckpointError
-    from tumor_train.data import DataError
-    from tumor_train.distributed import DeviceError, launched_by_torchrun
+    from tumor_train.distributed import launched_by_torchrun
     from tumor_train.models import ARCHITECTURES
-    from tumor_train.trainer import Interrupted, OutputError, run
+    from tumor_train.trainer import Interrupted, run
 
     if options["arch"] not in ARCHITECTURES:
         fail(f"unknown --arch {options['arch']!r}; choose one of: {', '.join(ARCHITECTURES)}")
@@ -101,8 +102,6 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
             return cross_validate(options, folds)
         cfg = resumed_config(options) if resume else new_config(options, overwrite)
         metrics = run(cfg, resume=resume)
-    except (DataError, CheckpointError, OutputError, DeviceError, ValueError) as exc:
-        fail(str(exc))
     except Interrupted as exc:
         click.echo(f"Stopped: {exc}", err=True)
         sys.exit(143 if exc.terminated else 130)
@@ -117,7 +116,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
         return
     sensitivity = val["tumor_sensitivity"]
     click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "
-               f"{val['accuracy']:.4f}, tumour sensitivity "
+               f"{val['accuracy']:.4f}, tumor sensitivity "
                f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}. Outputs in {cfg.out}/")
 
 
@@ -128,7 +127,7 @@ def cross_validate(options: dict, folds: int) -> None:
     summary = run_cv(cfg, folds)["summary"]
     f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
     click.echo(f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
-               f"{acc['std']:.4f}, tumour sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json")
+               f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json")
 
 
 def new_config(options: dict, overwrite: bool) -> TrainConfig:
@@ -136,7 +135,7 @@ def new_config(options: dict, overwrite: bool) -> TrainConfig:
 
     out = options["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     if not overwrite and any((Path(out) / name).exists() for name in ("model.pth", "checkpoint.pth")):
-        raise ValueError(f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
+        raise UsageError(f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
                          "or choose another --out")
     return TrainConfig(**TrainConfig.known(options | {"out": out}))
 
@@ -149,14 +148,14 @@ def resumed_config(options: dict) -> TrainConfig:
     from tumor_train.trainer import CHECKPOINT
 
     if not options["out"]:
-        raise ValueError("--resume needs --out: the run folder that holds checkpoint.pth")
+        raise UsageError("--resume needs --out: the run folder that holds checkpoint.pth")
     saved = TrainConfig.known(read_checkpoint(Path(options["out"]) / CHECKPOINT)["config"])
     ctx = click.get_current_context()
     explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     conflicts = [f"--{k.replace('_', '-')} {options[k]} (the run has {saved[k]})" for k in sorted(explicit)
                  if k in saved and k not in RESUME_MAY_CHANGE and options[k] != saved[k]]
     if conflicts:
-        raise ValueError(f"--resume continues the run as it was configured; these options differ: "
+        raise UsageError(f"--resume continues the run as it was configured; these options differ: "
                          f"{'; '.join(conflicts)}")
     changes = {k: options[k] for k in RESUME_MAY_CHANGE & explicit}
     return TrainConfig(**(TrainConfig.known(saved) | changes | {"out": options["out"]}))

@@ -17,7 +17,7 @@ class TrainConfig:
     lr: float = 2e-3  # peak AdamW learning rate (the reference used Adam at 3e-4; see --lr)
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_epochs: float = 2.0  # linear warm-up before the cosine decay
-    label_smoothing: float = 0.05  # softens one-hot targets; helps calibration of the tumour threshold
+    label_smoothing: float = 0.05  # softens one-hot targets; helps calibration of the tumor threshold
     image_size: int = 227  # square input side (--size), stored in the checkpoint and the ONNX metadata
     crop: str = "none"  # "brain": cut each slice to the square around the head before resizing; "none": whole frame
     val_fraction: float = 0.15  # share carved for validation when there is no Validation folder; 0 = final fit
@@ -44,11 +44,12 @@ class TrainConfig:
 
     def check(self) -> None:
         """ValueError naming the first field that is not finite and in range."""
+        from tumor_runtime.errors import OptionError
         from tumor_runtime.preprocess import CROPS
         from tumor_runtime.validate import finite_in_range, int_in_range
 
         if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
+            raise OptionError(f"crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
 
         for name, (low, high, low_open) in self.FLOAT_RANGES.items():
             finite_in_range(name, getattr(self, name), low, high, low_open)

@@ -2,7 +2,7 @@
 
 The training images are decoded and grouped once (duplicates and near-duplicates stay in
 one fold, each class spread evenly); then one ordinary run per fold (`trainer.train_on`)
-writes OUT/fold-<k>/. cv.json holds per-fold and mean ± std macro F2, accuracy, tumour
+writes OUT/fold-<k>/. cv.json holds per-fold and mean ± std macro F2, accuracy, tumor
 sensitivity and best epoch; cv.png plots them. A fold whose metrics.json exists is
 reused, so an interrupted cross-validation continues where it stopped.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tumor_runtime.errors import UsageError
 from tumor_runtime.fileio import atomic_write_text
 from tumor_train.config import TrainConfig
 from tumor_train.data import PreparedData, class_names, find_splits, grouping_images, load_split, relative_to_root
@@ -57,7 +58,7 @@ def run_cv(cfg: TrainConfig, folds: int) -> dict:
     """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
     cfg.check()
     if launched_by_torchrun():
-        raise ValueError("--cv runs its folds one after another in one process: start it without torchrun")
+        raise UsageError("--cv runs its folds one after another in one process: start it without torchrun")
     out = Path(cfg.out)
     check_writable(out)
     place = setup(cfg.device)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tumor_runtime.errors import KitError
 from tumor_runtime.inputs import images_in
 from tumor_runtime.preprocess import ImageError, load_gray
 
@@ -27,7 +28,7 @@ VALIDATION_NAMES = ("Validation", "Val")
 TEST_NAMES = ("Testing", "Test")
 
 
-class DataError(Exception):
+class DataError(KitError):
     """A problem with the data folder, reported to the user in one line."""
 
 
@@ -59,7 +60,7 @@ def find_splits(root: Path) -> dict[str, Path | None]:
 
 
 def class_names(train_dir: Path) -> list[str]:
-    """The class folders, sorted. One must be the negative class: the tumour flag, its threshold and the
+    """The class folders, sorted. One must be the negative class: the tumor flag, its threshold and the
     sensitivity are all measured against it, so a model without it could not screen."""
     from tumor_runtime.tumor import NEGATIVE_CLASS
 
@@ -68,28 +69,30 @@ def class_names(train_dir: Path) -> list[str]:
         raise DataError(f"{train_dir} needs at least two class folders, found {len(names)}")
     if NEGATIVE_CLASS not in names:
         raise DataError(f"{train_dir} has no '{NEGATIVE_CLASS}' class folder (found {', '.join(names)}): the kit "
-                        f"screens for tumours against slices without one, so the data needs {NEGATIVE_CLASS}/")
+                        f"screens for tumors against slices without one, so the data needs {NEGATIVE_CLASS}/")
     return names
 
 
 def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[list[Path], np.ndarray]:
-    """Sorted image files per class folder (`images_in`, not recursive); a missing, unreadable or empty
-    class folder is an error."""
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        folder = split_dir / name
-        if not folder.is_dir():
-            raise DataError(f"class folder {folder} is missing")
-        errors: list = []
-        files = images_in(folder, recursive=False, errors=errors)
-        if errors:
-            raise DataError(f"class folder {folder} cannot be read: {errors[0].reason}")
-        if not files:
-            raise DataError(f"class folder {folder} has no images (.jpg, .png, .bmp, .tif)")
-        files = files[:limit] if limit else files
-        paths += files
-        labels += [label] * len(files)
-    return paths, np.asarray(labels, dtype=np.int64)
+    """Image files per class folder by the kit's one labelled-folder rule (`tumor_runtime.inputs.labelled`);
+    for training every class folder must be there, readable and non-empty. At most `limit` per class."""
+    from tumor_runtime.inputs import Unreadable, UsageError, labelled
+
+    try:
+        files, labels = labelled(split_dir, classes)
+    except UsageError as exc:
+        raise DataError(str(exc)) from None
+    unreadable = [f for f in files if isinstance(f, Unreadable)]
+    if unreadable:
+        raise DataError(f"{unreadable[0].path} cannot be read: {unreadable[0].reason}")
+    labels = np.asarray(labels, dtype=np.int64)
+    empty = [name for i, name in enumerate(classes) if not np.any(labels == i)]
+    if empty:
+        raise DataError(f"class folder {split_dir / empty[0]} is missing or has no images (.jpg, .png, .bmp, .tif, "
+                        ".dcm)")
+    keep = np.concatenate([np.flatnonzero(labels == i)[:limit] if limit else np.flatnonzero(labels == i)
+                           for i in range(len(classes))])
+    return [files[i] for i in keep], labels[keep]
 
 
 def require_every_class(split: "ImageSet", classes: list[str], name: str) -> None:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from tumor_runtime.errors import KitError
 
-class DeviceError(Exception):
+
+class DeviceError(KitError):
     """A device that is not there, reported in one line."""
 
 

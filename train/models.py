@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tumor_runtime.errors import OptionError
+
 
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -73,7 +75,7 @@ def model_args_for(arch: str, num_classes: int, width: int, dropout: float) -> d
 
 def build_model(arch: str, **model_args) -> nn.Module:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise OptionError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[arch](**model_args)
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from tumor_runtime.cli_common import Terminated
+from tumor_runtime.errors import OutputError
 from tumor_runtime.fileio import atomic_write_text
 from tumor_runtime.preprocess import RESIZE_METHOD
 from tumor_runtime.tumor import NEGATIVE_CLASS
@@ -32,7 +33,7 @@ from tumor_train.data import ImageSet, PreparedData, pixel_stats, prepare_data
 from tumor_train.distributed import Placement, setup, teardown
 from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, evaluate, train_one_epoch
 from tumor_train.models import count_parameters, model_args_for
-from tumor_train.quantize import save_quantized
+from tumor_train.dynamic_int8 import save_quantized
 
 CHECKPOINT = "checkpoint.pth"  # resumable state, rewritten atomically after every epoch
 
@@ -45,14 +46,10 @@ class Interrupted(Exception):
         self.terminated = terminated
 
 
-class OutputError(Exception):
-    """The outputs could not be written (checked before training, or failed after it: weights kept)."""
-
-
 def versions() -> dict:
-    import tumor_runtime
+    from tumor_runtime.contract import tool_versions
 
-    return {"tumor_kit": tumor_runtime.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
+    return tool_versions("torch")
 
 
 def check_writable(out: Path) -> None:
@@ -84,7 +81,10 @@ def lock_output(out: Path, enabled: bool = True):
         except BlockingIOError:
             raise OutputError(f"another tumor-train is writing to {out}: wait for it to end, or choose another "
                               "--out") from None
-        yield
+        try:
+            yield
+        finally:
+            (out / LOCK).unlink(missing_ok=True)  # the folder keeps only the run's outputs
 
 
 def run_epoch(cfg: TrainConfig, state: TrainingState, tensors: dict, classes: list[str], stats: tuple[float, float],

@@ -13,15 +13,14 @@ from tumor_runtime.cli_common import raise_on_sigterm
 pytestmark = pytest.mark.faults
 
 
-def test_19_a_signal_during_mkstemp_leaves_no_stray_tmp(tmp_path, monkeypatch):
-    real = fileio.tempfile.mkstemp
+def test_19_a_signal_as_the_temporary_file_is_created_leaves_no_stray_tmp(tmp_path, monkeypatch):
+    real = fileio.create_exclusive
 
-    def mkstemp_then_interrupt(*args, **kwargs):
-        made = real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)  # lands right after the file exists, before its name is kept
-        return made
+    def create_then_interrupt(path):
+        real(path)
+        os.kill(os.getpid(), signal.SIGINT)  # lands right after the file exists (mkstemp's window)
 
-    monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp_then_interrupt)
+    monkeypatch.setattr(fileio, "create_exclusive", create_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         fileio.atomic_write_text(tmp_path / "results.json", "[]")
     assert list(tmp_path.iterdir()) == []

@@ -271,3 +271,13 @@ def test_10_sigterm_stops_the_server_even_with_a_client_holding_a_request(tmp_pa
         assert "Traceback" not in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_16_training_calibration_and_eval_read_a_dicom_as_the_runtime_does(tmp_path, slice8, clf):
+    from tumor_train.data import decode_images
+
+    single = write_dicom(tmp_path / "one.dcm", slice8.astype(np.uint16), bits_stored=8)
+    multi = write_dicom(tmp_path / "multi.dcm", np.stack([slice8] * 2).astype(np.uint16), bits_stored=8)
+    decoded = decode_images([single, multi], np.zeros(2, np.int64), 227)
+    assert len(decoded.images) == 1 and "multi-frame DICOM" in decoded.skipped[0][1]
+    assert np.array_equal(decoded.images[0], clf._decode(DicomFrame(single, None))[0])

@@ -1,7 +1,7 @@
 """ONNX Runtime static int8 quantization: QDQ format, per-channel int8 weights.
 
 Softmax always stays in float: quantizing probabilities to 256 levels would blur the
-tumour probability that the screening threshold reads. So does the `cam` head (signed maps).
+tumor probability that the screening threshold reads. So does the `cam` head (signed maps).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from tumor_runtime.contract import CAM_OUTPUT
 
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
@@ -33,7 +35,7 @@ def quiet_logging():
         root.setLevel(level)
 
 
-def preprocess(fp32_path: Path, out_path: Path) -> None:
+def prepare_graph(fp32_path: Path, out_path: Path) -> None:
     """quant_pre_process: symbolic shape inference and graph optimisation before quantizing."""
     with quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
@@ -49,7 +51,7 @@ def float_only_nodes(path: Path) -> list[str]:
     """Softmax, and the node that makes the `cam` output: a heat-map has signed values that u8
     activations would clip, and its 1x1 convolution costs next to nothing in float."""
     graph = onnx.load(str(path)).graph
-    return [n.name for n in graph.node if n.op_type == "Softmax" or "cam" in n.output]
+    return [n.name for n in graph.node if n.op_type == "Softmax" or CAM_OUTPUT in n.output]
 
 
 def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax", activation: str = "u8",

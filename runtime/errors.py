@@ -1,0 +1,34 @@
+"""The kit's one error type and its exit-code rule.
+
+Every problem a user can act on (a bad option, a missing folder, an unreadable model, a full
+disk) is a `KitError` carrying its exit code; each command catches it once and prints one
+line. Anything else is a bug in the kit and says so (`cli_common.guarded`): one line asking
+for a report, the traceback only with TUMOR_KIT_DEBUG=1.
+
+Exit codes of all four commands: 0 done; 1 done, but some inputs got error rows or the
+results could not be written; 2 usage, input or output problem (nothing done); 70 internal
+error (a bug); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+"""
+
+from __future__ import annotations
+
+
+class KitError(Exception):
+    """A problem the user can act on: one line on stderr and `exit_code`."""
+
+    exit_code = 2
+
+
+class UsageError(KitError):
+    """Bad paths or options on the command line."""
+
+
+class OptionError(KitError, ValueError):
+    """A value out of range or of the wrong kind (a ValueError too: the Python API's documented type)."""
+
+
+class OutputError(KitError):
+    """The outputs cannot be written (checked before the work where possible)."""
+
+
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error
