@@ -28,6 +28,7 @@ from tumor_runtime.fileio import atomic_write_text, sha256_file
 from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
 from tumor_runtime.errors import KitError, OutputError
 from tumor_runtime.model import ModelError, read_manifest
+from tumor_runtime.preprocess import load_gray
 from tumor_runtime.validate import finite_in_range, int_in_range
 from tumor_train.checkpoint import load_model
 from tumor_train.data import DataError
@@ -186,14 +187,13 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     report["tumor_threshold"] = threshold
     if opts.int8:
         quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
-    report["ood"] = out_of_distribution(scratch, opts, ckpt, labelled, eval_inputs if labelled else None, log) \
-        if report["cam_output"] else None
+    report["ood"] = out_of_distribution(scratch, opts, ckpt, labelled, log) if report["cam_output"] else None
     report["files"] = {name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
                        for name in MODEL_FILES if (scratch / name).is_file()}
     return report
 
 
-def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled, eval_inputs, log) -> dict | None:
+def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled, log) -> dict | None:
     """Fit the out-of-distribution score into each model file (tumor_export.ood_fit); None, said in the log,
     without training and validation images at hand (the models then carry no flag, as older exports)."""
     from tumor_export import ood_fit
@@ -208,7 +208,9 @@ def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled
     if len(train[1]) < 2 * len(ckpt["classes"]):
         log(f"Only {len(train[1])} training images under {folder}: exported without the out-of-distribution flag.")
         return None
-    return {name: ood_fit.attach(scratch / name, train, eval_inputs) for name in MODEL_FILES
+    validation = np.stack([load_gray(f, ckpt["preprocess"]["size"], ckpt["preprocess"].get("crop", "none"))
+                           for f in labelled[0]])
+    return {name: ood_fit.attach(scratch / name, train, validation, ckpt["preprocess"]) for name in MODEL_FILES
             if (scratch / name).is_file()}
 
 

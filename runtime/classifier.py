@@ -18,6 +18,7 @@ from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
 from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
+from tumor_runtime.ood import image_descriptor
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 
@@ -96,8 +97,9 @@ class Classifier:
                           "resize": meta.get("resize"), "crop": info.crop},
                 "tumor_threshold": self.tumor_threshold, "precision": meta.get("precision", "unknown"),
                 "out_of_distribution": None if info.ood is None else {
-                    "method": "mahalanobis-ppca", "threshold": info.ood.threshold,
-                    "components": int(info.ood.directions.shape[1])},
+                    "method": "mahalanobis-ppca on pooled features and image descriptors",
+                    "flag": "ood_score >= 1", "thresholds": {"features": info.ood.features.threshold,
+                                                               "image": info.ood.image.threshold}},
                 "arch": info.arch, "heatmaps": self.has_cam,
                 "version": None}
         for key in ("trained_with", "exported_with", "calibration"):
@@ -130,7 +132,7 @@ class Classifier:
         """uint8 (N, H, W) -> out-of-distribution scores (N,); ModelError for a model exported without them."""
         if self.info.ood is None:
             raise ModelError(NO_OOD)
-        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0])
+        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0], np.stack([image_descriptor(g) for g in gray]))
 
     def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None,
                cams: np.ndarray | None = None, ood_score: float | None = None) -> dict:
@@ -152,16 +154,18 @@ class Classifier:
                 "error": None} | ({} if cams is None else {"cam": normalized_cam(cams, best, self.info.input_size)})
 
     def _decode(self, item):
-        """item -> (uint8 image at the input size or None, error or None, DICOM context or None)."""
+        """item -> (uint8 image at the input size or None, error or None, DICOM context or None, image
+        descriptor for the out-of-distribution score or None). Runs in the decode threads."""
         if isinstance(item, Unreadable):
-            return None, item.reason, None
+            return None, item.reason, None, None
         try:
+            dicom = None
             if isinstance(item, DicomFrame):
-                gray, dicom = load_frame(item)
-                return load_gray(gray, self.info.input_size, self.info.crop), None, dicom
-            return load_gray(item, self.info.input_size, self.info.crop), None, None
+                item, dicom = load_frame(item)
+            gray = load_gray(item, self.info.input_size, self.info.crop)
         except (ImageError, OSError, ValueError, TypeError) as exc:
-            return None, str(exc) or type(exc).__name__, None
+            return None, str(exc) or type(exc).__name__, None, None
+        return gray, None, dicom, image_descriptor(gray) if self.info.ood is not None else None
 
     def iter_predict(self, items: Iterable, heatmaps: bool = False) -> Iterator[dict]:
         """Stream records in input order; bad items give a record with `error` set, never an exception.
@@ -184,7 +188,7 @@ class Classifier:
                 yield from self._classify(chunk, [f.result() for f in futures], heatmaps)
 
     def _classify(self, chunk: list, decoded: list, heatmaps: bool) -> Iterator[dict]:
-        good = [i for i, (image, _, _) in enumerate(decoded) if image is not None]
+        good = [i for i, row in enumerate(decoded) if row[0] is not None]
         batch = np.stack([decoded[i][0] for i in good]) if good else None
         probs, cams, scores = [], [], []
         if batch is not None:
@@ -192,7 +196,8 @@ class Classifier:
             outputs = self._run(batch, names)
             probs = outputs[0]
             cams = outputs[1] if heatmaps else []
-            scores = self.info.ood.score(outputs[-1]) if self.info.ood is not None else []
+            if self.info.ood is not None:
+                scores = self.info.ood.score(outputs[-1], np.stack([decoded[i][3] for i in good]))
         by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
             name = str(item) if isinstance(item, (str, Path, Unreadable, DicomFrame)) else f"<array {position}>"

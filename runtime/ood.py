@@ -1,35 +1,63 @@
-"""Out-of-distribution score: how far a slice's pooled features lie from the training slices'.
+"""Out-of-distribution score: does an input look like the brain MRI slices the model was trained on?
 
 The model answers every input with one of its classes; a knee, a chest film or a photo would be
-"diagnosed" as confidently as a brain slice. The score flags what does not look like the training
-data. It is a Mahalanobis distance (Lee et al., NeurIPS 2018) to the nearest class mean under one
-shared within-class covariance, in probabilistic-PCA form (Tipping & Bishop) so that it is cheap
-and small to store:
+"diagnosed" as confidently as a brain slice. Two measurements, each a Mahalanobis distance
+(Lee et al., NeurIPS 2018) to the nearest class mean under one shared within-class covariance,
+in probabilistic-PCA form (Tipping & Bishop) so that it is cheap and small to store:
 
-    z = V^T (f - m) / sqrt(lambda)                  the top-k whitened principal coordinates
-    score = min_c |z - z_c|^2 + |r|^2 / lambda_rest  nearest class centre, plus what the k
-                                                     directions do not explain (r), scaled by the
-                                                     mean of the remaining eigenvalues
+- `features`: the model's pooled features (its `features` output), scaled to unit length: what
+  the network sees;
+- `image`: 23 numbers describing the model's input itself (`image_descriptor`: its intensity
+  histogram, left-right symmetry, edge density, how dark its border is, ...): what a slice looks
+  like, which a 4-class network was never taught to notice.
 
-f: the model's `features` output (N, D); m: the training mean; V (D, k), lambda (k,): the top
-principal directions and variances of the training features around their class means; z_c: the
-class centres. Fitted at export on training images (`fit`), with the threshold set on validation
-images so that a chosen share of real slices pass (`threshold_for`); stored in the ONNX metadata
-under "ood" (float16, base64). Models exported before this have no "ood" key: no flag, as before.
-Chosen over the energy score (Liu et al. 2020) and the maximum softmax probability by measurement:
-see the model card.
+    z = V^T (x - m) / sqrt(lambda)                  top-k whitened principal coordinates
+    d(x) = min_c |z - z_c|^2 + |r|^2 / lambda_rest   nearest class centre, plus what the k
+                                                     directions leave unexplained (r)
+
+Each distance is divided by its own threshold, set at export so that `PASS_SHARE` of the
+validation slices pass it; `ood_score` is the larger ratio, and an input is out of distribution
+when it reaches 1. Fitted at export (`fit`, `with_threshold`); stored under the metadata key
+"ood" (float16, base64). Models exported before this have no "ood": no flag, as before. Chosen by
+measurement against the energy score, the maximum softmax probability, a k-nearest-neighbour
+distance and either measurement alone (see the model card).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
 
-COMPONENTS = 24  # principal directions kept: 24 x 320 float16 weights add about 20 KB to the model file
-PASS_SHARE = 0.995  # at export, the threshold lets this share of the validation slices pass
+COMPONENTS = {"features": 24, "image": 16}  # principal directions kept per measurement
+PASS_SHARE = 0.9975  # per measurement: together at most 0.5 % of real validation slices are flagged
+DESCRIPTOR_SIDE = 64  # the image descriptor is computed on the input shrunk to this side (cheap)
+METHOD = "mahalanobis-ppca:features+image"
+
+
+def image_descriptor(gray: np.ndarray) -> np.ndarray:
+    """uint8 model input (S, S) -> float32 (23,): sqrt of a 16-bin histogram, left-right symmetry, mean
+    gradient, edge share, centre-to-mean brightness, dark border share, contrast, saturated share."""
+    g = np.asarray(Image.fromarray(gray).resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), Image.BILINEAR), np.float32)
+    histogram = np.bincount((g // 16).astype(np.int64).ravel(), minlength=16)[:16] / g.size
+    flipped = g[:, ::-1]
+    spread = g.std() * flipped.std()
+    symmetry = float(((g - g.mean()) * (flipped - flipped.mean())).mean() / spread) if spread > 0 else 1.0
+    gy, gx = np.gradient(g)
+    edges = np.hypot(gx, gy)
+    quarter = DESCRIPTOR_SIDE // 4
+    centre = g[quarter:-quarter, quarter:-quarter].mean() / (g.mean() + 1e-3)
+    border = np.concatenate([g[:4].ravel(), g[-4:].ravel(), g[:, :4].ravel(), g[:, -4:].ravel()])
+    return np.concatenate([np.sqrt(histogram), [symmetry, edges.mean() / 50, (edges > 40).mean(), centre,
+                                                (border <= 10).mean(), g.std() / 64, (g >= 250).mean()]]).astype(np.float32)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def _encode(array: np.ndarray) -> dict:
@@ -43,80 +71,104 @@ def _decode(entry: dict) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class OodModel:
-    mean: np.ndarray  # (D,) training feature mean
-    directions: np.ndarray  # (D, k) principal directions, each divided by sqrt(its variance)
-    centers: np.ndarray  # (C, k) class centres in those whitened coordinates
-    rest_variance: float  # mean variance of the directions not kept
-    threshold: float  # scores at or above it are out of distribution
+class Gaussian:
+    """One measurement's distance: class centres and a shared covariance in probabilistic-PCA form."""
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """(N, D) features -> (N,) scores; larger is less like the training slices."""
-        centred = np.asarray(features, np.float32) - self.mean
-        z = centred @ self.directions  # (N, k)
-        # the part of `centred` the k directions do not explain: subtract its projection
+    mean: np.ndarray  # (D,)
+    directions: np.ndarray  # (D, k) principal directions, each divided by sqrt(its variance)
+    centers: np.ndarray  # (C, k) class centres in those coordinates
+    rest_variance: float  # mean variance of the directions not kept
+    threshold: float  # the distance at which this measurement flags
+
+    def distance(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N,): larger is less like the training data."""
+        centred = np.asarray(x, np.float32) - self.mean
+        z = centred @ self.directions
         unit = self.directions / np.linalg.norm(self.directions, axis=0, keepdims=True)
         residual = centred - (centred @ unit) @ unit.T
-        nearest = ((z[:, None, :] - self.centers[None]) ** 2).sum(-1).min(1)
-        return nearest + (residual ** 2).sum(1) / self.rest_variance
+        return ((z[:, None, :] - self.centers[None]) ** 2).sum(-1).min(1) + (residual ** 2).sum(1) / self.rest_variance
 
-    def flags(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(scores) >= self.threshold
-
-    def to_metadata(self) -> str:
-        return json.dumps({"method": "mahalanobis-ppca", "features": "features", "mean": _encode(self.mean),
-                           "directions": _encode(self.directions), "centers": _encode(self.centers),
-                           "rest_variance": float(self.rest_variance), "threshold": float(self.threshold)})
+    def to_json(self) -> dict:
+        return {"mean": _encode(self.mean), "directions": _encode(self.directions), "centers": _encode(self.centers),
+                "rest_variance": float(self.rest_variance), "threshold": float(self.threshold)}
 
     @classmethod
-    def from_metadata(cls, text: str, width: int | None = None) -> "OodModel":
-        """ValueError for anything but a consistent, finite record (the caller refuses the model)."""
-        try:
-            data = json.loads(text)
-            if data.get("method") != "mahalanobis-ppca":
-                raise ValueError(f"unknown method {data.get('method')!r}")
-            model = cls(_decode(data["mean"]), _decode(data["directions"]), _decode(data["centers"]),
-                        float(data["rest_variance"]), float(data["threshold"]))
-        except (KeyError, TypeError, AttributeError, RecursionError, ValueError) as exc:
-            raise ValueError(f"the 'ood' metadata is not a valid record ({exc})") from None
-        model.check(width)
-        return model
-
-    def check(self, width: int | None = None) -> None:
-        d, k = self.directions.shape if self.directions.ndim == 2 else (-1, -1)
-        if self.mean.shape != (d,) or self.centers.ndim != 2 or self.centers.shape[1] != k or (width and d != width):
-            raise ValueError("the 'ood' metadata's shapes do not fit together or the model's features")
-        arrays_finite = all(np.isfinite(a).all() for a in (self.mean, self.directions, self.centers))
-        if not (arrays_finite and np.isfinite(self.threshold) and self.rest_variance > 0
-                and np.all(np.linalg.norm(self.directions, axis=0) > 0)):
-            raise ValueError("the 'ood' metadata holds values that are not finite or not positive")
+    def from_json(cls, data: dict) -> "Gaussian":
+        g = cls(_decode(data["mean"]), _decode(data["directions"]), _decode(data["centers"]),
+                float(data["rest_variance"]), float(data["threshold"]))
+        d, k = g.directions.shape
+        if g.mean.shape != (d,) or g.centers.ndim != 2 or g.centers.shape[1] != k:
+            raise ValueError("shapes that do not fit together")
+        finite = all(np.isfinite(a).all() for a in (g.mean, g.directions, g.centers))
+        if not (finite and g.rest_variance > 0 and g.threshold > 0 and np.isfinite(g.threshold)
+                and np.all(np.linalg.norm(g.directions, axis=0) > 0)):
+            raise ValueError("values that are not finite or not positive")
+        return g
 
 
-def fit(features: np.ndarray, labels: np.ndarray, components: int = COMPONENTS) -> OodModel:
-    """The score's parameters from training features (N, D) and their class labels (N,); threshold 0 until
-    `threshold_for` sets it."""
-    features = np.asarray(features, np.float64)
-    labels = np.asarray(labels)
+def fit_gaussian(x: np.ndarray, labels: np.ndarray, components: int) -> Gaussian:
+    """Class means, and the top principal directions of the within-class scatter (threshold unset: 1)."""
+    x, labels = np.asarray(x, np.float64), np.asarray(labels)
     classes = np.unique(labels)
-    class_means = np.stack([features[labels == c].mean(0) for c in classes])
-    within = features - class_means[np.searchsorted(classes, labels)]
-    covariance = within.T @ within / max(1, len(features) - len(classes))
-    variances, vectors = np.linalg.eigh(covariance)  # ascending
+    class_means = np.stack([x[labels == c].mean(0) for c in classes])
+    within = x - class_means[np.searchsorted(classes, labels)]
+    variances, vectors = np.linalg.eigh(within.T @ within / max(1, len(x) - len(classes)))
     order = np.argsort(variances)[::-1]
-    variances, vectors = np.clip(variances[order], 1e-12, None), vectors[:, order]
-    k = min(components, features.shape[1] - 1, len(features) - 1)
-    floor = 1e-3 * variances[0]  # shrinkage: no direction may count as (near) noiseless
+    variances, vectors = variances[order], vectors[:, order]
+    k = max(1, min(components, x.shape[1] - 1, len(x) - 1))
+    floor = max(1e-3 * float(variances[0]), 1e-12)  # shrinkage: no direction counts as noiseless
     kept = np.maximum(variances[:k], floor)
     rest = max(float(variances[k:].mean()) if k < len(variances) else floor, floor)
-    mean = features.mean(0)
+    mean = x.mean(0)
     directions = vectors[:, :k] / np.sqrt(kept)
-    return OodModel(mean.astype(np.float32), directions.astype(np.float32),
-                    ((class_means - mean) @ directions).astype(np.float32), rest, 0.0)
+    return Gaussian(mean.astype(np.float32), directions.astype(np.float32),
+                    ((class_means - mean) @ directions).astype(np.float32), rest, 1.0)
 
 
-def threshold_for(model: OodModel, features: np.ndarray, pass_share: float = PASS_SHARE) -> OodModel:
-    """The same model with the threshold that lets `pass_share` of these (validation) features pass."""
-    from dataclasses import replace
+@dataclass(frozen=True)
+class OodModel:
+    features: Gaussian  # on unit-length pooled features
+    image: Gaussian  # on image descriptors
 
-    scores = model.score(features)
-    return replace(model, threshold=float(np.quantile(scores, pass_share, method="higher")) * (1 + 1e-6))
+    def score(self, features: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
+        """(N,) scores: the larger of the two distances, each over its threshold; >= 1 is out of distribution."""
+        return np.maximum(self.features.distance(unit_rows(features)) / self.features.threshold,
+                          self.image.distance(descriptors) / self.image.threshold)
+
+    @staticmethod
+    def flags(scores) -> np.ndarray:
+        return np.asarray(scores) >= 1.0
+
+    def to_metadata(self) -> str:
+        return json.dumps({"method": METHOD, "features": self.features.to_json(), "image": self.image.to_json()})
+
+    @classmethod
+    def from_metadata(cls, text: str) -> "OodModel":
+        """ValueError for anything but a consistent, finite record (the runtime then refuses the model)."""
+        try:
+            data = json.loads(text)
+            if data.get("method") != METHOD:
+                raise ValueError(f"unknown method {data.get('method')!r}")
+            model = cls(Gaussian.from_json(data["features"]), Gaussian.from_json(data["image"]))
+        except (KeyError, TypeError, AttributeError, RecursionError, ValueError) as exc:
+            raise ValueError(f"the 'ood' metadata is not a valid record ({exc})") from None
+        if model.image.mean.shape != (len(image_descriptor(np.zeros((8, 8), np.uint8))),):
+            raise ValueError("the 'ood' metadata's image measurement has the wrong length")
+        return model
+
+
+def fit(features: np.ndarray, descriptors: np.ndarray, labels: np.ndarray) -> OodModel:
+    """Both measurements from training data (thresholds unset until `with_thresholds`), rounded as stored."""
+    model = OodModel(fit_gaussian(unit_rows(features), labels, COMPONENTS["features"]),
+                     fit_gaussian(descriptors, labels, COMPONENTS["image"]))
+    return OodModel.from_metadata(model.to_metadata())  # float16, as the runtime will read it
+
+
+def with_thresholds(model: OodModel, features: np.ndarray, descriptors: np.ndarray,
+                    pass_share: float = PASS_SHARE) -> OodModel:
+    """Each measurement's threshold at the `pass_share` quantile of these (validation) inputs."""
+    def at(gaussian: Gaussian, distances: np.ndarray) -> Gaussian:
+        return replace(gaussian, threshold=float(np.quantile(distances, pass_share, method="higher")) * (1 + 1e-6))
+
+    return OodModel(at(model.features, model.features.distance(unit_rows(features))),
+                    at(model.image, model.image.distance(descriptors)))
