@@ -41,18 +41,19 @@ METHOD = "mahalanobis-ppca:features+image"
 def image_descriptor(gray: np.ndarray) -> np.ndarray:
     """uint8 model input (S, S) -> float32 (23,): sqrt of a 16-bin histogram, left-right symmetry, mean
     gradient, edge share, centre-to-mean brightness, dark border share, contrast, saturated share."""
-    g = np.asarray(Image.fromarray(gray).resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), Image.BILINEAR), np.float32)
-    histogram = np.bincount((g // 16).astype(np.int64).ravel(), minlength=16)[:16] / g.size
-    flipped = g[:, ::-1]
-    spread = g.std() * flipped.std()
-    symmetry = float(((g - g.mean()) * (flipped - flipped.mean())).mean() / spread) if spread > 0 else 1.0
-    gy, gx = np.gradient(g)
-    edges = np.hypot(gx, gy)
+    small = np.asarray(Image.fromarray(gray).resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), Image.BILINEAR))
+    histogram = np.bincount(small.ravel() >> 4, minlength=16) / small.size
+    g = small.astype(np.float32)
+    mean, std = float(g.mean()), float(g.std())
+    centred = g - mean
+    symmetry = float((centred * centred[:, ::-1]).mean()) / (std * std) if std > 0 else 1.0  # a mirror keeps std
+    edges = np.abs(g[1:, 1:] - g[:-1, 1:]) + np.abs(g[1:, 1:] - g[1:, :-1])  # (63, 63) gradient magnitude, L1
     quarter = DESCRIPTOR_SIDE // 4
-    centre = g[quarter:-quarter, quarter:-quarter].mean() / (g.mean() + 1e-3)
-    border = np.concatenate([g[:4].ravel(), g[-4:].ravel(), g[:, :4].ravel(), g[:, -4:].ravel()])
-    return np.concatenate([np.sqrt(histogram), [symmetry, edges.mean() / 50, (edges > 40).mean(), centre,
-                                                (border <= 10).mean(), g.std() / 64, (g >= 250).mean()]]).astype(np.float32)
+    centre = float(g[quarter:-quarter, quarter:-quarter].mean()) / (mean + 1e-3)
+    dark = small <= 10
+    border = (dark[:4].sum() + dark[-4:].sum() + dark[4:-4, :4].sum() + dark[4:-4, -4:].sum()) / (16 * DESCRIPTOR_SIDE - 64)
+    return np.concatenate([np.sqrt(histogram), [symmetry, float(edges.mean()) / 50, float((edges > 40).mean()), centre,
+                                                border, std / 64, float((small >= 250).mean())]]).astype(np.float32)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:

@@ -119,8 +119,8 @@ def require_regular_file(path: Path) -> None:
 def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     """Open and fully decode an image file, refusing empty files, non-images, bombs and multi-frame files.
 
-    With `size`, JPEGs are decoded straight to grayscale, at the smallest DCT scale that is
-    still at least `size` pixels (PIL's draft mode): about twice as fast, same pixels here.
+    JPEGs are decoded straight to grayscale and, with `size`, at the smallest DCT scale that is
+    still at least `size` pixels (PIL's draft mode): about twice as fast.
     """
     path = Path(path)
     require_regular_file(path)
@@ -140,8 +140,10 @@ def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
         frames = getattr(img, "n_frames", 1)
         if frames > 1:  # multi-page TIFF, animated GIF/APNG: classifying only the first frame would be silent
             raise ImageError(f"{img.format} with {frames} frames: save each slice as its own image")
-        if size is not None and img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
-            img.draft("L", (size, size))
+        if img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
+            # Decode straight to gray (the luma channel: within 2 levels of converting the RGB, 40 % faster),
+            # at the smallest DCT scale still at least `size` when one is given (PIL's draft mode).
+            img.draft("L", (size, size) if size is not None else img.size)
         try:
             img.load()
             # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag.
@@ -159,21 +161,22 @@ def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
     return (int(hits[0]), int(hits[-1])) if hits.size else None
 
 
-def brain_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+def brain_box(gray: np.ndarray, histogram: list[int] | None = None) -> tuple[int, int, int, int] | None:
     """The square (left, top, right, bottom) around the head of a uint8 slice (H, W), or None: keep the frame.
 
     Head pixels are those above max(BRAIN_MIN_LEVEL, BRAIN_LEVEL x the 99th percentile level); rows and
     columns with fewer than BRAIN_LINE_SHARE of head pixels are border (noise, text, specks). The
     box grows by BRAIN_MARGIN and is squared around its centre; it may reach past the frame (black
     padding). None for a blank or constant slice, a box below BRAIN_MIN_SIDE of the frame (a speck),
-    or a box that already covers the frame.
+    or a box that already covers the frame. `histogram`: the 256 counts of `gray`, if at hand (PIL's is
+    twice as fast as numpy's).
     """
     h, w = gray.shape
-    counts = np.bincount(gray.ravel(), minlength=256)  # uint8: the 99th percentile from a histogram, fast
-    bright = int(np.searchsorted(np.cumsum(counts), 0.99 * gray.size))
+    counts = np.bincount(gray.ravel(), minlength=256) if histogram is None else histogram
+    bright = int(np.searchsorted(np.cumsum(counts), 0.99 * gray.size))  # the 99th percentile level
     mask = gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)
-    rows = _head_span(mask.sum(axis=1), max(1.0, BRAIN_LINE_SHARE * w))
-    cols = _head_span(mask.sum(axis=0), max(1.0, BRAIN_LINE_SHARE * h))
+    rows = _head_span(mask.sum(axis=1, dtype=np.int32), max(1.0, BRAIN_LINE_SHARE * w))
+    cols = _head_span(mask.sum(axis=0, dtype=np.int32), max(1.0, BRAIN_LINE_SHARE * h))
     if rows is None or cols is None:
         return None
     box_h, box_w = rows[1] - rows[0] + 1, cols[1] - cols[0] + 1
@@ -226,7 +229,7 @@ def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
             else open_image(source, size if crop == "none" else None)
     gray = to_gray(img)
     check_content(gray)
-    box = brain_box(np.asarray(gray)) if crop == "brain" else None
+    box = brain_box(np.asarray(gray), gray.histogram()) if crop == "brain" else None
     if box is not None:
         gray = gray.crop(box)  # parts outside the frame come back black
     if gray.size != (size, size):

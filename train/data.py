@@ -277,7 +277,9 @@ def prepare_data(cfg) -> PreparedData:
         test = load_split(splits["test"], classes, cfg.image_size, "test", crop=cfg.crop)
         skipped += test.skipped
     if len(train.labels) == 0 or (len(val.labels) == 0 and not info.get("final_fit")):
-        raise DataError("no readable images left for training or validation")
+        raise DataError(f"{len(train.labels) + len(val.labels)} readable images are too few to split: "
+                        f"{len(train.labels)} for training, {len(val.labels)} for validation (duplicate groups stay "
+                        "whole); add images, give a Validation folder, or train on all with --val-fraction 0")
     info["skipped_files"] = [{"file": f, "reason": r} for f, r in skipped]
     return PreparedData(classes, train, val, test, root, splits["train"],
                         [relative_to_root(p, root) for p in val.paths], info)
