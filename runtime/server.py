@@ -31,6 +31,7 @@ from tumor_runtime.model import available_cores
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 MODEL_NAME = "tumor"
+BODY_TIMEOUT_S = 60  # the longest a request body may take to arrive
 # Leading bytes of the formats the service accepts (DICOM: "DICM" at offset 128).
 SIGNATURES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"II*\x00": ".tif", b"MM\x00*": ".tif",
               b"BM": ".bmp"}
@@ -60,7 +61,7 @@ class Service:
 
 
 def error(code: int, message: str) -> JSONResponse:
-    kinds = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed",
+    kinds = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 408: "RequestTimeout",
              413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalServerError",
              503: "ServiceUnavailable"}
     return JSONResponse({"code": code, "type": kinds.get(code, "Error"), "message": message}, status_code=code)
@@ -94,10 +95,14 @@ async def read_body(request: Request, service: Service) -> bytes:
     if length and length.isdigit() and int(length) > service.max_bytes:
         raise too_large
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > service.max_bytes:
-            raise too_large
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):  # a client trickling its body does not hold a slot forever
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > service.max_bytes:
+                    raise too_large
+    except TimeoutError:
+        raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT_S} s") from None
     return bytes(body)
 
 

@@ -106,7 +106,7 @@ def test_png_tiff_bmp_and_dicom_bodies(client):
 def test_heatmap_is_a_png_overlay(client):
     got = client.post("/predictions/tumor?heatmap=1", content=SAMPLE_FILES[1].read_bytes()).json()
     picture = Image.open(io.BytesIO(base64.b64decode(got["heatmap_png"])))
-    assert picture.format == "PNG" and picture.width == 227
+    assert picture.format == "PNG" and picture.width == Classifier.load(verify=False).info.input_size
     assert "heatmap_png" not in client.post("/predictions/tumor", content=SAMPLE_FILES[1].read_bytes()).json()
 
 
@@ -284,3 +284,18 @@ def test_browser_uploads_a_slice_and_reads_the_label(live_server, expected, tmp_
         browser.save_screenshot(target or str(tmp_path / "page.png"))
     finally:
         browser.quit()
+
+
+def test_a_body_that_trickles_in_too_slowly_is_408(monkeypatch):
+    import tumor_runtime.server as server
+
+    monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.2)
+
+    def slow():
+        yield SAMPLE_FILES[0].read_bytes()[:100]
+        time.sleep(0.5)
+        yield SAMPLE_FILES[0].read_bytes()[100:]
+
+    with TestClient(create_app(load_now=True)) as client:
+        response = client.post("/predictions/tumor", content=slow())
+        assert response.status_code == 408 and response.json()["type"] == "RequestTimeout"

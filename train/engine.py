@@ -83,8 +83,9 @@ class TrainingState:
     def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int,
                place: Placement = Placement(torch.device("cpu"))) -> "TrainingState":
         model = build_model(cfg.arch, **model_args).to(place.device)
-        if place.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        # channels-last: cuDNN's fast layout, and oneDNN's on CPUs (1.97 -> 1.70 ms per training image
+        # at 160 px with bf16 on a 2-core AMX Xeon)
+        model = model.to(memory_format=torch.channels_last)
         trainer = model
         if place.world > 1:
             trainer = nn.parallel.DistributedDataParallel(
@@ -140,8 +141,7 @@ def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Te
         # size), then each rank keeps its rows: inputs are those of a single-process run.
         x = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)[mine]  # warp in [0, 1]
         x = (x - mean) / std
-        if place.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = labels[index][mine]
         with autocast(bf16, place.device.type):
             logits = model(x)
