@@ -123,7 +123,9 @@ def read_manifest(folder: Path) -> dict | None:
 
 
 def verify_manifest(path: Path) -> None:
-    """If a manifest.json lies beside the model, it must list the model and its sha256 must match."""
+    """If a manifest.json lies beside the model, it must list the model and its sha256 must match. A symlink
+    is judged by the manifest beside the file it points to (where the export wrote both)."""
+    path = Path(os.path.realpath(path))
     manifest = read_manifest(path.parent)
     if manifest is None:
         return

@@ -136,3 +136,18 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading():
     small = sorted(SAMPLES.rglob("*.jpg"))[0].read_bytes()[:5000]
     assert asgi_post(app, {"content-length": str(10 ** 9)}, small) == 413
     assert asgi_post(app, {"content-length": str(len(small))}, small) in (200, 400)
+
+
+def test_a_symlinked_model_is_checked_against_the_manifest_beside_its_target(tmp_path):
+    from tumor_runtime.model import ModelError, default_model_path
+
+    real = tmp_path / "export"
+    real.mkdir()
+    for name in ("model.int8.onnx", "manifest.json"):
+        shutil.copy(default_model_path().parent / name, real / name)
+    (tmp_path / "model.int8.onnx").symlink_to(real / "model.int8.onnx")
+    assert Classifier.load(tmp_path / "model.int8.onnx").info.classes == CLASSES  # vouched for where it lives
+    with open(real / "model.int8.onnx", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ModelError, match="sha256"):
+        Classifier.load(tmp_path / "model.int8.onnx")
