@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import REPO, SAMPLES, make_dataset, synthetic_image
+from tests.helpers import BLOCK_TORCH, infer, one_line_error, run
 from tests.onnx_fakes import tiny_model
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.fileio import sha256_file
@@ -32,42 +33,6 @@ from tumor_runtime.model import ModelError
 from tumor_runtime.preprocess import load_gray
 
 pytestmark = pytest.mark.faults
-
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision', 'sklearn', 'onnx', 'onnxscript', 'matplotlib', 'tqdm'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
-"""
-
-
-def run(module: str, args, cwd=None) -> subprocess.CompletedProcess:
-    """The command in this process (click's runner: fast, no torch import per call), as a CompletedProcess."""
-    import importlib
-
-    main = importlib.import_module(f"{module}.cli").main
-    previous = os.getcwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    finally:
-        os.chdir(previous)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the commands turn SIGTERM into an exception
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
-
-
-def infer(args, **kwargs):
-    return run("tumor_runtime", args, **kwargs)
-
-
-def one_line_error(result, code: int = 2) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    assert [line for line in result.stderr.splitlines() if line.startswith("Error")].__len__() == 1, result.stderr
-
 
 @pytest.fixture
 def images(tmp_path) -> Path:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from tumor_runtime.errors import KitError
-from tumor_runtime.inputs import images_in
 from tumor_runtime.preprocess import ImageError, load_gray
 
 TRAIN_NAMES = ("Train", "Training")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pydicom")
 
-from tests.test_dicom import write_dicom  # noqa: E402
+from tests.helpers import write_dicom  # noqa: E402
 from tumor_runtime.dicom import DicomFrame, load_frame  # noqa: E402
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES
-from tests.test_dicom import pydicom_file, run_infer, write_dicom
+from tests.helpers import run_infer, write_dicom
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.dicom import DicomFrame, load_frame
 from tumor_runtime.preprocess import MIN_SIDE, load_gray
@@ -214,7 +214,7 @@ def test_16_recursive_listing_follows_symlinked_folders_without_looping(tmp_path
 
 def test_16_calibrating_on_the_evaluation_folder_says_why_it_cannot(trained, tmp_path):
     from tests.conftest import make_dataset
-    from tests.test_reliability import one_line_error, run
+    from tests.helpers import one_line_error, run
 
     data = make_dataset(tmp_path / "d", per_class=3)
     result = run("tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "x", "--int8",

@@ -11,7 +11,6 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from tests.conftest import SAMPLES
 from tumor_runtime.classifier import Classifier

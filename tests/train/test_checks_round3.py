@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import CLASSES, make_dataset
 from tests.onnx_fakes import tiny_model
-from tests.test_reliability import infer, one_line_error, run
+from tests.helpers import infer, one_line_error, run
 
 pytestmark = pytest.mark.faults
 

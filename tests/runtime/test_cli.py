@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,17 +16,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, make_dataset, synthetic_image
+from tests.helpers import BLOCK_TORCH
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.preprocess import MAX_PIXELS, load_gray
 
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'torchvision', 'sklearn'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
-"""
 RECORD_KEYS = {"path", "label", "confidence", "probabilities", "tumor_probability", "tumor", "ood_score",
                "in_distribution", "error"}
 

@@ -62,7 +62,7 @@ def test_every_file_failing_is_400_however_many(client):
 
 def test_dicom_without_preamble_is_read_by_its_name(client, tmp_path):
     pydicom = pytest.importorskip("pydicom")
-    from tests.test_dicom import write_dicom
+    from tests.helpers import write_dicom
 
     gray = np.asarray(Image.open(SAMPLE_FILES[0]).convert("L"))
     path = write_dicom(tmp_path / "np.dcm", gray.astype(np.uint16), bits_stored=8, with_preamble=False)
@@ -220,10 +220,10 @@ def test_serve_without_the_extra_names_it():
     import subprocess
     import sys
 
-    code = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-            "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n            raise ImportError(name)\n"
-            "sys.meta_path.insert(0, Block())\nfrom tumor_runtime.serve_cli import main\nsys.argv = ['tumor-serve']\n"
-            "main()")
+    from tests.helpers import block_imports
+
+    code = block_imports("starlette", "uvicorn") + ("from tumor_runtime.serve_cli import main\n"
+                                                    "sys.argv = ['tumor-serve']\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2 and 'pip install -e ".[serve]"' in result.stderr
     assert "Traceback" not in result.stderr

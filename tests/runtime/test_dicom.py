@@ -12,48 +12,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import SAMPLES
+from tests.helpers import block_imports, pydicom_file, run_infer, write_dicom
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.preprocess import load_gray
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped inside the package
-
-
-def pydicom_file(name: str) -> Path:
-    path = TEST_FILES / name
-    if not path.is_file():
-        pytest.skip(f"{name} is not in this pydicom package")
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 16,
-                window: tuple | None = None, slope_intercept: tuple | None = None, with_preamble: bool = True) -> Path:
-    """A small MR data set (uncompressed) with the given pixels: (rows, cols) or (frames, rows, cols)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
-    ds.InstanceNumber, ds.Modality = 7, "MR"
-    ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    if slope_intercept:
-        ds.RescaleSlope, ds.RescaleIntercept = slope_intercept
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=with_preamble)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +25,6 @@ def slice8() -> np.ndarray:
     gray = load_gray(next(SAMPLES.rglob("*.jpg")), 227).copy()
     gray[0, 0] = 255
     return gray
-
-
-def run_infer(args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tumor_runtime", *map(str, args)], capture_output=True, text=True)
 
 
 def test_pydicom_mr_slice_is_classified_with_its_identifiers():
@@ -158,10 +117,7 @@ def test_corrupt_dcm_gets_an_error_row(tmp_path):
 
 
 def test_without_pydicom_a_dcm_names_the_extra(tmp_path):
-    block = ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] == 'pydicom':\n            raise ImportError(name)\n"
-             "sys.meta_path.insert(0, Block())\n")
-    code = block + (f"from tumor_runtime.cli import main\nsys.argv = ['tumor-infer', {str(pydicom_file('MR_small.dcm'))!r},"
+    code = block_imports("pydicom") + (f"from tumor_runtime.cli import main\nsys.argv = ['tumor-infer', {str(pydicom_file('MR_small.dcm'))!r},"
                     " '--format', 'jsonl']\nmain()")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr

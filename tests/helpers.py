@@ -1,0 +1,101 @@
+"""What the test suites share, in one place: the import blocker, the CLI runners, DICOM writers.
+
+Imported by the tests that need them (never from conftest.py, which only holds fixtures).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+
+def block_imports(*packages: str) -> str:
+    """Python source that makes importing any of `packages` fail (an install without them): prepend it to a
+    `python -c` program."""
+    return ("import sys\nclass Block:\n    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {tuple(packages)!r}:\n"
+            "            raise ImportError('blocked: ' + name)\nsys.meta_path.insert(0, Block())\n")
+
+
+BLOCK_TORCH = block_imports("torch", "torchvision", "sklearn", "onnx", "onnxscript", "matplotlib", "tqdm")
+
+
+def run(module: str, args, cwd=None) -> subprocess.CompletedProcess:
+    """The command in this process (click's runner: fast, no torch import per call), as a CompletedProcess."""
+    import importlib
+
+    main = importlib.import_module(f"{module}.cli").main
+    previous = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        os.chdir(previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the commands turn SIGTERM into an exception
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def infer(args, **kwargs):
+    return run("tumor_runtime", args, **kwargs)
+
+
+def one_line_error(result, code: int = 2) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("Error")].__len__() == 1, result.stderr
+
+
+def run_infer(args) -> subprocess.CompletedProcess:
+    """tumor-infer in a new interpreter (signals, exit codes and stdout as a user sees them)."""
+    return subprocess.run([sys.executable, "-m", "tumor_runtime", *map(str, args)], capture_output=True, text=True)
+
+
+def pydicom_file(name: str) -> Path:
+    path = dicom_test_files() / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not in this pydicom package")
+    return path
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 16,
+                window: tuple | None = None, slope_intercept: tuple | None = None, with_preamble: bool = True) -> Path:
+    """A small MR data set (uncompressed) with the given pixels: (rows, cols) or (frames, rows, cols)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.InstanceNumber, ds.Modality = 7, "MR"
+    ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    if slope_intercept:
+        ds.RescaleSlope, ds.RescaleIntercept = slope_intercept
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=with_preamble)
+    return path
+
+
+def dicom_test_files() -> Path:
+    import pydicom
+
+    return Path(pydicom.__file__).parent / "data" / "test_files"  # shipped inside the package
