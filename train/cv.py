@@ -96,12 +96,17 @@ def plot_cv(records: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(records))
+    summary = summarize_folds(records)
     for i, key in enumerate(FIELDS):
         values = [r[key] if r[key] is not None else np.nan for r in records]
-        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=key.replace("_", " "))
+        mean, std = summary[key]["mean"], summary[key]["std"]
+        label = f"{key.replace('_', ' ')}: {mean:.4f} ± {std:.4f}" if mean is not None else key.replace("_", " ")
+        ax.bar(x + (i - 1) * 0.27, values, width=0.27, label=label)
     ax.set_xticks(x, [f"fold {r['fold']}" for r in records])
+    ax.set_xlabel("fold (its own held-out validation part)")
+    ax.set_ylabel("score")
     lows = [r[k] for r in records for k in FIELDS if r[k] is not None]
-    ax.set_ylim(max(0.0, min(lows) - 0.02) if lows else 0, 1.0)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Grouped cross-validation (validation split of each fold)")
+    ax.set_ylim(max(0.0, min(lows) - 0.06) if lows else 0, 1.0)
+    ax.legend(fontsize=8, loc="lower left", title="mean ± std over folds", title_fontsize=8)
+    ax.set_title(f"Grouped {len(records)}-fold cross-validation")
     save_figure(fig, path)

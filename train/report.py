@@ -32,21 +32,27 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_curves(history: list[dict], out: Path) -> None:
-    """accuracy.png and loss.png: train and validation against epochs."""
+def plot_curves(history: list[dict], out: Path, best_epoch: int | None = None) -> None:
+    """f2.png (the headline metric), accuracy.png and loss.png: train and validation against epochs, with
+    the epoch whose weights were kept marked."""
     epochs = [h["epoch"] for h in history]
-    labels = {"accuracy": ("train (augmented batches)", "validation (EMA weights)"),
+    labels = {"f2": ("train macro F2 (augmented batches)", "validation macro F2 (EMA weights)"),
+              "accuracy": ("train (augmented batches)", "validation (EMA weights)"),
               "loss": ("train: label-smoothed cross-entropy", "validation: plain cross-entropy (EMA weights)")}
-    for key, name in (("accuracy", "accuracy.png"), ("loss", "loss.png")):
+    for key in ("f2", "accuracy", "loss"):
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label=labels[key][0])
         if any(h[f"val_{key}"] is not None for h in history):  # a final fit has no validation curve
             ax.plot(epochs, [h[f"val_{key}"] for h in history], label=labels[key][1])
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
+        ax.set_ylabel("macro F2" if key == "f2" else key)
+        if key != "loss":
+            ax.set_ylim(max(0.0, min(h[f"val_{key}"] or 1 for h in history[len(history) // 4:]) - 0.05), 1.0)
         ax.grid(alpha=0.3)
-        ax.legend()
-        save_figure(fig, out / name)
+        ax.legend(loc="lower right" if key != "loss" else "upper right", fontsize=8)
+        save_figure(fig, out / f"{key}.png")
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "Validation") -> None:
@@ -60,7 +66,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = 
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title} confusion matrix")
+    ax.set_title(f"{title} confusion matrix (EMA weights, FP32)")
     save_figure(fig, path)
 
 

@@ -261,7 +261,7 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
                            "(tumor-train --cv) of the same recipe.")
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     report.write_history(history, out / "history.csv")
-    report.plot_curves(history, out)
+    report.plot_curves(history, out, best["epoch"])
     if not final_fit:
         report.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
         report.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")

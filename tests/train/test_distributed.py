@@ -16,7 +16,7 @@ from tests.conftest import make_dataset
 from tumor_train.cli import main
 
 TINY = ["--epochs", "2", "--width", "8", "--threads", "1"]
-OUTPUTS = {"accuracy.png", "checkpoint.pth", "confusion_matrix.png", "history.csv", "loss.png", "metrics.json",
+OUTPUTS = {"accuracy.png", "f2.png", "checkpoint.pth", "confusion_matrix.png", "history.csv", "loss.png", "metrics.json",
            "model.pth", "model_quantized.pth", "predictions.png"}
 
 

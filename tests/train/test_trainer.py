@@ -26,7 +26,7 @@ def train(args) -> "click.testing.Result":  # noqa: F821
 
 
 def test_outputs_exist_and_load(trained):
-    for name in ("model.pth", "model_quantized.pth", "metrics.json", "history.csv", "accuracy.png", "loss.png",
+    for name in ("model.pth", "model_quantized.pth", "metrics.json", "history.csv", "accuracy.png", "f2.png", "loss.png",
                  "confusion_matrix.png", "predictions.png"):
         assert (trained / name).stat().st_size > 0, name
     model, ckpt = load_model(trained / "model.pth")
