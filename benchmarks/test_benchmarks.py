@@ -114,13 +114,14 @@ def test_batch32_throughput(benchmark, variant, inputs_for):
 
 
 @pytest.mark.parametrize("model, name", [pytest.param(m, v, id=case_id(m, v)) for m in MODELS
-                                         for v in ("onnx-fp32", "onnx-int8", "baseline-int8")
+                                         for v in ("onnx-fp32", "onnx-int8", "openvino-int8", "baseline-int8")
                                          if not (m == "alexnet" and v == "baseline-int8")])
 def test_end_to_end_folder(benchmark, variant, bench_set):
     """tumor-infer's Classifier over the bench JPEGs: decoding, preprocessing and inference together."""
     from tumor_runtime.classifier import Classifier
 
-    clf = Classifier.load(variant.path, threads=cores(), batch_size=32, verify=False)
+    backend = "openvino" if variant.name.startswith("openvino") else "onnxruntime"  # the kit's own runtime on it
+    clf = Classifier.load(variant.path, threads=cores(), batch_size=32, verify=False, backend=backend)
     files = bench_set[0]
     records = benchmark.pedantic(lambda: list(clf.iter_predict(files)), rounds=3, iterations=1, warmup_rounds=1)
     record(benchmark, variant, kind="end_to_end", threads=cores(), images=len(files))

@@ -22,7 +22,7 @@ from tumor_export import gate
 from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
 from tumor_export.onnx_export import check_against_torch, check_onnx, export_fp32, fixed_inputs
-from tumor_export.static_int8 import prepare_graph
+from tumor_export.static_int8 import int8_convolutions, prepare_graph
 from tumor_runtime import tumor
 from tumor_runtime.fileio import atomic_write_text, sha256_file
 from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
@@ -261,6 +261,7 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
     int8, kept, trials = gate.quantize_with_gate(prepared, int8_path, ArrayReader(calib, INPUT_NAME), fp32,
                                                  eval_inputs, labels, ckpt["classes"], opts.max_f2_drop,
                                                  opts.calibration_method, opts.activation_type, log=log)
+    report["int8_kernels"] = int8_convolutions(int8_path, prepared, kept)
     prepared.unlink()
     report["calibration"] = {"folder": str(opts.calibration or ckpt["data"]["train_dir"]), "images": len(calib),
                              "seed": opts.seed, "method": opts.calibration_method,

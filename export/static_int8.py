@@ -69,3 +69,30 @@ def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax"
             extra_options={"ActivationSymmetric": activation == "s8", "WeightSymmetric": True,
                            "DedicatedQDQPair": True},
         )
+
+
+def int8_convolutions(int8_path: Path, prepared: Path, keep_float: list[str]) -> dict:
+    """How ONNX Runtime runs the int8 file's convolutions: the optimised graph (hardware-independent level)
+    must fuse every Conv into an int8 QLinearConv but those left in float on purpose (the CAM head and
+    the gate's choices); ExportError otherwise, so a silently float "int8" model never ships."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from tumor_export.onnx_export import ExportError
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    kinds = [n.op_type for n in optimized.graph.node]
+    meant_float = {n.name for n in onnx.load(str(prepared)).graph.node
+                   if n.op_type == "Conv" and n.name in {*float_only_nodes(prepared), *keep_float}}
+    counts = {"QLinearConv": kinds.count("QLinearConv"), "Conv": kinds.count("Conv"), "float_by_design": len(meant_float)}
+    if counts["Conv"] > len(meant_float):
+        raise ExportError(f"{counts['Conv'] - len(meant_float)} convolution(s) of the int8 model would run in float in "
+                          "ONNX Runtime (not fused into QLinearConv)")
+    return counts

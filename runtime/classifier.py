@@ -78,12 +78,14 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, threads: int | None = None, batch_size: int = 32,
-             tumor_threshold: float | None = None, verify: bool = True) -> "Classifier":
+             tumor_threshold: float | None = None, verify: bool = True,
+             backend: str = "onnxruntime") -> "Classifier":
         """Open `path` (default: the shipped int8 model); `threads` defaults to (and is capped at) the cores
-        available. Bad arguments raise ValueError before the model is opened."""
+        available; `backend`: onnxruntime, openvino or auto (`tumor_runtime.backends`). Bad arguments raise
+        ValueError before the model is opened."""
         threads, batch_size, tumor_threshold = checked_options(threads, batch_size, tumor_threshold)
         path = Path(path) if path is not None else default_model_path()
-        session, info = open_session(path, threads, verify)
+        session, info = open_session(path, threads, verify, backend)
         return cls(session, info, threads, batch_size, tumor_threshold, path)
 
     def card(self) -> dict:
@@ -100,7 +102,7 @@ class Classifier:
                     "method": "mahalanobis-ppca on pooled features and image descriptors",
                     "flag": "ood_score >= 1", "thresholds": {"features": info.ood.features.threshold,
                                                                "image": info.ood.image.threshold}},
-                "arch": info.arch, "heatmaps": self.has_cam,
+                "arch": info.arch, "heatmaps": self.has_cam, "backend": getattr(self.session, "backend", None),
                 "version": None}
         for key in ("trained_with", "exported_with", "calibration"):
             if key in meta:

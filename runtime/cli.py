@@ -40,9 +40,12 @@ FORMATS = ["table", "csv", "json", "jsonl"]
 @click.option("--model-info", is_flag=True, help="Print the model's card (classes, input, threshold, precision, "
                                                  "sha256, provenance) as JSON and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["auto", "onnxruntime", "openvino"]),
+              help="Inference engine for the same ONNX file: openvino needs the [openvino] extra; auto takes it where "
+                   "it is installed and the CPU has AMX or AVX-512 VNNI, else onnxruntime.")
 @click.version_option(__version__, "--version", prog_name="tumor-infer")
 def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps, model_info,
-         quiet) -> None:
+         quiet, backend) -> None:
     """Classify brain MRI slices (JPEG, PNG, BMP, TIFF) as glioma, meningioma, notumor or pituitary.
 
     PATHS are image files, DICOM files and folders. Every row says whether the input looks
@@ -56,7 +59,7 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
     raise_on_sigterm()
     try:
         sys.exit(guarded(run_command, paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size,
-                         threads, heatmaps, model_info, quiet, passthrough=(OSError,)))
+                         threads, heatmaps, model_info, quiet, backend, passthrough=(OSError,)))
     except KeyboardInterrupt as exc:
         click.echo("Stopped: interrupted; no output file was written" if output not in (None, "-") else
                    "Stopped: interrupted", err=True)
@@ -69,14 +72,15 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
 
 
 def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps,
-                model_info, quiet) -> int:
+                model_info, quiet, backend="onnxruntime") -> int:
     from tumor_runtime.cli_common import fail
     from tumor_runtime.classifier import Classifier
     from tumor_runtime.errors import KitError, UsageError
     from tumor_runtime.inputs import collect, labelled
 
     try:
-        classifier = Classifier.load(model, threads=threads or None, batch_size=batch_size, tumor_threshold=tumor_threshold)
+        classifier = Classifier.load(model, threads=threads or None, batch_size=batch_size,
+                                     tumor_threshold=tumor_threshold, backend=backend)
         if model_info:
             click.echo(json.dumps(classifier.card(), indent=2))
             return 0

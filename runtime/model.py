@@ -206,17 +206,26 @@ def check_graph(session, info: ModelInfo) -> None:
         raise ModelError("the model gives non-finite outputs on a blank image")
 
 
-def open_session(path: str | os.PathLike | None = None, threads: int | None = None, verify: bool = True):
-    """(onnxruntime.InferenceSession, ModelInfo) for a checked, vouched-for tumor-kit model."""
+def open_session(path: str | os.PathLike | None = None, threads: int | None = None, verify: bool = True,
+                 backend: str = "onnxruntime"):
+    """(session, ModelInfo) for a checked, vouched-for tumor-kit model; the session is ONNX Runtime's, or
+    OpenVINO's behind the same interface (`tumor_runtime.backends`)."""
+    from tumor_runtime.backends import OpenVinoSession, choose
+
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise ModelError(f"model {path} does not exist; pass --model or export one with tumor-export")
     if verify:
         verify_manifest(path)
+    chosen = choose(backend)
     try:
-        session = create_session(path, threads)
+        if chosen == "openvino":
+            session = OpenVinoSession(path, min(threads or available_cores(), available_cores()))
+        else:
+            session = create_session(path, threads)
     except Exception as exc:
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__})") from None
+    session.backend = chosen
     info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map)
     check_graph(session, info)
     return session, info

@@ -37,8 +37,10 @@ def is_loopback(host: str) -> bool:
               help="Inference threads per worker; 0 = the cores available.  [default: 0]")
 @click.option("--tumor-threshold", type=FiniteFloat(0, 1),
               help="Flag a tumor when P(tumor) reaches this [default: stored in the model].")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              type=click.Choice(["auto", "onnxruntime", "openvino"]), help="Inference engine, as for tumor-infer.")
 @click.version_option(__version__, "--version", prog_name="tumor-serve")
-def main(model, host, port, workers, token, max_upload_mb, threads, tumor_threshold) -> None:
+def main(model, host, port, workers, token, max_upload_mb, threads, tumor_threshold, backend) -> None:
     """Serve the classifier over HTTP (TorchServe's inference API) with a web page at /.
 
     POST /predictions/tumor with an image body (or a multipart form with files), GET /ping,
@@ -60,7 +62,7 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
     import uvicorn
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",
-                       "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb), "TUMOR_SERVE_THREADS": str(threads),
+                       "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb), "TUMOR_SERVE_THREADS": str(threads), "TUMOR_SERVE_BACKEND": backend,
                        "TUMOR_SERVE_TUMOR_THRESHOLD": "" if tumor_threshold is None else repr(tumor_threshold)})
     click.echo(f"tumor-serve: http://{host}:{port}/ with {model or 'the shipped int8 model'}; "
                f"{'a bearer token is required' if token else 'no token required'}; Ctrl-C stops it.", err=True)

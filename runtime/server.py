@@ -41,9 +41,9 @@ class Service:
     """The loaded classifier (None while loading), its thread pool and the request limits."""
 
     def __init__(self, model: str | None, token: str | None, max_upload_mb: float, threads: int | None = None,
-                 tumor_threshold: float | None = None):
+                 tumor_threshold: float | None = None, backend: str = "onnxruntime"):
         self.model, self.token, self.max_bytes = model, token, int(max_upload_mb * 2**20)
-        self.threads, self.tumor_threshold = threads, tumor_threshold
+        self.threads, self.tumor_threshold, self.backend = threads, tumor_threshold, backend
         self.classifier, self.load_error = None, None
         self.pool = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="infer")
 
@@ -51,7 +51,8 @@ class Service:
         from tumor_runtime.classifier import Classifier
 
         try:
-            self.classifier = Classifier.load(self.model, threads=self.threads, tumor_threshold=self.tumor_threshold)
+            self.classifier = Classifier.load(self.model, threads=self.threads, tumor_threshold=self.tumor_threshold,
+                                              backend=self.backend)
         except Exception as exc:  # reported by /ping (500) and every request (503) with the reason
             reason = str(exc) or type(exc).__name__
             print(f"tumor-serve: the model cannot be loaded: {reason}", file=sys.stderr, flush=True)
@@ -184,10 +185,11 @@ async def page(request: Request) -> HTMLResponse:
 
 
 def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = 20.0,
-               load_now: bool = False, threads: int | None = None, tumor_threshold: float | None = None) -> Starlette:
+               load_now: bool = False, threads: int | None = None, tumor_threshold: float | None = None,
+               backend: str = "onnxruntime") -> Starlette:
     """The ASGI app. The model loads in a background thread when the server starts (503 until then),
     or at once with `load_now`."""
-    service = Service(model, token, max_upload_mb, threads, tumor_threshold)
+    service = Service(model, token, max_upload_mb, threads, tumor_threshold, backend)
 
     async def guard(request: Request, call_next):
         if request.url.path != "/ping" and not authorized(request, service):
@@ -227,4 +229,4 @@ def app_from_environment() -> Starlette:
     return create_app(env("TUMOR_SERVE_MODEL") or None, env("TUMOR_SERVE_TOKEN") or None,
                       float(env("TUMOR_SERVE_MAX_UPLOAD_MB", "20")), threads=int(env("TUMOR_SERVE_THREADS") or 0) or None,
                       tumor_threshold=float(env("TUMOR_SERVE_TUMOR_THRESHOLD")) if env("TUMOR_SERVE_TUMOR_THRESHOLD")
-                      else None)
+                      else None, backend=env("TUMOR_SERVE_BACKEND") or "onnxruntime")
