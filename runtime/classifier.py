@@ -19,7 +19,7 @@ from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
 from tumor_runtime.ood import image_descriptor
-from tumor_runtime.preprocess import ImageError, load_gray, normalize
+from tumor_runtime.preprocess import EncodedImage, ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
@@ -202,7 +202,8 @@ class Classifier:
                 scores = self.info.ood.score(outputs[-1], np.stack([decoded[i][3] for i in good]))
         by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
-            name = str(item) if isinstance(item, (str, Path, Unreadable, DicomFrame)) else f"<array {position}>"
+            named = (str, Path, Unreadable, DicomFrame, EncodedImage)
+            name = str(item) if isinstance(item, named) else f"<array {position}>"
             cam = cam_by_index.get(i, np.zeros(0)) if heatmaps else None
             rec = self.record(name, by_index.get(i), decoded[i][1], cam, score_by_index.get(i))
             if heatmaps:  # the overlay is drawn on what the model saw, without decoding the file again

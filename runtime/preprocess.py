@@ -8,9 +8,11 @@ around the head (`brain_box`); older models keep the plain resize.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,20 +118,37 @@ def require_regular_file(path: Path) -> None:
         raise ImageError(f"not a regular file ({kind})")
 
 
-def open_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
-    """Open and fully decode an image file, refusing empty files, non-images, bombs and multi-frame files.
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes held in memory (an upload), with the name its row gets."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def open_image(path: "str | os.PathLike | EncodedImage", size: int | None = None) -> Image.Image:
+    """Open and fully decode an image file (or its bytes in memory), refusing empty files, non-images,
+    bombs and multi-frame files.
 
     JPEGs are decoded straight to grayscale and, with `size`, at the smallest DCT scale that is
     still at least `size` pixels (PIL's draft mode): about twice as fast.
     """
-    path = Path(path)
-    require_regular_file(path)
-    if path.stat().st_size == 0:
-        raise ImageError("empty file")
+    if isinstance(path, EncodedImage):
+        source = io.BytesIO(path.data)
+        if not path.data:
+            raise ImageError("empty file")
+    else:
+        source = Path(path)
+        require_regular_file(source)
+        if source.stat().st_size == 0:
+            raise ImageError("empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
-            img = Image.open(path)
+            img = Image.open(source)
     except Image.DecompressionBombError:
         raise ImageError(f"image too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
     except Exception as exc:  # PIL raises several unrelated types for "not an image"
@@ -221,6 +240,8 @@ def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
         img = Image.fromarray(checked_array(source))
     elif isinstance(source, Image.Image):
         img = source
+    elif isinstance(source, EncodedImage):
+        img = open_image(source, size if crop == "none" else None)
     else:
         from tumor_runtime.dicom import is_dicom_file, single_frame_gray  # one file rule for every stage
 

@@ -44,15 +44,19 @@ class Service:
                  tumor_threshold: float | None = None, backend: str = "onnxruntime"):
         self.model, self.token, self.max_bytes = model, token, int(max_upload_mb * 2**20)
         self.threads, self.tumor_threshold, self.backend = threads, tumor_threshold, backend
-        self.classifier, self.load_error = None, None
+        self.classifier, self.load_error, self.batcher = None, None, None
         self.pool = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="infer")
 
     def load(self) -> None:
         from tumor_runtime.classifier import Classifier
 
+        from tumor_runtime.batching import Batcher
+
         try:
-            self.classifier = Classifier.load(self.model, threads=self.threads, tumor_threshold=self.tumor_threshold,
-                                              backend=self.backend)
+            classifier = Classifier.load(self.model, threads=self.threads, tumor_threshold=self.tumor_threshold,
+                                         backend=self.backend)
+            self.batcher = Batcher(classifier, self.pool)
+            self.classifier = classifier
         except Exception as exc:  # reported by /ping (500) and every request (503) with the reason
             reason = str(exc) or type(exc).__name__
             print(f"tumor-serve: the model cannot be loaded: {reason}", file=sys.stderr, flush=True)
@@ -123,11 +127,9 @@ async def read_uploads(request: Request, service: Service) -> list[tuple[str, by
     return [(request.query_params.get("filename", "body"), body)]
 
 
-def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
-    """Runs in the thread pool: each upload through a temporary file, so every input type takes the
-    same path as in tumor-infer (DICOM frames included); rows named after the upload."""
-    from tumor_runtime.heatmap import overlay_png
-
+def classify_dicom(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
+    """Runs in the thread pool, for requests with DICOM files: each upload through a temporary file, so
+    frames are listed and read exactly as tumor-infer does; rows named after the upload."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
         for i, (name, data) in enumerate(uploads):
@@ -135,11 +137,31 @@ def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) 
             path.write_bytes(data)
             for rec in service.classifier.predict([path], heatmaps=heatmap):
                 rec["path"] = name + rec["path"][len(str(path)):]  # keeps a DICOM frame's "#n"
-                if heatmap:
-                    png = overlay_png(rec)
-                    rec["heatmap_png"] = None if png is None else base64.b64encode(png).decode("ascii")
                 rows.append(rec)
     return rows
+
+
+def with_overlays(rows: list[dict]) -> list[dict]:
+    """Each record's heat-map overlay as base64 PNG (its "cam" and "slice" taken out)."""
+    from tumor_runtime.heatmap import overlay_png
+
+    for rec in rows:
+        png = overlay_png(rec)
+        rec["heatmap_png"] = None if png is None else base64.b64encode(png).decode("ascii")
+    return rows
+
+
+async def classify(service: Service, uploads: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
+    """Images are decoded from memory and classified in batches shared with concurrent requests
+    (`batching.Batcher`); a request with DICOM files takes tumor-infer's file path."""
+    from tumor_runtime.preprocess import EncodedImage
+
+    loop = asyncio.get_running_loop()
+    if any(suffix_for(data, name) == ".dcm" for name, data in uploads):
+        rows = await loop.run_in_executor(service.pool, classify_dicom, service, uploads, heatmap)
+    else:
+        rows = await service.batcher.classify([EncodedImage(name, data) for name, data in uploads], heatmap)
+    return await loop.run_in_executor(service.pool, with_overlays, rows) if heatmap else rows
 
 
 async def predictions(request: Request) -> JSONResponse:
@@ -154,8 +176,7 @@ async def predictions(request: Request) -> JSONResponse:
     heatmap = any(request.query_params.get(k, "0").lower() in ("1", "true", "yes") for k in ("heatmaps", "heatmap"))
     if heatmap and not service.classifier.has_cam:
         return error(400, "this model has no 'cam' output, so it cannot give heat-maps")
-    loop = asyncio.get_running_loop()
-    rows = await loop.run_in_executor(service.pool, classify, service, uploads, heatmap)
+    rows = await classify(service, uploads, heatmap)
     failed = [r for r in rows if r["error"]]
     if failed and len(failed) == len(rows):  # nothing could be classified: 400, whether one file or many
         return error(400, "; ".join(f"{r['path']}: {r['error']}" for r in failed[:5])

@@ -195,7 +195,7 @@ def test_internal_errors_are_json_without_a_stack_trace(client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(service.classifier, "predict", broken)
+    monkeypatch.setattr(service.classifier, "_classify", broken)  # the batched path
     response = client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes())
     assert response.status_code == 500 and response.json()["type"] == "InternalServerError"
     assert "Traceback" not in response.text and "boom" not in response.text
@@ -299,3 +299,61 @@ def test_a_body_that_trickles_in_too_slowly_is_408(monkeypatch):
     with TestClient(create_app(load_now=True)) as client:
         response = client.post("/predictions/tumor", content=slow())
         assert response.status_code == 408 and response.json()["type"] == "RequestTimeout"
+
+
+def test_concurrent_requests_share_model_calls_and_keep_their_answers(expected):
+    """Dynamic batching: 16 concurrent single-image requests need fewer model calls than requests, and each
+    gets exactly tumor-infer's record for its own image."""
+    with TestClient(create_app(load_now=True)) as client:
+        batcher = client.app.state.service.batcher
+        files = (SAMPLE_FILES * 2)[:16]
+        with ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(lambda f: client.post(f"/predictions/tumor?filename={f.name}",
+                                                      content=f.read_bytes()).json(), files))
+        assert [g["path"] for g in got] == [f.name for f in files]
+        for g, f in zip(got, files):
+            assert g["label"] == expected[f.name]["label"]
+            assert g["probabilities"] == pytest.approx(expected[f.name]["probabilities"], abs=1e-6)
+        assert sum(batcher.calls) == 16  # every image went through a (shared) model call once
+
+
+def test_queued_requests_are_run_as_one_batch_in_their_own_order():
+    import asyncio
+
+    from tumor_runtime.batching import Batcher
+
+    clf = Classifier.load(threads=1)
+    batcher = Batcher(clf, ThreadPoolExecutor(1))
+
+    async def three_requests():
+        batcher.queue = asyncio.Queue()
+        asks = [SAMPLE_FILES[:2], SAMPLE_FILES[2:3], SAMPLE_FILES[3:6]]
+        tasks = [asyncio.ensure_future(batcher.classify(a)) for a in asks]
+        await asyncio.sleep(0.5)  # all three decoded and queued before the worker starts
+        batcher.worker = asyncio.ensure_future(batcher.run())
+        results = await asyncio.gather(*tasks)
+        batcher.worker.cancel()
+        return asks, results
+
+    asks, results = asyncio.run(three_requests())
+    assert batcher.calls == [6]  # one model call for the three requests
+    for ask, rows in zip(asks, results):
+        assert [r["path"] for r in rows] == [str(p) for p in ask]
+        assert [r["label"] for r in rows] == [r["label"] for r in clf.predict(ask)]
+
+
+def test_a_lone_request_is_not_held_back():
+    import asyncio
+
+    from tumor_runtime.batching import Batcher
+
+    clf = Classifier.load(threads=1)
+    batcher = Batcher(clf, ThreadPoolExecutor(1), max_wait_ms=5000)  # a long wait that must not apply
+
+    async def one():
+        start = time.perf_counter()
+        rows = await batcher.classify([SAMPLE_FILES[0]])
+        return rows, time.perf_counter() - start
+
+    rows, seconds = asyncio.run(one())
+    assert rows[0]["label"] and seconds < 4.0 and batcher.calls == [1]
