@@ -14,7 +14,7 @@ import numpy as np
 from tumor_export.calibration import sample_files
 from tumor_export.metadata import read_metadata, write_metadata
 from tumor_runtime.contract import FEATURES_OUTPUT, INPUT_NAME
-from tumor_runtime.ood import fit, image_descriptor, with_thresholds
+from tumor_runtime.ood import fit, image_descriptors, with_thresholds
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 
 SAMPLE = 1024  # training images the score is fitted on (decoded in about a second)
@@ -43,7 +43,7 @@ def measurements(path: Path, gray: np.ndarray, pre: dict, batch: int = 64) -> tu
     features = np.concatenate([session.run([FEATURES_OUTPUT], {INPUT_NAME: normalize(gray[i:i + batch], pre["mean"],
                                                                                      pre["std"])})[0]
                                for i in range(0, len(gray), batch)])
-    return features, np.stack([image_descriptor(g) for g in gray])
+    return features, np.concatenate([image_descriptors(gray[i:i + batch]) for i in range(0, len(gray), batch)])
 
 
 def attach(path: Path, train: tuple[np.ndarray, np.ndarray], validation: np.ndarray, pre: dict) -> dict:

@@ -18,7 +18,7 @@ from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
 from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
-from tumor_runtime.ood import image_descriptor
+from tumor_runtime.ood import descriptors_of_thumbnails, image_descriptors, thumbnail
 from tumor_runtime.preprocess import EncodedImage, ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 
@@ -134,7 +134,7 @@ class Classifier:
         """uint8 (N, H, W) -> out-of-distribution scores (N,); ModelError for a model exported without them."""
         if self.info.ood is None:
             raise ModelError(NO_OOD)
-        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0], np.stack([image_descriptor(g) for g in gray]))
+        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0], image_descriptors(gray))
 
     def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None,
                cams: np.ndarray | None = None, ood_score: float | None = None) -> dict:
@@ -157,7 +157,7 @@ class Classifier:
 
     def _decode(self, item):
         """item -> (uint8 image at the input size or None, error or None, DICOM context or None, image
-        descriptor for the out-of-distribution score or None). Runs in the decode threads."""
+        thumbnail for the out-of-distribution score or None). Runs in the decode threads."""
         if isinstance(item, Unreadable):
             return None, item.reason, None, None
         try:
@@ -167,7 +167,7 @@ class Classifier:
             gray = load_gray(item, self.info.input_size, self.info.crop)
         except (ImageError, OSError, ValueError, TypeError) as exc:
             return None, str(exc) or type(exc).__name__, None, None
-        return gray, None, dicom, image_descriptor(gray) if self.info.ood is not None else None
+        return gray, None, dicom, thumbnail(gray) if self.info.ood is not None else None
 
     def iter_predict(self, items: Iterable, heatmaps: bool = False) -> Iterator[dict]:
         """Stream records in input order; bad items give a record with `error` set, never an exception.
@@ -199,7 +199,7 @@ class Classifier:
             probs = outputs[0]
             cams = outputs[1] if heatmaps else []
             if self.info.ood is not None:
-                scores = self.info.ood.score(outputs[-1], np.stack([decoded[i][3] for i in good]))
+                scores = self.info.ood.score(outputs[-1], descriptors_of_thumbnails(np.stack([decoded[i][3] for i in good])))
         by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
             named = (str, Path, Unreadable, DicomFrame, EncodedImage)

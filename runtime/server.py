@@ -3,7 +3,8 @@
 Routes: GET / (the page), GET /ping, GET /models/tumor (the model card), POST /predictions/tumor
 (a raw image body, or multipart/form-data with one or more files; ?heatmap=1 adds a base64 PNG
 overlay). One model session per process, loaded once in the background (503 until then);
-inference runs in a thread pool sized to the cores, off the event loop. Errors are JSON
+uploads are decoded from memory in a thread pool sized to the cores, off the event loop, and
+concurrent requests share model calls (`batching.Batcher`). Errors are JSON
 ({"code", "type", "message"}, as TorchServe), never a stack trace. With a token, every route
 but /ping needs `Authorization: Bearer <token>` (the page also takes ?token=).
 """
