@@ -64,15 +64,12 @@ class GateError(KitError):
 
 def eval_images(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """--eval DIR by the kit's one labelled-folder rule (as tumor-infer --evaluate reads it)."""
-    from tumor_runtime.inputs import Unreadable, UsageError, labelled
+    from tumor_runtime.inputs import UsageError, readable_labelled
 
     try:
-        files, labels = labelled(folder, classes)
+        files, labels = readable_labelled(folder, classes)
     except UsageError as exc:
         raise DataError(f"--eval: {exc}") from None
-    bad = [f for f in files if isinstance(f, Unreadable)]
-    if bad:
-        raise DataError(f"--eval: {bad[0].path} cannot be read: {bad[0].reason}")
     return files, np.asarray(labels)
 
 

@@ -18,15 +18,13 @@ from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
 from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
-from tumor_runtime.ood import descriptors_of_thumbnails, image_descriptors, thumbnail
+from tumor_runtime.ood import descriptors_of_thumbnails, thumbnail
 from tumor_runtime.preprocess import EncodedImage, ImageError, load_gray, normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
 MAX_BATCH_SIZE = 4096
 SESSION_BATCH = 64  # images per model call: larger batches gain nothing on a CPU and cost memory
-NO_OOD = ("this model carries no out-of-distribution score: export it again with tumor-export (compact models, "
-          "with training and validation images at hand)")
 NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export it again with tumor-export "
           "(compact models; the reference AlexNet has no global-average-pool head)")
 
@@ -70,6 +68,9 @@ class Classifier:
         self.tumor_threshold = finite_in_range(
             "tumor_threshold", info.tumor_threshold if threshold is None else threshold, 0.0, 1.0)
         self.input_name, self.output_name = session.get_inputs()[0].name, output_name(session)
+        from tumor_runtime.backends import OpenVinoSession
+
+        self.backend = "openvino" if isinstance(session, OpenVinoSession) else "onnxruntime"
         outputs = [o.name for o in session.get_outputs()]
         self.has_cam = CAM_OUTPUT in outputs
         if info.ood is not None and FEATURES_OUTPUT not in outputs:
@@ -102,7 +103,7 @@ class Classifier:
                     "method": "mahalanobis-ppca on pooled features and image descriptors",
                     "flag": "ood_score >= 1", "thresholds": {"features": info.ood.features.threshold,
                                                                "image": info.ood.image.threshold}},
-                "arch": info.arch, "heatmaps": self.has_cam, "backend": getattr(self.session, "backend", None),
+                "arch": info.arch, "heatmaps": self.has_cam, "backend": self.backend,
                 "version": None}
         for key in ("trained_with", "exported_with", "calibration"):
             if key in meta:
@@ -129,12 +130,6 @@ class Classifier:
                                                                        self.info.std)})
                  for i in range(0, len(gray), SESSION_BATCH)]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(outputs))]
-
-    def ood_scores(self, gray: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W) -> out-of-distribution scores (N,); ModelError for a model exported without them."""
-        if self.info.ood is None:
-            raise ModelError(NO_OOD)
-        return self.info.ood.score(self._run(gray, [FEATURES_OUTPUT])[0], image_descriptors(gray))
 
     def record(self, path: str | None, probs: np.ndarray | None, error: str | None = None,
                cams: np.ndarray | None = None, ood_score: float | None = None) -> dict:
@@ -199,7 +194,8 @@ class Classifier:
             probs = outputs[0]
             cams = outputs[1] if heatmaps else []
             if self.info.ood is not None:
-                scores = self.info.ood.score(outputs[-1], descriptors_of_thumbnails(np.stack([decoded[i][3] for i in good])))
+                thumbnails = np.stack([decoded[i][3] for i in good])
+                scores = self.info.ood.score(outputs[-1], descriptors_of_thumbnails(thumbnails))
         by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
             named = (str, Path, Unreadable, DicomFrame, EncodedImage)

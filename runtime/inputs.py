@@ -122,3 +122,13 @@ def labelled(folder: str | os.PathLike, classes: list[str]) -> tuple[list, list[
     if not files:
         raise UsageError(f"no images in the class folders of {root}")
     return files, labels
+
+
+def readable_labelled(folder: str | os.PathLike, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """`labelled`, for the stages that need every file (training, export's evaluation): UsageError naming the
+    first file or folder that cannot be read, instead of an error row."""
+    files, labels = labelled(folder, classes)
+    bad = next((f for f in files if isinstance(f, Unreadable)), None)
+    if bad is not None:
+        raise UsageError(f"{bad.path} cannot be read: {bad.reason}")
+    return files, labels

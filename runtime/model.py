@@ -225,7 +225,6 @@ def open_session(path: str | os.PathLike | None = None, threads: int | None = No
             session = create_session(path, threads)
     except Exception as exc:
         raise ModelError(f"{path} is not a loadable ONNX model ({type(exc).__name__})") from None
-    session.backend = chosen
     info = ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map)
     check_graph(session, info)
     return session, info

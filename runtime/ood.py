@@ -7,7 +7,7 @@ in probabilistic-PCA form (Tipping & Bishop) so that it is cheap and small to st
 
 - `features`: the model's pooled features (its `features` output), scaled to unit length: what
   the network sees;
-- `image`: 23 numbers describing the model's input itself (`image_descriptor`: its intensity
+- `image`: 23 numbers describing the model's input itself (`image_descriptors`: its intensity
   histogram, left-right symmetry, edge density, how dark its border is, ...): what a slice looks
   like, which a 4-class network was never taught to notice.
 
@@ -17,7 +17,7 @@ in probabilistic-PCA form (Tipping & Bishop) so that it is cheap and small to st
 
 Each distance is divided by its own threshold, set at export so that `PASS_SHARE` of the
 validation slices pass it; `ood_score` is the larger ratio, and an input is out of distribution
-when it reaches 1. Fitted at export (`fit`, `with_threshold`); stored under the metadata key
+when it reaches 1. Fitted at export (`fit`, `with_thresholds`); stored under the metadata key
 "ood" (float16, base64). Models exported before this have no "ood": no flag, as before. Chosen by
 measurement against the energy score, the maximum softmax probability, a k-nearest-neighbour
 distance and either measurement alone (see the model card).
@@ -36,6 +36,7 @@ COMPONENTS = {"features": 24, "image": 16}  # principal directions kept per meas
 PASS_SHARE = 0.9975  # per measurement: together at most 0.5 % of real validation slices are flagged
 DESCRIPTOR_SIDE = 64  # the image descriptor is computed on the input shrunk to this side (cheap)
 METHOD = "mahalanobis-ppca:features+image"
+DESCRIPTOR_LENGTH = 16 + 7  # histogram bins, then the seven statistics of `descriptors_of_thumbnails`
 
 
 def thumbnail(gray: np.ndarray) -> np.ndarray:
@@ -73,11 +74,6 @@ def descriptors_of_thumbnails(small: np.ndarray) -> np.ndarray:
     stats = np.stack([symmetry, edges.mean(axis=(1, 2)) / 50, (edges > 40).mean(axis=(1, 2)), centre, border,
                       np.sqrt(variance) / 64, (small >= 250).mean(axis=(1, 2))], axis=1)
     return np.concatenate([np.sqrt(histogram), stats], axis=1).astype(np.float32)
-
-
-def image_descriptor(gray: np.ndarray) -> np.ndarray:
-    """One uint8 model input (S, S) -> float32 (23,): `image_descriptors` of a batch of one."""
-    return image_descriptors(np.asarray(gray)[None])[0]
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -177,7 +173,7 @@ class OodModel:
             model = cls(Gaussian.from_json(data["features"]), Gaussian.from_json(data["image"]))
         except (KeyError, TypeError, AttributeError, RecursionError, ValueError) as exc:
             raise ValueError(f"the 'ood' metadata is not a valid record ({exc})") from None
-        if model.image.mean.shape != (len(image_descriptor(np.zeros((8, 8), np.uint8))),):
+        if model.image.mean.shape != (DESCRIPTOR_LENGTH,):
             raise ValueError("the 'ood' metadata's image measurement has the wrong length")
         return model
 

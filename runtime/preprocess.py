@@ -240,14 +240,13 @@ def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
         img = Image.fromarray(checked_array(source))
     elif isinstance(source, Image.Image):
         img = source
-    elif isinstance(source, EncodedImage):
-        img = open_image(source, size if crop == "none" else None)
     else:
         from tumor_runtime.dicom import is_dicom_file, single_frame_gray  # one file rule for every stage
 
-        # Draft decoding shrinks by the frame; a crop needs the full frame's detail.
-        img = Image.fromarray(single_frame_gray(Path(source))) if is_dicom_file(Path(source)) \
-            else open_image(source, size if crop == "none" else None)
+        if not isinstance(source, EncodedImage) and is_dicom_file(Path(source)):
+            img = Image.fromarray(single_frame_gray(Path(source)))
+        else:  # draft decoding shrinks by the frame; a crop needs the full frame's detail
+            img = open_image(source, size if crop == "none" else None)
     gray = to_gray(img)
     check_content(gray)
     box = brain_box(np.asarray(gray), gray.histogram()) if crop == "brain" else None

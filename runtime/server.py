@@ -63,7 +63,6 @@ class Service:
             print(f"tumor-serve: the model cannot be loaded: {reason}", file=sys.stderr, flush=True)
             # Clients see the model's file name, not where the server keeps it.
             self.load_error = reason.replace(str(Path(self.model).parent) + os.sep, "") if self.model else reason
-            return
 
 
 def error(code: int, message: str) -> JSONResponse:

@@ -75,15 +75,12 @@ def class_names(train_dir: Path) -> list[str]:
 def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[list[Path], np.ndarray]:
     """Image files per class folder by the kit's one labelled-folder rule (`tumor_runtime.inputs.labelled`);
     for training every class folder must be there, readable and non-empty. At most `limit` per class."""
-    from tumor_runtime.inputs import Unreadable, UsageError, labelled
+    from tumor_runtime.inputs import UsageError, readable_labelled
 
     try:
-        files, labels = labelled(split_dir, classes)
+        files, labels = readable_labelled(split_dir, classes)
     except UsageError as exc:
         raise DataError(str(exc)) from None
-    unreadable = [f for f in files if isinstance(f, Unreadable)]
-    if unreadable:
-        raise DataError(f"{unreadable[0].path} cannot be read: {unreadable[0].reason}")
     labels = np.asarray(labels, dtype=np.int64)
     empty = [name for i, name in enumerate(classes) if not np.any(labels == i)]
     if empty:

@@ -78,7 +78,7 @@ def test_a_damaged_record_refuses_the_model(tmp_path, damage):
 def test_image_descriptor_tells_a_slice_from_a_photo_like_texture():
     slice_ = np.asarray(__import__("PIL").Image.open(sorted(SAMPLES.rglob("*.jpg"))[0]).convert("L").resize((128, 128)))
     noise = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
-    a, b = ood.image_descriptor(slice_), ood.image_descriptor(noise)
+    a, b = ood.image_descriptors(np.stack([slice_, noise]))
     assert a.shape == b.shape == (23,) and a.dtype == np.float32
     assert a[16] > 0.6 and b[16] < 0.3  # left-right symmetry of a head, none in noise
     assert a[20] > 0.5 > b[20]  # a slice's border is dark
