@@ -99,6 +99,12 @@ def main(path: str) -> None:
         plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
         out += [f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
                 f"({plain / with_maps:.2f}x the time per image)", ""]
+    if "end_to_end_ray" in process and "end_to_end" in process:
+        on_ray = process["end_to_end_ray"][1]["images"] / process["end_to_end_ray"][0]["median"]
+        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        out += [f"- `tumor-infer --ray auto` on this machine (one actor, {process['end_to_end_ray'][1]['images']:,} "
+                f"images, actor start-up included): {on_ray:,.0f} img/s against {plain:,.0f} img/s for the plain run "
+                f"({plain / on_ray:.2f}x the time per image)", ""]
     http = sorted((b["extra_info"] for b in results["benchmarks"] if b["extra_info"].get("kind") == "http"),
                   key=lambda e: e["concurrency"])
     if http and "end_to_end" in process:

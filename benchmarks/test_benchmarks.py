@@ -145,6 +145,23 @@ def test_end_to_end_with_heatmaps(benchmark, bench_set):
     assert [r["probabilities"] for r in plain] == [r["probabilities"] for r in records[:8]]  # maps change nothing
 
 
+RAY_REPEAT = 10  # the bench set ten times over: a job long enough that Ray's per-run actor start-up is amortised
+
+
+def test_end_to_end_on_ray(benchmark, bench_set, request):
+    """`tumor-infer --ray auto` on this machine (one actor with every core) against the plain run: the overhead of
+    the Ray path, actor start-up included in every round (the local Ray instance is started in the warm-up)."""
+    pytest.importorskip("ray")
+    from tumor_runtime.ray_batch import ray_records
+
+    files = bench_set[0] * (RAY_REPEAT if full_run(request.config) else 1)
+    records = benchmark.pedantic(lambda: list(ray_records(files, threads=cores())), rounds=2, iterations=1,
+                                 warmup_rounds=1)
+    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "end_to_end_ray",
+                                 "threads": cores(), "images": len(files), "machine": machine_info()})
+    assert [r["path"] for r in records] == [str(f) for f in files] and all(r["error"] is None for r in records)
+
+
 def predict_all(variant, inputs: np.ndarray) -> np.ndarray:
     run = variant.runner(cores())
     return np.concatenate([run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])

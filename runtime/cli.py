@@ -43,9 +43,13 @@ FORMATS = ["table", "csv", "json", "jsonl"]
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(["auto", "onnxruntime", "openvino"]),
               help="Inference engine for the same ONNX file: openvino needs the [openvino] extra; auto takes it where "
                    "it is installed and the CPU has AMX or AVX-512 VNNI, else onnxruntime.")
+@click.option("--ray", "ray_address", metavar="auto|ADDRESS",
+              help="Classify on a Ray cluster ([ray] extra): auto joins the running cluster or starts one on this "
+                   "machine; ADDRESS is a cluster's (e.g. ray://head:10001). Same rows as a local run; --threads is "
+                   "then the CPUs of each Ray actor [0 = 2]. Inputs must be readable at the same path on every node.")
 @click.version_option(__version__, "--version", prog_name="tumor-infer")
 def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps, model_info,
-         quiet, backend) -> None:
+         quiet, backend, ray_address) -> None:
     """Classify brain MRI slices (JPEG, PNG, BMP, TIFF) as glioma, meningioma, notumor or pituitary.
 
     PATHS are image files, DICOM files and folders. Every row says whether the input looks
@@ -59,7 +63,7 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
     raise_on_sigterm()
     try:
         sys.exit(guarded(run_command, paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size,
-                         threads, heatmaps, model_info, quiet, backend, passthrough=(OSError,)))
+                         threads, heatmaps, model_info, quiet, backend, ray_address, passthrough=(OSError,)))
     except KeyboardInterrupt as exc:
         click.echo("Stopped: interrupted; no output file was written" if output not in (None, "-") else
                    "Stopped: interrupted", err=True)
@@ -72,13 +76,16 @@ def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_
 
 
 def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps,
-                model_info, quiet, backend="onnxruntime") -> int:
+                model_info, quiet, backend="onnxruntime", ray_address=None) -> int:
     from tumor_runtime.cli_common import fail
     from tumor_runtime.classifier import Classifier
     from tumor_runtime.errors import KitError, UsageError
     from tumor_runtime.inputs import collect, labelled
+    from tumor_runtime.ray_batch import ray_records
 
     try:
+        if ray_address is not None and (heatmaps or evaluate):
+            raise UsageError("--ray classifies only: run --heatmaps and --evaluate without --ray")
         classifier = Classifier.load(model, threads=threads or None, batch_size=batch_size,
                                      tumor_threshold=tumor_threshold, backend=backend)
         if model_info:
@@ -93,6 +100,8 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
         target = output_target(output, files)
         if heatmaps:
             heatmap_folder(heatmaps, classifier)
+        rows = classifier.iter_predict(files, heatmaps=bool(heatmaps)) if ray_address is None else \
+            ray_records(files, model, ray_address, threads or 2, batch_size, tumor_threshold, backend)
     except KitError as exc:
         fail(str(exc), exc.exit_code)
     with contextlib.ExitStack() as stack:
@@ -100,7 +109,7 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
             stream = stack.enter_context(destination(target))
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
-        records = progress(classifier, files, quiet, heatmaps)
+        records = progress(classifier, files, rows, quiet, heatmaps)
         if evaluate:
             return write_evaluation(classifier, records, labels, fmt, stream)
         return write_records(classifier, records, fmt, stream)
@@ -184,12 +193,12 @@ def write_heatmap(rec: dict, folder: str) -> None:
         rec["heatmap"] = str(target)
 
 
-def progress(classifier, files, quiet: bool, heatmaps: str | None = None):
-    """Yield records with a progress bar on stderr (only on a terminal), errors reported as they come."""
+def progress(classifier, files, rows, quiet: bool, heatmaps: str | None = None):
+    """Yield the `rows` of `files` with a progress bar on stderr (only on a terminal), errors reported as they come."""
     show = not quiet and sys.stderr.isatty() and len(files) > classifier.batch_size
     bar = click.progressbar(length=len(files), label="classifying", file=sys.stderr) if show else None
     with bar if bar is not None else contextlib.nullcontext():
-        for rec in classifier.iter_predict(files, heatmaps=bool(heatmaps)):
+        for rec in rows:
             if heatmaps:
                 write_heatmap(rec, heatmaps)
             if rec["error"]:
