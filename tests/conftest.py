@@ -42,6 +42,12 @@ def dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")
 
 
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """Eight small synthetic slices, two per class, in class folders."""
+    return make_dataset(tmp_path / "imgs", per_class=2)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Path:
     """One tiny model trained once per session (2 epochs), for the tests of later stages."""
@@ -66,3 +72,8 @@ def exported(trained, tmp_path_factory) -> Path:
     run_export(ExportOptions(checkpoint=trained / "model.pth", out=out, int8=True, calibration_size=32),
                log=lambda msg: None)
     return out
+
+
+@pytest.fixture
+def int8(exported) -> Path:
+    return exported / "model.int8.onnx"

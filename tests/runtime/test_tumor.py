@@ -1,0 +1,67 @@
+"""`runtime/tumor.py`: P(tumor), the flag, its threshold and the screening statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tumor_runtime import tumor
+
+
+CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+def test_tumor_sensitivity_counts_missed_tumors():
+    cm = np.array([[8, 1, 1, 0], [0, 9, 1, 0], [0, 0, 10, 0], [0, 0, 2, 8]])  # 4 tumors called notumor of 30
+    assert tumor.tumor_sensitivity(cm, CLASSES) == pytest.approx(26 / 30)
+    assert tumor.tumor_sensitivity(cm, ["a", "b", "c", "d"]) is None
+    assert tumor.tumor_sensitivity(np.zeros((4, 4), int), CLASSES) is None
+    # a tumor called another tumor class still counts as caught
+    assert tumor.tumor_sensitivity(np.array([[0, 5, 0, 0], [0] * 4, [0] * 4, [0] * 4]), CLASSES) == 1.0
+
+
+def test_tumor_probability_and_flag():
+    probs = np.array([[0.1, 0.2, 0.6, 0.1], [0.3, 0.3, 0.1, 0.3]])
+    np.testing.assert_allclose(tumor.tumor_probability(probs, CLASSES), [0.4, 0.9])
+    assert tumor.tumor_probability(probs, ["a", "b", "c", "d"]) is None
+    assert tumor.flag(tumor.tumor_probability(probs, CLASSES), 0.4).tolist() == [True, True]
+    assert tumor.flag(tumor.tumor_probability(probs, CLASSES), 0.41).tolist() == [False, True]
+
+
+def test_screening_stats():
+    p = np.array([0.9, 0.2, 0.6, 0.4, 0.7])
+    is_tumor = np.array([True, True, True, False, False])
+    stats = tumor.screening_stats(p, is_tumor, 0.5)
+    assert stats == {"threshold": 0.5, "sensitivity": pytest.approx(2 / 3), "false_alarm_rate": 0.5}
+    assert tumor.screening_stats(p[:1], is_tumor[:1], 0.5)["false_alarm_rate"] is None
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=300), st.data())
+def test_threshold_is_the_highest_that_keeps_sensitivity(scores, data):
+    is_tumor = np.array(data.draw(st.lists(st.booleans(), min_size=len(scores), max_size=len(scores))))
+    scores = np.array(scores)
+    t = tumor.choose_threshold(scores, is_tumor)
+    assert 0 <= t <= tumor.MAX_THRESHOLD
+    if is_tumor.any():
+        tumor_scores = scores[is_tumor]
+        if t < tumor.MAX_THRESHOLD:
+            assert (tumor_scores >= t).mean() >= tumor.TARGET_SENSITIVITY
+            higher = tumor_scores[tumor_scores > t]
+            if len(higher):  # any higher threshold would miss too many
+                assert (tumor_scores >= higher.min()).mean() < tumor.TARGET_SENSITIVITY
+    else:
+        assert t == tumor.MAX_THRESHOLD
+
+
+def test_threshold_counts_allowed_misses_exactly():
+    scores = np.linspace(0.001, 0.999, 1000)
+    assert tumor.choose_threshold(scores, np.ones(1000, int)) == pytest.approx(min(scores[5], 0.5))  # 5 misses
+    assert tumor.choose_threshold(np.linspace(0.01, 0.1, 10), np.ones(10, int), target=0.9) == pytest.approx(0.02)
+    labels = np.array([1, 0, 1, 1])  # integers, not booleans
+    assert tumor.choose_threshold(np.array([0.3, 0.01, 0.4, 0.45]), labels) == pytest.approx(0.3)
+    stats = tumor.screening_stats(np.array([0.9, 0.1, 0.2]), np.array([1, 0, 1]), 0.5)
+    assert stats["sensitivity"] == 0.5 and stats["false_alarm_rate"] == 0.0
+    assert tumor.screening_stats(np.array([0.9]), np.array([0]), 0.5)["sensitivity"] is None
+    assert tumor.tumor_probability(np.array([[0.25, 0.25, 0.5, 0.0]], np.float32), CLASSES).dtype == np.float64

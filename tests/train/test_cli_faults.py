@@ -1,0 +1,166 @@
+"""`tumor-train` under bad inputs and faults: NaN options, unreadable classes, symlinks, full disks, interrupts, resume checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tests.conftest import REPO, make_dataset
+from tests.helpers import infer, one_line_error, run
+from tumor_runtime.fileio import sha256_file
+
+pytestmark = pytest.mark.faults  # the bad-input and fault sweep: pytest -m faults
+
+
+def trainer_cli():
+    from tumor_train.cli import main
+
+    return main
+
+
+def interrupt_in_epoch(monkeypatch, which: int):
+    import tumor_train.trainer as trainer
+
+    real, calls = trainer.train_one_epoch, []
+
+    def fake(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == which:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_one_epoch", fake)
+
+
+@pytest.mark.parametrize("option", ["--lr", "--val-fraction", "--dup-threshold"])
+def test_02_train_refuses_nan(option, tmp_path):
+    one_line_error(run("tumor_train", ["--data", tmp_path, option, "nan"]))
+    from tumor_train.config import TrainConfig
+
+    with pytest.raises(ValueError):
+        TrainConfig(dropout=float("nan")).check()
+
+
+def test_05_class_with_no_readable_image_is_refused(tmp_path):
+    data = make_dataset(tmp_path / "d", per_class=4)
+    for f in (data / "pituitary").iterdir():
+        f.write_bytes(b"\xff\xd8\xff garbage")
+    result = run("tumor_train", ["--data", data, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
+    one_line_error(result)
+    assert "pituitary" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "o" / "model.pth").exists()
+
+
+def test_10_symlinked_class_folders_train_and_resume(tmp_path):
+    elsewhere = make_dataset(tmp_path / "elsewhere", per_class=6)
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("glioma", "meningioma", "notumor", "pituitary"):
+        (data / name).symlink_to(elsewhere / name, target_is_directory=True)
+    out = tmp_path / "o"
+    result = run("tumor_train", ["--data", data, "--out", out, "--epochs", "1", "--width", "8"])
+    assert result.returncode == 0, result.stderr
+    val = torch.load(out / "model.pth", weights_only=True)["data"]["val_files"]
+    assert val and all(not f.startswith("..") and (data / f).is_file() for f in val)
+    assert run("tumor_train", ["--out", out, "--resume"]).returncode == 0
+
+
+def test_10_weights_survive_when_outputs_cannot_be_written(dataset, tmp_path, monkeypatch):
+    import tumor_train.trainer as trainer
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.report, "plot_curves", disk_full)
+    out = tmp_path / "o"
+    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "1",
+                                                "--width", "8"])
+    assert result.exit_code == 2 and "checkpoint.pth" in result.output
+    best = torch.load(out / "checkpoint.pth", weights_only=True)["best"]
+    assert best["state_dict"] is not None
+
+
+@pytest.mark.parametrize("case", ["other-width", "corrupt-checkpoint", "read-only-out"])
+def test_12_train_errors_before_training(dataset, tmp_path, case):
+    out = tmp_path / "o"
+    if case == "other-width":
+        assert run("tumor_train", ["--data", dataset, "--out", out, "--epochs", "1", "--width", "8"]).returncode == 0
+        args = ["--data", dataset, "--out", out, "--resume", "--width", "16"]
+    elif case == "corrupt-checkpoint":
+        out.mkdir()
+        (out / "checkpoint.pth").write_bytes(b"garbage")
+        args = ["--data", dataset, "--out", out, "--resume"]
+    else:
+        args = ["--data", dataset, "--out", "/proc/tumor-train-run", "--epochs", "1"]
+    result = run("tumor_train", args)
+    one_line_error(result)
+    assert "epoch 1" not in result.stderr  # refused before any training
+
+
+def test_14_resume_restores_the_configuration(dataset, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    interrupt_in_epoch(monkeypatch, 2)
+    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "3",
+                                                "--width", "8"])
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    conflict = CliRunner().invoke(trainer_cli(), ["--out", str(out), "--resume", "--epochs", "60"])
+    assert conflict.exit_code == 2 and "--epochs 60" in conflict.output
+    monkeypatch.chdir(tmp_path)  # the default --data ("Data") does not exist here: it comes from the checkpoint
+    resumed = CliRunner().invoke(trainer_cli(), ["--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "Resuming after epoch 1 of 3" in resumed.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["width"] == 8 and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
+def test_14_resume_checks_the_checkpoint_before_the_data(tmp_path):
+    result = run("tumor_train", ["--data", "/no/such/data", "--out", tmp_path, "--resume"])
+    one_line_error(result)
+    assert "nothing to resume" in result.stderr
+
+
+def test_15_ctrl_c_in_epoch_1_says_there_is_no_checkpoint(dataset, tmp_path, monkeypatch):
+    interrupt_in_epoch(monkeypatch, 1)
+    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"),
+                                                "--epochs", "2", "--width", "8"])
+    assert result.exit_code == 130
+    assert "no checkpoint" in result.output and not (tmp_path / "o" / "checkpoint.pth").exists()
+
+
+def test_17_default_outputs_never_touch_artifacts(dataset, tmp_path):
+    before = sha256_file(REPO / "artifacts" / "model.pth")
+    result = run("tumor_train", ["--data", dataset, "--epochs", "1", "--width", "8"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model.pth").is_file()
+    again = run("tumor_train", ["--data", dataset, "--out", runs[0], "--epochs", "1"], cwd=tmp_path)
+    one_line_error(again)  # an existing run is not overwritten without --overwrite
+    one_line_error(run("tumor_export", ["--int8"], cwd=REPO))  # no default checkpoint: say which
+    assert sha256_file(REPO / "artifacts" / "model.pth") == before
+
+
+def test_18_ctrl_c_while_writing_training_outputs(dataset, tmp_path, monkeypatch):
+    import tumor_train.trainer as trainer
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.report, "plot_curves", interrupt)
+    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"),
+                                                "--epochs", "1", "--width", "8"])
+    assert result.exit_code == 130 and "--resume" in result.output
+    assert (tmp_path / "o" / "checkpoint.pth").is_file()
+
+
+def test_22_summaries_have_no_raw_floats(dataset, int8, tmp_path):
+    import re
+
+    trained_line = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "1",
+                                       "--width", "8"]).stdout.splitlines()[-1]
+    evaluation = infer([make_dataset(tmp_path / "e", per_class=2), "--evaluate", "--model", int8]).stdout
+    for text in (trained_line, evaluation):
+        assert not re.search(r"\d\.\d{5,}", text), text

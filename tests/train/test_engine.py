@@ -1,0 +1,167 @@
+"""`train/engine.py`, `train/cv.py` and the augmentation: the training loop's decisions, tested by behaviour.
+
+Each test names the wrong answer it guards against: warm-up counted in steps, a swapped weight
+average, evaluation in training mode or with augmentation, folds that validate on their own
+training images, augmentation that pads with the border instead of black.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import make_dataset
+from tumor_runtime.metrics import summarize
+from tumor_train import cv
+from tumor_train.config import TrainConfig
+from tumor_train.data import augment, to_input
+from tumor_train.engine import ema_update, evaluate, lr_lambda, predict
+from tumor_train.models import build_model
+
+
+def test_warm_up_lasts_its_epochs_then_the_cosine_ends_at_zero():
+    steps_per_epoch = 10
+    factor = lr_lambda(TrainConfig(epochs=6, warmup_epochs=2.0), steps_per_epoch)
+    warm_up = [factor(s) for s in range(20)]  # 2 epochs x 10 steps
+    assert warm_up == pytest.approx([(s + 1) / 20 for s in range(20)])  # linear over the 20 steps, not 2
+    assert factor(20) == pytest.approx(1.0)  # the peak, where the cosine starts
+    assert factor(40) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))  # half-way through the decay
+    assert factor(60) == pytest.approx(0.0, abs=1e-12) and factor(10_000) == pytest.approx(0.0, abs=1e-12)
+    decay = [factor(s) for s in range(20, 61)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))  # never rises again
+
+
+def test_the_weight_average_moves_a_little_towards_the_current_weights():
+    update = ema_update(0.998)
+    average, current = torch.full((3,), 1.0), torch.full((3,), 0.0)
+    late = update(average, current, 10_000)  # past the EMA's own warm-up: the configured decay
+    assert torch.allclose(late, torch.full((3,), 0.998))
+    early = update(average, current, 0)  # first step: decay (1 + 0) / (10 + 0) = 0.1, mostly the current weights
+    assert torch.allclose(early, torch.full((3,), 0.1))
+
+
+class NoisyInTraining(nn.Module):
+    """Dropout and batch norm: a different answer in training mode than in evaluation mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 4))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_evaluation_runs_the_model_in_eval_mode_on_unaugmented_inputs():
+    torch.manual_seed(0)
+    model = NoisyInTraining()
+    model.train()
+    with torch.no_grad():  # batch-norm statistics that differ from the defaults
+        model(torch.randn(16, 1, 12, 12) * 3 + 1)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (10, 12, 12), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    stats, probs = evaluate(model, images, labels, 0.4, 0.2, ["a", "b", "c", "d"])
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax(model(to_input(images, 0.4, 0.2)), 1).numpy()
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    again = predict(model.train(), images, 0.4, 0.2).numpy()  # called from training mode: the same answer
+    np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-6)
+    assert stats["loss"] == pytest.approx(float(nn.functional.cross_entropy(torch.log(torch.from_numpy(expected)),
+                                                                            labels)), rel=1e-4)
+
+
+def test_augmentation_pads_with_black_whatever_the_border():
+    white = torch.ones(8, 1, 32, 32)
+    generator = torch.Generator().manual_seed(0)
+    shifted = augment(white, generator, rotation=0.0, translate=0.3, scale=0.0, hflip=0.0)
+    # A 30 % shift uncovers a good part of the frame, and it is black: border or reflection padding would
+    # repeat the white edge and leave no black pixel at all.
+    assert (shifted == 0).float().mean() > 0.1
+    rotated = augment(white, torch.Generator().manual_seed(1), rotation=45.0, translate=0.0, scale=0.0, hflip=0.0)
+    corners = rotated[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.max() < 0.05  # a 45-degree turn exposes the corners: black there too (some turns are small)
+
+
+def test_augmentation_keeps_black_black_and_stays_in_range():
+    batch = torch.rand(6, 1, 24, 24)
+    batch[:, :, :4] = 0
+    out = augment(batch, torch.Generator().manual_seed(2), rotation=0, translate=0, scale=0, hflip=0,
+                  intensity=0.3)
+    assert out.min() >= 0 and out.max() <= 1
+    assert out[:, :, :3].max() < 1e-4  # gamma and contrast leave the background black
+
+
+def test_every_fold_trains_without_its_validation_images_and_each_image_is_validated_once(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    seen = []
+
+    def fake_train_on(cfg, prepared, place=None, **kwargs):
+        seen.append(prepared)
+        labels = prepared.val.labels
+        return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
+                "best_epoch": 1}
+
+    monkeypatch.setattr(cv, "train_on", fake_train_on)
+    monkeypatch.setattr(cv, "plot_cv", lambda records, path: None)
+    cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8), 3)
+    assert len(seen) == 3
+    validated = []
+    for fold in seen:
+        train_files, val_files = set(map(str, fold.train.paths)), set(map(str, fold.val.paths))
+        assert train_files and val_files and not train_files & val_files
+        assert len(train_files | val_files) == 24
+        assert sorted(fold.val_files) == sorted(str(Path(p).relative_to(data)) for p in val_files)
+        validated += sorted(val_files)
+    assert sorted(validated) == sorted(str(p) for p in data.rglob("*.jpg"))  # each image once, none twice
+
+
+def test_a_built_model_is_what_the_checkpoint_rebuilds():
+    model = build_model("compact", num_classes=4, width=8, dropout=0.1)
+    twin = build_model("compact", num_classes=4, width=8, dropout=0.1)
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(2, 1, 64, 64)
+    assert torch.equal(model.eval()(x), twin.eval()(x))
+
+
+def test_the_exported_weights_are_the_average_not_the_last_step(dataset, tmp_path):
+    """model.pth holds the weight average (EMA) of the best epoch, which differs from the raw weights."""
+    from click.testing import CliRunner
+
+    from tumor_train.cli import main
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(out), "--epochs", "2", "--width", "8",
+                                       "--size", "64", "--val-fraction", "0", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    state = torch.load(out / "checkpoint.pth", weights_only=True)
+    shipped = torch.load(out / "model.pth", weights_only=True)["state_dict"]
+    average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    assert shipped.keys() == average.keys()
+    assert all(torch.equal(shipped[k], average[k]) for k in shipped)
+    raw = state["model"]
+    assert any(not torch.equal(shipped[k], raw[k]) for k in shipped if shipped[k].is_floating_point())
+
+
+def test_each_epoch_validates_the_weight_average_that_is_shipped(dataset, tmp_path):
+    """The history's validation loss of the chosen epoch is the shipped model's validation loss: epochs are
+    scored on the weight average, the same weights that are selected and written."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tumor_train.cli import main
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(out), "--epochs", "2", "--width", "8",
+                                       "--size", "64", "--batch-size", "4"])  # steps enough for EMA != raw
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    chosen = next(row for row in metrics["history"] if row["epoch"] == metrics["best_epoch"])
+    assert chosen["val_loss"] == pytest.approx(metrics["validation"]["loss"], rel=1e-5)
