@@ -20,10 +20,9 @@ from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
 from tumor_runtime.ood import descriptors_of_thumbnails, thumbnail
 from tumor_runtime.preprocess import EncodedImage, ImageError, load_gray, normalize
-from tumor_runtime.validate import finite_in_range, int_in_range
+from tumor_runtime.validate import MAX_BATCH_SIZE, finite_in_range, int_in_range
 
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
-MAX_BATCH_SIZE = 4096
 SESSION_BATCH = 64  # images per model call: larger batches gain nothing on a CPU and cost memory
 NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export it again with tumor-export "
           "(compact models; the reference AlexNet has no global-average-pool head)")

@@ -12,6 +12,7 @@ import click
 
 from tumor_runtime import __version__
 from tumor_runtime.cli_common import FiniteFloat
+from tumor_runtime.validate import MAX_BATCH_SIZE
 
 FORMATS = ["table", "csv", "json", "jsonl"]
 
@@ -30,7 +31,7 @@ FORMATS = ["table", "csv", "json", "jsonl"]
                    "tumor sensitivity, the tumor flag's sensitivity and false alarms, and the confusion matrix.")
 @click.option("--tumor-threshold", type=FiniteFloat(0, 1),
               help="Flag a tumor when P(tumor) = 1 - P(notumor) reaches this [default: stored in the model].")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE))
 @click.option("--threads", type=click.IntRange(0), default=0,
               help="Inference and decoding threads; 0 = the cores available (CPU affinity and container limit), "
                    "which is also the maximum.  [default: 0]")

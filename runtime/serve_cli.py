@@ -10,6 +10,7 @@ import click
 
 from tumor_runtime import __version__
 from tumor_runtime.cli_common import FiniteFloat
+from tumor_runtime.validate import MAX_UPLOAD_MB, UPLOAD_MB_RANGE
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl-C: stop accepting, give in-flight requests this long, then exit
 
@@ -31,7 +32,7 @@ def is_loopback(host: str) -> bool:
               help="Server processes, each with its own model session.")
 @click.option("--token", envvar="TUMOR_SERVE_TOKEN", help="Bearer token required on every route but /ping "
                                                           "[env: TUMOR_SERVE_TOKEN].")
-@click.option("--max-upload-mb", default=20.0, show_default=True, type=FiniteFloat(0.001, 4096),
+@click.option("--max-upload-mb", default=MAX_UPLOAD_MB, show_default=True, type=FiniteFloat(*UPLOAD_MB_RANGE),
               help="Largest request body, however it is sent (one file, a multipart form, chunked); bigger get 413.")
 @click.option("--threads", type=click.IntRange(0), default=0,
               help="Inference threads per worker; 0 = the cores available.  [default: 0]")
@@ -39,8 +40,10 @@ def is_loopback(host: str) -> bool:
               help="Flag a tumor when P(tumor) reaches this [default: stored in the model].")
 @click.option("--backend", default="onnxruntime", show_default=True,
               type=click.Choice(["auto", "onnxruntime", "openvino"]), help="Inference engine, as for tumor-infer.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="One line per request on stderr: time, client, method and path, status, milliseconds.")
 @click.version_option(__version__, "--version", prog_name="tumor-serve")
-def main(model, host, port, workers, token, max_upload_mb, threads, tumor_threshold, backend) -> None:
+def main(model, host, port, workers, token, max_upload_mb, threads, tumor_threshold, backend, access_log) -> None:
     """Serve the classifier over HTTP (TorchServe's inference API) with a web page at /.
 
     POST /predictions/tumor with an image body (or a multipart form with files), GET /ping,
@@ -63,8 +66,13 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",
                        "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb), "TUMOR_SERVE_THREADS": str(threads), "TUMOR_SERVE_BACKEND": backend,
+                       "TUMOR_SERVE_ACCESS_LOG": "1" if access_log else "0",
                        "TUMOR_SERVE_TUMOR_THRESHOLD": "" if tumor_threshold is None else repr(tumor_threshold)})
     click.echo(f"tumor-serve: http://{host}:{port}/ with {model or 'the shipped int8 model'}; "
                f"{'a bearer token is required' if token else 'no token required'}; Ctrl-C stops it.", err=True)
     uvicorn.run("tumor_runtime.server:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="warning", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import secrets
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from tumor_runtime.model import available_cores
+from tumor_runtime.validate import MAX_UPLOAD_MB
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 MODEL_NAME = "tumor"
@@ -205,7 +208,7 @@ async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
 
-def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = 20.0,
+def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                load_now: bool = False, threads: int | None = None, tumor_threshold: float | None = None,
                backend: str = "onnxruntime") -> Starlette:
     """The ASGI app. The model loads in a background thread when the server starts (503 until then),
@@ -213,6 +216,14 @@ def create_app(model: str | None = None, token: str | None = None, max_upload_mb
     service = Service(model, token, max_upload_mb, threads, tumor_threshold, backend)
 
     async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        response = await respond(request, call_next)
+        client = request.client.host if request.client else "-"
+        ACCESS_LOG.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path, response.status_code,
+                        (time.perf_counter() - started) * 1e3)
+        return response
+
+    async def respond(request: Request, call_next):
         if request.url.path != "/ping" and not authorized(request, service):
             return error(401, "missing or wrong bearer token")
         try:
@@ -244,10 +255,25 @@ def create_app(model: str | None = None, token: str | None = None, max_upload_mb
     return app
 
 
+ACCESS_LOG = logging.getLogger("tumor_runtime.server.access")  # one line per request; silent unless enabled
+
+
+def enable_access_log() -> None:
+    """Request lines on stderr: time, client, method and path, status, milliseconds (never bodies or tokens)."""
+    if not ACCESS_LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        ACCESS_LOG.addHandler(handler)
+    ACCESS_LOG.setLevel(logging.INFO)
+    ACCESS_LOG.propagate = False
+
+
 def app_from_environment() -> Starlette:
     """For uvicorn's factory mode (several workers): the options travel in the environment."""
     env = os.environ.get
+    if env("TUMOR_SERVE_ACCESS_LOG", "1") == "1":
+        enable_access_log()
     return create_app(env("TUMOR_SERVE_MODEL") or None, env("TUMOR_SERVE_TOKEN") or None,
-                      float(env("TUMOR_SERVE_MAX_UPLOAD_MB", "20")), threads=int(env("TUMOR_SERVE_THREADS") or 0) or None,
+                      float(env("TUMOR_SERVE_MAX_UPLOAD_MB") or MAX_UPLOAD_MB), threads=int(env("TUMOR_SERVE_THREADS") or 0) or None,
                       tumor_threshold=float(env("TUMOR_SERVE_TUMOR_THRESHOLD")) if env("TUMOR_SERVE_TUMOR_THRESHOLD")
                       else None, backend=env("TUMOR_SERVE_BACKEND") or "onnxruntime")

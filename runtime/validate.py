@@ -6,10 +6,15 @@ False); these checks refuse it instead.
 
 from __future__ import annotations
 
-from tumor_runtime.errors import OptionError
-
 import math
 import numbers
+
+from tumor_runtime.errors import OptionError
+
+# The runtime's limits, declared once: the commands' options and the Python API both read them.
+MAX_BATCH_SIZE = 4096  # images per batch (tumor-infer --batch-size, Classifier.load(batch_size=...))
+MAX_UPLOAD_MB = 20.0  # tumor-serve's default request-body limit (--max-upload-mb, create_app)
+UPLOAD_MB_RANGE = (0.001, 4096.0)
 
 
 def finite_in_range(name: str, value, low: float | None = None, high: float | None = None,

@@ -15,6 +15,15 @@ from tumor_runtime.errors import UsageError
 from tumor_train.config import TrainConfig
 
 DEFAULTS = TrainConfig()
+
+
+def int_range(field: str) -> click.IntRange:
+    return click.IntRange(*TrainConfig.INT_RANGES[field])
+
+
+def float_range(field: str) -> FiniteFloat:
+    low, high, low_open = TrainConfig.FLOAT_RANGES[field]
+    return FiniteFloat(low, high, low_open=low_open)
 # Options that may differ when a run is resumed: where the data and the threads are on this machine.
 RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 
@@ -28,25 +37,25 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
                    "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.")
 @click.option("--arch", default=DEFAULTS.arch, show_default=True, type=click.Choice(["compact", "alexnet"]),
               help="Architecture: compact (~0.9M parameters at width 40) or alexnet (the ~58M reference).")
-@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=click.IntRange(1, 65_536))
-@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=FiniteFloat(0, 10, low_open=True),
+@click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=int_range("epochs"))
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=int_range("batch_size"))
+@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=float_range("lr"),
               help="Peak AdamW learning rate (warm-up, then cosine decay).")
-@click.option("--width", default=DEFAULTS.width, show_default=True, type=click.IntRange(4, 4096),
+@click.option("--width", default=DEFAULTS.width, show_default=True, type=int_range("width"),
               help="Channels of the compact model's stem.")
-@click.option("--size", "image_size", default=DEFAULTS.image_size, show_default=True, type=click.IntRange(32, 1024),
+@click.option("--size", "image_size", default=DEFAULTS.image_size, show_default=True, type=int_range("image_size"),
               help="Square input side in pixels; stored with the model, which the runtime reads.")
 @click.option("--crop", default=DEFAULTS.crop, show_default=True, type=click.Choice(["none", "brain"]),
               help="brain: cut each slice to the square around the head before resizing (the runtime does the "
                    "same, from the model's metadata); none: the whole frame.")
 @click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True,
-              type=FiniteFloat(0, 0.9),
+              type=float_range("val_fraction"),
               help="Validation share when there is no Validation folder (duplicates grouped). 0 = final fit: "
                    "every image trains for --epochs and the last weight average is the model.")
 @click.option("--val-list", default=None, type=click.Path(dir_okay=False, exists=True),
               help="Text file naming the validation images (paths relative to --data, one a line): a fixed "
                    "split, e.g. to compare recipes on the same images.")
-@click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=FiniteFloat(0, 1),
+@click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=float_range("dup_threshold"),
               help="Thumbnail correlation at which two images count as near-duplicates.")
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int)
 @click.option("--bf16/--no-bf16", default=DEFAULTS.bf16, show_default=True,
@@ -54,9 +63,9 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 @click.option("--device", default=DEFAULTS.device, show_default=True,
               help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Under torchrun each process uses "
                    "its LOCAL_RANK's GPU (NCCL), or the CPU (gloo).")
-@click.option("--threads", default=DEFAULTS.threads, show_default=True, type=click.IntRange(0, 4096),
+@click.option("--threads", default=DEFAULTS.threads, show_default=True, type=int_range("threads"),
               help="Torch threads; 0 = all cores available.")
-@click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=click.IntRange(0),
+@click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=int_range("max_per_class"),
               help="Use at most this many training images per class (quick trials); 0 = all.")
 @click.option("--cv", "folds", default=0, type=click.IntRange(0, 20),
               help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "

@@ -35,6 +35,10 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)
     max_per_class: int = 0  # cap on training images per class, for quick trials; 0 = all
 
+    # The one declaration of each numeric knob's range: TrainConfig.check and tumor-train's options both read it.
+    # (low, high) for every integer knob:
+    INT_RANGES = {"width": (4, 4096), "epochs": (1, 100_000), "batch_size": (1, 65_536), "image_size": (32, 1024),
+                  "threads": (0, 4096), "max_per_class": (0, 1 << 30)}
     # (low, high, low_open) for every float knob: NaN or out-of-range values are refused, not trained with.
     FLOAT_RANGES = {"dropout": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 10.0, False),
                     "warmup_epochs": (0.0, 1e6, False), "label_smoothing": (0.0, 1.0, False),
@@ -53,9 +57,8 @@ class TrainConfig:
 
         for name, (low, high, low_open) in self.FLOAT_RANGES.items():
             finite_in_range(name, getattr(self, name), low, high, low_open)
-        for name, low in (("width", 4), ("epochs", 1), ("batch_size", 1), ("image_size", 32), ("threads", 0),
-                          ("max_per_class", 0)):
-            int_in_range(name, getattr(self, name), low, 1 << 20)
+        for name, (low, high) in self.INT_RANGES.items():
+            int_in_range(name, getattr(self, name), low, high)
 
     @classmethod
     def known(cls, options: dict) -> dict:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -357,3 +361,36 @@ def test_a_lone_request_is_not_held_back():
 
     rows, seconds = asyncio.run(one())
     assert rows[0]["label"] and seconds < 4.0 and batcher.calls == [1]
+
+
+def test_tumor_serve_says_where_it_listens_and_logs_one_line_per_request():
+    """The command as a user starts it: a start line (URL, model, token), then one access line per request,
+    without the token; --no-access-log silences the lines."""
+    import subprocess
+    import urllib.request
+
+    pytest.importorskip("uvicorn")
+    for access_log in ("--access-log", "--no-access-log"):
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "tumor_runtime.serve_cli", "--port", str(port),
+                                    "--token", "s3cret-token", access_log], stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(300):  # until the model has loaded
+                with contextlib.suppress(OSError, ValueError):
+                    ping = urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).read()
+                    if json.loads(ping)["status"] == "Healthy":
+                        break
+                time.sleep(0.1)
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/models/tumor",
+                                             headers={"Authorization": "Bearer s3cret-token"})
+            assert json.loads(urllib.request.urlopen(request, timeout=30).read())["classes"]
+        finally:
+            process.terminate()
+            stderr = process.communicate(timeout=30)[1]
+        assert f"http://127.0.0.1:{port}/" in stderr and "a bearer token is required" in stderr
+        lines = [line for line in stderr.splitlines() if '"GET /models/tumor"' in line]
+        assert "s3cret" not in stderr
+        if access_log == "--access-log":
+            assert len(lines) == 1 and re.search(r'127\.0\.0\.1 "GET /models/tumor" 200 \d+\.\d ms$', lines[0])
+        else:
+            assert lines == []
