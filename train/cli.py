@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -67,6 +68,13 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
               help="Torch threads; 0 = all cores available.")
 @click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=int_range("max_per_class"),
               help="Use at most this many training images per class (quick trials); 0 = all.")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(dir_okay=False, exists=True),
+              help="A model.pth to distil from (repeat for an ensemble, e.g. the fold models of a --cv run): the loss "
+                   "also matches the teachers' mean softened probabilities on each augmented batch.")
+@click.option("--distill-weight", default=DEFAULTS.distill_weight, show_default=True,
+              type=float_range("distill_weight"), help="Share of the distillation term in the loss.")
+@click.option("--distill-temperature", default=DEFAULTS.distill_temperature, show_default=True,
+              type=float_range("distill_temperature"), help="Softening temperature of the distillation term.")
 @click.option("--cv", "folds", default=0, type=click.IntRange(0, 20),
               help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "
                    "writes OUT/cv.json (mean ± std macro F2, accuracy, tumor sensitivity) and cv.png; 0 = off.")
@@ -104,6 +112,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     if folds == 1:
         fail("--cv needs at least 2 folds")
+    options["teachers"] = [os.path.abspath(t) for t in options["teachers"]]  # a list, as the checkpoint stores it
     if launched_by_torchrun() and not options["out"]:
         fail("under torchrun, give --out: every process must write to (and resume from) the same folder")
     try:

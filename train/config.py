@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass
@@ -18,8 +18,8 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW decoupled weight decay
     warmup_epochs: float = 2.0  # linear warm-up before the cosine decay
     label_smoothing: float = 0.05  # softens one-hot targets; helps calibration of the tumor threshold
-    image_size: int = 227  # square input side (--size), stored in the checkpoint and the ONNX metadata
-    crop: str = "none"  # "brain": cut each slice to the square around the head before resizing; "none": whole frame
+    image_size: int = 160  # square input side (--size), stored in the checkpoint and the ONNX metadata
+    crop: str = "brain"  # "brain": cut each slice to the square around the head before resizing; "none": whole frame
     val_fraction: float = 0.15  # share carved for validation when there is no Validation folder; 0 = final fit
     val_list: str = ""  # text file of validation images (paths relative to --data, one a line): a fixed split
     dup_threshold: float = 0.92  # Pearson correlation of 48x48 thumbnails at or above which two images are one group
@@ -34,6 +34,9 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when available, else CPU), cpu, cuda or cuda:N; torchrun: each rank its GPU
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default (all cores this process may use)
     max_per_class: int = 0  # cap on training images per class, for quick trials; 0 = all
+    teachers: list = field(default_factory=list)  # model.pth files to distil from (train/distill.py); [] = none
+    distill_weight: float = 0.5  # share of the distillation term in the loss when there are teachers
+    distill_temperature: float = 2.0  # softening of teacher and student probabilities for that term
 
     # The one declaration of each numeric knob's range: TrainConfig.check and tumor-train's options both read it.
     # (low, high) for every integer knob:
@@ -44,7 +47,8 @@ class TrainConfig:
                     "warmup_epochs": (0.0, 1e6, False), "label_smoothing": (0.0, 1.0, False),
                     "val_fraction": (0.0, 0.9, False), "dup_threshold": (0.0, 1.0, False),
                     "rotation": (0.0, 180.0, False), "translate": (0.0, 1.0, False), "scale": (0.0, 0.9, False),
-                    "hflip": (0.0, 1.0, False), "intensity": (0.0, 0.9, False), "ema_decay": (0.0, 1.0, False)}
+                    "hflip": (0.0, 1.0, False), "intensity": (0.0, 0.9, False), "ema_decay": (0.0, 1.0, False),
+                    "distill_weight": (0.0, 1.0, False), "distill_temperature": (0.0, 100.0, True)}
 
     def check(self) -> None:
         """ValueError naming the first field that is not finite and in range."""

@@ -7,6 +7,7 @@ import contextlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from tumor_train.config import TrainConfig
 from tumor_train.data import augment, to_input
 from tumor_train.distributed import Placement, shard
 from tumor_train.models import build_model
+
+if TYPE_CHECKING:
+    from tumor_train.distill import Teachers
 
 AUGMENT_FIELDS = ("rotation", "translate", "scale", "hflip", "intensity")
 
@@ -78,6 +82,7 @@ class TrainingState:
     generator: torch.Generator  # batch order and augmentation (on the CPU: the same sequence on any device)
     place: Placement = Placement(torch.device("cpu"))
     trainer: nn.Module | None = None  # what the training step calls: the model, or its DDP wrapper
+    teachers: "Teachers | None" = None  # frozen models to distil from (train/distill.py), or None
 
     @classmethod
     def create(cls, cfg: TrainConfig, model_args: dict, steps_per_epoch: int,
@@ -139,13 +144,14 @@ def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Te
         index = order[start:start + cfg.batch_size].to(images.device)
         # The whole global batch is augmented on every rank (one draw sequence whatever the world
         # size), then each rank keeps its rows: inputs are those of a single-process run.
-        x = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)[mine]  # warp in [0, 1]
-        x = (x - mean) / std
-        x = x.contiguous(memory_format=torch.channels_last)
+        warped = augment(to_input(images[index], 0.0, 1.0), state.generator, **aug)[mine]  # in [0, 1]
+        x = ((warped - mean) / std).contiguous(memory_format=torch.channels_last)
         y = labels[index][mine]
         with autocast(bf16, place.device.type):
             logits = model(x)
             loss = criterion(logits.float(), y)
+            if state.teachers is not None:  # the teachers answer the same augmented batch
+                loss = state.teachers.blend(loss, logits.float(), warped)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()

@@ -183,6 +183,11 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
     stats = pixel_stats(data.train.images)
     args = model_args_for(cfg.arch, len(data.classes), cfg.width, cfg.dropout)
     state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place)
+    if cfg.teachers:
+        from tumor_train.distill import Teachers
+
+        state.teachers = Teachers.load(cfg.teachers, cfg.crop, data.classes, cfg.distill_temperature,
+                                       cfg.distill_weight, place.device)
     start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
     if resume:
         start, history, best = state.restore(out / CHECKPOINT, cfg)
@@ -191,6 +196,7 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
     if place.is_main:
         print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
               f"{len(data.val.labels)} validation images; {place.device}"
+              f"{f'; distilling from {len(cfg.teachers)} teachers' if cfg.teachers else ''}"
               f"{f' x {place.world} processes' if place.world > 1 else ''}; bf16 autocast {'on' if bf16 else 'off'}.")
     best = train_epochs(cfg, state, data, stats, bf16, start, history, best)
     if best["state_dict"] is None:

@@ -29,7 +29,8 @@ def export(args, **kwargs):
 def test_fp32_onnx_passes_checker_and_matches_torch(trained, exported):
     onnx.checker.check_model(onnx.load(str(exported / "model.onnx")), full_check=True)
     model, ckpt = load_model(trained / "model.pth")
-    x = np.random.default_rng(5).normal(0, 1, (5, 1, 227, 227)).astype(np.float32)  # batch of 5: dynamic axis
+    size = ckpt["preprocess"]["size"]
+    x = np.random.default_rng(5).normal(0, 1, (5, 1, size, size)).astype(np.float32)  # batch of 5: dynamic axis
     session = ort.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     probs, logits = session.run(["probabilities", "logits"], {"image": x})
     with torch.no_grad():
@@ -46,7 +47,8 @@ def test_metadata_round_trips(trained, exported):
         meta = read_metadata(exported / name)
         info = ModelInfo.from_metadata(meta)
         assert info.classes == ckpt["classes"]
-        assert info.input_size == 227 and meta["grayscale"] == "true" and meta["resize"] == "pil-bilinear"
+        assert info.input_size == ckpt["preprocess"]["size"] and info.crop == ckpt["preprocess"]["crop"]
+        assert meta["grayscale"] == "true" and meta["resize"] == "pil-bilinear"
         assert info.mean == pytest.approx(ckpt["preprocess"]["mean"]) and info.std == pytest.approx(ckpt["preprocess"]["std"])
         assert json.loads(meta["tumor_classes"]) == ["glioma", "meningioma", "pituitary"]
         assert 0 < info.tumor_threshold <= 0.5 and info.arch == "compact"

@@ -214,7 +214,10 @@ def test_21_model_info(int8):
     assert result.returncode == 0, result.stderr
     card = json.loads(result.stdout)
     assert card["sha256"] == sha256_file(int8) and card["precision"] == "int8"
-    assert card["classes"] == ["glioma", "meningioma", "notumor", "pituitary"] and card["input"]["size"] == 227
+    from tumor_train.config import TrainConfig  # the session's model is trained with the defaults
+
+    assert card["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert (card["input"]["size"], card["input"]["crop"]) == (TrainConfig().image_size, TrainConfig().crop)
     assert "torch" in card["trained_with"] and 0 < card["tumor_threshold"] <= 0.5
 
 

@@ -26,12 +26,13 @@ def test_cam_output_matches_torch(trained, exported):
     from tumor_export.onnx_export import torch_cam
     from tumor_train.checkpoint import load_model
 
-    model, _ = load_model(trained / "model.pth")
-    x = np.random.default_rng(2).normal(0, 1, (3, 1, 227, 227)).astype(np.float32)
+    model, ckpt = load_model(trained / "model.pth")
+    size = ckpt["preprocess"]["size"]
+    x = np.random.default_rng(2).normal(0, 1, (3, 1, size, size)).astype(np.float32)
     session = create_session(exported / "model.onnx")
     cam, logits = session.run(["cam", "logits"], {"image": x})
     expected = torch_cam(model, torch.from_numpy(x)).numpy()
-    assert cam.shape == (3, 4, 13, 13)
+    assert cam.shape == expected.shape and cam.shape[:2] == (3, 4) and cam.shape[2] == cam.shape[3] > 1
     assert np.abs(cam - expected).max() <= 1e-4 * np.abs(expected).max()
     # The CAM is exact for a GAP + linear head: its spatial mean plus the bias gives the logits.
     bias = model.head[-1].bias.detach().numpy()
@@ -59,7 +60,7 @@ def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tm
     excluded = {(Path(ckpt["data"]["root"]) / f).resolve() for f in ckpt["data"]["val_files"]}
     files = sample_files(Path(report["calibration"]["folder"]), 32, 0, excluded)  # as the export drew them
     info = Classifier.load(exported / "model.int8.onnx").info
-    calib = load_inputs(files, 227, info.mean, info.std)
+    calib = load_inputs(files, info.input_size, info.mean, info.std, info.crop)
     quantize_int8(tmp_path / "nocam.pre.onnx", tmp_path / "nocam.int8.onnx", ArrayReader(calib, "image"), "percentile")
     x = calib[:8]
     with_cam = session.run(["probabilities"], {"image": x})[0]
@@ -125,8 +126,8 @@ def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(exported, 
     made = [r["heatmap"] for r in rows if r["error"] is None]
     assert len(made) == 8 and len(set(made)) == 8 and sorted(map(str, out.iterdir())) == sorted(made)
     assert [r["heatmap"] for r in rows if r["error"]] == [None]
-    picture = Image.open(made[0])
-    assert picture.mode == "RGB" and picture.width == 227 and picture.height > 227
+    picture, size = Image.open(made[0]), Classifier.load(exported / "model.int8.onnx").info.input_size
+    assert picture.mode == "RGB" and picture.width == size and picture.height > size  # the slice, then the legend
     assert "cam" not in rows[0] and "slice" not in rows[0]
 
 

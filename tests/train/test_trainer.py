@@ -53,7 +53,7 @@ def test_learns_the_synthetic_task(tmp_path):
     from tests.conftest import make_dataset
 
     data = make_dataset(tmp_path / "d", per_class=24)
-    result = train(["--data", data, "--out", tmp_path / "o", "--epochs", "6", "--width", "8", "--lr", "0.003"])
+    result = train(["--data", data, "--out", tmp_path / "o", "--epochs", "10", "--width", "8", "--lr", "0.003"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["validation"]["accuracy"] >= 0.6
