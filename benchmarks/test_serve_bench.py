@@ -24,21 +24,29 @@ uvicorn = pytest.importorskip("uvicorn")
 
 @pytest.fixture(scope="module")
 def server_port():
-    from tumor_runtime.server import create_app
+    """`tumor-serve` as users start it: its own process (the client threads here do not share its GIL)."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(str(ARTIFACTS / "model.int8.onnx"), load_now=True),
-                                           host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    server = subprocess.Popen([sys.executable, "-m", "tumor_runtime.serve_cli", "--port", str(port), "--model",
+                               str(ARTIFACTS / "model.int8.onnx"), "--no-access-log"], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).read())["status"] == \
+                    "Healthy":
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
     yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    server.terminate()
+    server.wait(timeout=30)
 
 
 def post_all(port: int, bodies: list[bytes], concurrency: int) -> list[tuple[float, int, bytes]]:

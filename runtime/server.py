@@ -25,7 +25,6 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
@@ -208,30 +207,44 @@ async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
 
+class Guard:
+    """Every request passes here (a plain ASGI middleware: Starlette's BaseHTTPMiddleware would cost a task and
+    a copied body stream per request): the bearer token, a JSON 500 instead of a stack trace, the access log."""
+
+    def __init__(self, app, service: Service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, request, sent = time.perf_counter(), Request(scope), {}
+
+        async def send_noted(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            await send(message)
+
+        try:
+            if request.url.path != "/ping" and not authorized(request, self.service):
+                await error(401, "missing or wrong bearer token")(scope, receive, send_noted)
+            else:
+                await self.app(scope, receive, send_noted)
+        except Exception as exc:  # never a stack trace in a response
+            if "status" in sent:
+                raise  # the response has begun: nothing better can be sent
+            await error(500, f"internal error ({type(exc).__name__})")(scope, receive, send_noted)
+        finally:
+            client = scope["client"][0] if scope.get("client") else "-"
+            ACCESS_LOG.info('%s "%s %s" %d %.1f ms', client, scope["method"], scope["path"], sent.get("status", 500),
+                            (time.perf_counter() - started) * 1e3)
+
+
 def create_app(model: str | None = None, token: str | None = None, max_upload_mb: float = MAX_UPLOAD_MB,
                load_now: bool = False, threads: int | None = None, tumor_threshold: float | None = None,
                backend: str = "onnxruntime") -> Starlette:
     """The ASGI app. The model loads in a background thread when the server starts (503 until then),
     or at once with `load_now`."""
     service = Service(model, token, max_upload_mb, threads, tumor_threshold, backend)
-
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        response = await respond(request, call_next)
-        client = request.client.host if request.client else "-"
-        ACCESS_LOG.info('%s "%s %s" %d %.1f ms', client, request.method, request.url.path, response.status_code,
-                        (time.perf_counter() - started) * 1e3)
-        return response
-
-    async def respond(request: Request, call_next):
-        if request.url.path != "/ping" and not authorized(request, service):
-            return error(401, "missing or wrong bearer token")
-        try:
-            return await call_next(request)
-        except HTTPException as exc:
-            return error(exc.status_code, exc.detail)
-        except Exception as exc:  # never a stack trace in a response
-            return error(500, f"internal error ({type(exc).__name__})")
 
     async def not_found(request: Request, exc: HTTPException) -> JSONResponse:
         return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error")
@@ -248,7 +261,7 @@ def create_app(model: str | None = None, token: str | None = None, max_upload_mb
     routes = [Route("/", page), Route("/ping", ping), Route(f"/models/{MODEL_NAME}", model_card),
               Route(f"/predictions/{MODEL_NAME}", predictions, methods=["POST"])]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: not_found})
-    app.add_middleware(BaseHTTPMiddleware, dispatch=guard)
+    app.add_middleware(Guard, service=service)
     app.state.service = service
     if load_now:
         service.load()

@@ -293,19 +293,21 @@ def test_browser_uploads_a_slice_and_reads_the_label(live_server, expected, tmp_
         browser.quit()
 
 
-def test_a_body_that_trickles_in_too_slowly_is_408(monkeypatch):
+def test_a_body_that_trickles_in_too_slowly_is_408(monkeypatch, live_server):
+    """A real client over a socket sends the headers and part of the body, then stalls: 408, not a held slot."""
     import tumor_runtime.server as server
 
     monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.2)
-
-    def slow():
-        yield SAMPLE_FILES[0].read_bytes()[:100]
-        time.sleep(0.5)
-        yield SAMPLE_FILES[0].read_bytes()[100:]
-
-    with TestClient(create_app(load_now=True)) as client:
-        response = client.post("/predictions/tumor", content=slow())
-        assert response.status_code == 408 and response.json()["type"] == "RequestTimeout"
+    body = SAMPLE_FILES[0].read_bytes()
+    port = int(live_server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"POST /predictions/tumor HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+        tic = time.perf_counter()
+        reply = conn.recv(65536).decode("latin-1")
+        waited = time.perf_counter() - tic
+    assert reply.startswith("HTTP/1.1 408") and '"RequestTimeout"' in reply
+    assert waited < 5  # answered after the timeout, not when the client gives up
 
 
 def test_concurrent_requests_share_model_calls_and_keep_their_answers(expected):
