@@ -8,7 +8,6 @@ each with a 30 s timeout, only to 127.0.0.1.
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,25 +24,15 @@ uvicorn = pytest.importorskip("uvicorn")
 @pytest.fixture(scope="module")
 def server_port():
     """`tumor-serve` as users start it: its own process (the client threads here do not share its GIL)."""
-    import json
     import subprocess
     import sys
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.helpers import free_port, wait_until_healthy
+
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tumor_runtime.serve_cli", "--port", str(port), "--model",
                                str(ARTIFACTS / "model.int8.onnx"), "--no-access-log"], stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).read())["status"] == \
-                    "Healthy":
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.1)
+    wait_until_healthy(port)
     yield port
     server.terminate()
     server.wait(timeout=30)

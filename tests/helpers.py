@@ -143,3 +143,30 @@ def flip_bits(data: bytes, flips) -> bytes:
     for position, bit in flips:
         out[position] ^= 1 << bit
     return bytes(out)
+
+
+# A tumor-serve process ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_healthy(port: int, seconds: float = 60.0) -> None:
+    """Poll /ping of a tumor-serve on 127.0.0.1 until its model has loaded (or `seconds` pass)."""
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).read())["status"] == \
+                    "Healthy":
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)

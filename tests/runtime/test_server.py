@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import os
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES
+from tests.helpers import free_port, wait_until_healthy
 
 pytest.importorskip("starlette")
 pytest.importorskip("multipart")
@@ -238,12 +238,6 @@ def test_serve_without_the_extra_names_it():
 
 # A real browser --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live_server():
     uvicorn = pytest.importorskip("uvicorn")
@@ -384,12 +378,7 @@ def test_tumor_serve_says_where_it_listens_and_logs_one_line_per_request():
         process = subprocess.Popen([sys.executable, "-m", "tumor_runtime.serve_cli", "--port", str(port),
                                     "--token", "s3cret-token", access_log], stderr=subprocess.PIPE, text=True)
         try:
-            for _ in range(300):  # until the model has loaded
-                with contextlib.suppress(OSError, ValueError):
-                    ping = urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).read()
-                    if json.loads(ping)["status"] == "Healthy":
-                        break
-                time.sleep(0.1)
+            wait_until_healthy(port, 30)
             request = urllib.request.Request(f"http://127.0.0.1:{port}/models/tumor",
                                              headers={"Authorization": "Bearer s3cret-token"})
             assert json.loads(urllib.request.urlopen(request, timeout=30).read())["classes"]
