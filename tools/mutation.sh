@@ -8,43 +8,69 @@
 # names (runtime/ -> tumor_runtime). So the packages are staged under their import names in
 # .mutation/ (git-ignored); each module runs with its own test selection (below), so that a
 # module's mutants meet the tests written for it and a run stays within minutes per module.
-# Prints each module's kill rate and writes .mutation/scores.txt.
+# Each module stages in its own folder .mutation/<module>/ (so modules can run side by side);
+# each kill rate is printed and appended to .mutation/scores.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+R=tests/runtime; E=tests/export; T=tests/train
 declare -A TESTS=(
-  [tumor_runtime/metrics.py]="tests/runtime/test_metrics.py"
-  [tumor_runtime/tumor.py]="tests/runtime/test_tumor.py"
-  [tumor_runtime/preprocess.py]="tests/runtime/test_preprocess.py tests/runtime/test_brain_crop.py"
-  [tumor_runtime/output.py]="tests/runtime/test_outputs_behaviour.py"
-  [tumor_runtime/evaluation.py]="tests/runtime/test_evaluation.py"
-  [tumor_runtime/ood.py]="tests/runtime/test_ood.py"
-  [tumor_runtime/heatmap.py]="tests/runtime/test_heatmap.py"
-  [tumor_runtime/dicom.py]="tests/runtime/test_dicom.py tests/runtime/test_dicom_pixels.py"
-  [tumor_runtime/inputs.py]="tests/runtime/test_inputs_round3.py tests/runtime/test_cli_faults.py"
-  [tumor_export/gate.py]="tests/export/test_gate.py"
-  [tumor_train/dedup.py]="tests/train/test_dedup.py"
-  [tumor_train/engine.py]="tests/train/test_engine.py"
+  [tumor_runtime/backends.py]="$R/test_backends.py"
+  [tumor_runtime/batching.py]="$R/test_server.py"
+  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_inputs_round3.py $R/test_cli.py"
+  [tumor_runtime/contract.py]="$R/test_contract.py"
+  [tumor_runtime/dicom.py]="$R/test_dicom.py $R/test_dicom_pixels.py"
+  [tumor_runtime/errors.py]="$R/test_cli_faults.py $R/test_cli_contract.py"
+  [tumor_runtime/evaluation.py]="$R/test_evaluation.py $R/test_outputs_behaviour.py"
+  [tumor_runtime/fileio.py]="$R/test_fileio.py $R/test_fileio_signals.py"
+  [tumor_runtime/heatmap.py]="$R/test_heatmap.py"
+  [tumor_runtime/inputs.py]="$R/test_inputs_round3.py $R/test_cli_faults.py"
+  [tumor_runtime/metrics.py]="$R/test_metrics.py"
+  [tumor_runtime/model.py]="$R/test_model.py $R/test_cli_contract.py $R/test_cli_faults.py $R/test_ood.py"
+  [tumor_runtime/ood.py]="$R/test_ood.py"
+  [tumor_runtime/output.py]="$R/test_output.py $R/test_outputs_behaviour.py"
+  [tumor_runtime/preprocess.py]="$R/test_preprocess.py $R/test_brain_crop.py"
+  [tumor_runtime/ray_batch.py]="$R/test_ray_batch.py"
+  [tumor_runtime/server.py]="$R/test_server.py"
+  [tumor_runtime/tumor.py]="$R/test_tumor.py"
+  [tumor_runtime/validate.py]="$R/test_validate.py"
+  [tumor_export/calibration.py]="$E/test_static_int8.py $E/test_gate.py $E/test_pipeline.py"
+  [tumor_export/gate.py]="$E/test_gate.py"
+  [tumor_export/metadata.py]="$E/test_pipeline.py"
+  [tumor_export/onnx_export.py]="$E/test_pipeline.py $E/test_static_int8.py"
+  [tumor_export/ood_fit.py]="$E/test_pipeline.py $R/test_ood.py"
+  [tumor_export/pipeline.py]="$E/test_pipeline.py $E/test_cli_faults.py"
+  [tumor_export/static_int8.py]="$E/test_static_int8.py $E/test_pipeline.py"
+  [tumor_train/checkpoint.py]="$T/test_trainer.py $T/test_distill.py"
+  [tumor_train/config.py]="$T/test_cli_faults.py $T/test_engine.py"
+  [tumor_train/cv.py]="$T/test_engine.py $T/test_trainer.py"
+  [tumor_train/data.py]="$T/test_trainer.py $T/test_engine.py $R/test_brain_crop.py"
+  [tumor_train/dedup.py]="$T/test_dedup.py"
+  [tumor_train/distill.py]="$T/test_distill.py"
+  [tumor_train/distributed.py]="$T/test_distributed.py"
+  [tumor_train/dynamic_int8.py]="$T/test_trainer.py"
+  [tumor_train/engine.py]="$T/test_engine.py"
+  [tumor_train/models.py]="$T/test_engine.py $T/test_trainer.py"
+  [tumor_train/report.py]="$T/test_trainer.py"
+  [tumor_train/trainer.py]="$T/test_trainer.py $T/test_checks_round3.py $T/test_cli_faults.py"
 )
-DEFAULT=(tumor_runtime/metrics.py tumor_runtime/tumor.py tumor_runtime/preprocess.py tumor_export/gate.py
-         tumor_train/dedup.py tumor_train/engine.py)
+# Every module that is not a command-line front end (cli.py, serve_cli.py, cli_common.py).
+DEFAULT=($(printf '%s\n' "${!TESTS[@]}" | sort))
 modules=("${@:-${DEFAULT[@]}}")
 
-stage=.mutation
-rm -rf "$stage"
-mkdir -p "$stage"
-cp -r runtime "$stage/tumor_runtime"
-cp -r export "$stage/tumor_export"
-cp -r train "$stage/tumor_train"
-cp -r artifacts "$stage/artifacts"
-cp -r tests "$stage/tests"
-: > "$stage/scores.txt"
+mkdir -p .mutation
 for module in "${modules[@]}"; do
   selection=${TESTS[$module]:?"no test selection for $module: add it to TESTS in tools/mutation.sh"}
   quoted=$(printf '"%s", ' $selection)
+  stage=.mutation/$(echo "${module%.py}" | tr / _)
+  rm -rf "$stage"
+  mkdir -p "$stage"
+  cp -r runtime "$stage/tumor_runtime"
+  cp -r export "$stage/tumor_export"
+  cp -r train "$stage/tumor_train"
+  cp -r artifacts tests "$stage/"
   (
     cd "$stage"
-    rm -rf mutants
     cat > pyproject.toml <<TOML
 [tool.mutmut]
 source_paths = ["$module"]
@@ -58,8 +84,8 @@ testpaths = ["tests"]
 markers = ["faults: bad-input and fault cases"]
 TOML
     python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" >/dev/null 2>&1 || true
-    python -m mutmut results --all true > "results-$(basename "$module" .py).txt" || true
-    python - "$module" "results-$(basename "$module" .py).txt" <<'PY' | tee -a scores.txt
+    python -m mutmut results --all true > results.txt || true
+    python - "$module" results.txt <<'PY' | tee -a ../scores.txt
 import collections, sys
 counts = collections.Counter(line.rsplit(":", 1)[-1].strip() for line in open(sys.argv[2]) if ":" in line)
 total = sum(counts.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from PIL import Image
 from tests.conftest import make_dataset
 from tests.onnx_fakes import metadata
 from tumor_runtime.classifier import Classifier
+from tumor_runtime.heatmap import ALPHA, colour_map, heatmap_name, legend_for, normalized_cam, overlay, overlay_png
 from tumor_runtime.model import ModelError, create_session
+from tumor_runtime.preprocess import HEATMAP_SUFFIX
 
 
 def test_cam_output_matches_torch(trained, exported):
@@ -154,3 +157,70 @@ def test_alexnet_exports_without_cam(tmp_path):
     assert not supports_cam(alexnet) and supports_cam(compact)
     assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
     assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam", "features"]
+
+
+# The drawing, pixel by pixel: a wrong class, a tinted cold region or a broken name shows here.
+
+def test_normalized_cam_takes_the_asked_class_clips_negatives_and_scales_its_peak_to_one():
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[1] = -1.0
+    maps[1, 0, 0], maps[1, 3, 3] = 2.0, 1.0
+    maps[2] = 5.0
+    cam = normalized_cam(maps, 1, 4)
+    assert cam.dtype == np.float32 and cam.shape == (4, 4)
+    assert cam[0, 0] == 1.0 and cam[3, 3] == 0.5 and cam[0, 3] == 0.0  # same size: no resampling
+    assert np.array_equal(normalized_cam(maps, 2, 8), np.ones((8, 8), np.float32))
+    assert not normalized_cam(maps, 0, 8).any()  # no positive evidence: an empty map, not NaN
+
+
+def test_normalized_cam_upsamples_bilinearly_within_zero_and_one():
+    maps = np.array([[[0.0, 4.0], [4.0, 0.0]]], np.float32)
+    cam = normalized_cam(maps, 0, 16)
+    assert cam.shape == (16, 16) and 0.0 <= cam.min() and cam.max() <= 1.0
+    assert 0.0 < cam[8, 8] < 1.0 and cam[0, 15] > 0.9 and cam[0, 0] < 0.1
+
+
+def test_colour_map_runs_from_dark_blue_through_the_stops_to_red_and_clips():
+    values = np.array([[-1.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 0.1]])
+    assert colour_map(values)[0].tolist() == [
+        [0, 0, 128], [0, 0, 128], [0, 128, 255], [0, 255, 255], [255, 255, 0], [255, 128, 0], [200, 0, 0],
+        [200, 0, 0], [0, 64, 192]]
+    assert colour_map(values).dtype == np.uint8
+
+
+def test_overlay_leaves_cold_pixels_gray_and_blends_hot_ones_with_alpha():
+    gray = np.full((20, 30), 100, np.uint8)
+    cam = np.zeros((20, 30), np.float32)
+    cam[5, 7] = 1.0
+    picture = np.asarray(overlay(gray, cam, "label 0.99"))
+    assert picture.shape == (38, 30, 3)  # the slice, then an 18-pixel legend strip
+    hot = np.rint(100 * (1 - ALPHA) + np.array([200, 0, 0]) * ALPHA)
+    assert picture[5, 7].tolist() == hot.tolist()
+    cold = np.ones((20, 30), bool)
+    cold[5, 7] = False
+    assert (picture[:20][cold] == 100).all()
+    strip = picture[20:]
+    assert strip.max() > 200 and (strip == 0).mean() > 0.8  # white text on black
+    assert (strip[..., 0] == strip[..., 2]).all()  # no colour in the legend
+
+
+def test_legend_and_png_of_a_record_and_none_for_an_error_row():
+    rec = {"label": "glioma", "confidence": 0.876, "tumor_probability": 0.9, "error": None,
+           "cam": np.zeros((10, 10), np.float32), "slice": np.zeros((10, 10), np.uint8)}
+    assert legend_for(rec) == "glioma 0.88 | P(tumor) 0.90"
+    assert legend_for(rec | {"tumor_probability": None}) == "glioma 0.88"
+    png = overlay_png(rec)
+    assert Image.open(io.BytesIO(png)).size == (10, 28) and "cam" not in rec and "slice" not in rec
+    assert overlay_png(rec) is None  # its cam was taken out
+    failed = {"error": "not an image", "cam": np.zeros((2, 2)), "slice": np.zeros((2, 2), np.uint8)}
+    assert overlay_png(failed) is None and "cam" not in failed and "slice" not in failed
+
+
+def test_heatmap_names_differ_by_folder_keep_the_stem_and_fit_a_file_system(tmp_path):
+    a, b = heatmap_name(str(tmp_path / "a" / "scan#1.jpg")), heatmap_name(str(tmp_path / "b" / "scan#1.jpg"))
+    assert a != b and a.startswith("scan-1.jpg.") and a.endswith(HEATMAP_SUFFIX)
+    assert len(a) == len("scan-1.jpg.") + 8 + len(HEATMAP_SUFFIX)
+    assert heatmap_name(str(tmp_path / "a" / "scan#1.jpg")) == a  # the same input, the same name
+    long = heatmap_name(str(tmp_path / ("é" * 200 + ".jpg")))
+    stem = long[: -len(HEATMAP_SUFFIX) - 9]
+    assert stem == "é" * 80 and len(long.encode()) <= 255  # 160 bytes, cut between characters
