@@ -16,15 +16,15 @@ cd "$(dirname "$0")/.."
 R=tests/runtime; E=tests/export; T=tests/train
 declare -A TESTS=(
   [tumor_runtime/backends.py]="$R/test_backends.py"
-  [tumor_runtime/batching.py]="$R/test_server.py"
-  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_inputs_round3.py $R/test_cli.py"
+  [tumor_runtime/batching.py]="$R/test_batching.py"
+  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_silent_wrong_answers.py $R/test_cli.py"
   [tumor_runtime/contract.py]="$R/test_contract.py"
   [tumor_runtime/dicom.py]="$R/test_dicom.py $R/test_dicom_pixels.py"
   [tumor_runtime/errors.py]="$R/test_cli_faults.py $R/test_cli_contract.py"
   [tumor_runtime/evaluation.py]="$R/test_evaluation.py $R/test_outputs_behaviour.py"
   [tumor_runtime/fileio.py]="$R/test_fileio.py $R/test_fileio_signals.py"
   [tumor_runtime/heatmap.py]="$R/test_heatmap.py"
-  [tumor_runtime/inputs.py]="$R/test_inputs_round3.py $R/test_cli_faults.py"
+  [tumor_runtime/inputs.py]="$R/test_inputs.py $R/test_silent_wrong_answers.py $R/test_cli_faults.py"
   [tumor_runtime/metrics.py]="$R/test_metrics.py"
   [tumor_runtime/model.py]="$R/test_model.py $R/test_cli_contract.py $R/test_cli_faults.py $R/test_ood.py"
   [tumor_runtime/ood.py]="$R/test_ood.py"
@@ -52,7 +52,7 @@ declare -A TESTS=(
   [tumor_train/engine.py]="$T/test_engine.py"
   [tumor_train/models.py]="$T/test_engine.py $T/test_trainer.py"
   [tumor_train/report.py]="$T/test_trainer.py"
-  [tumor_train/trainer.py]="$T/test_trainer.py $T/test_checks_round3.py $T/test_cli_faults.py"
+  [tumor_train/trainer.py]="$T/test_trainer.py $T/test_early_checks.py $T/test_cli_faults.py"
 )
 # Every module that is not a command-line front end (cli.py, serve_cli.py, cli_common.py).
 DEFAULT=($(printf '%s\n' "${!TESTS[@]}" | sort))
@@ -76,15 +76,21 @@ for module in "${modules[@]}"; do
 source_paths = ["$module"]
 also_copy = ["tumor_runtime", "tumor_export", "tumor_train", "artifacts", "tests"]
 pytest_add_cli_args_test_selection = [${quoted%, }]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",
+                       "--deselect", "tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label"]  # minutes of Chromium
 process_isolation = "forkserver"  # torch and onnxruntime are not fork-safe once used
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
 markers = ["faults: bad-input and fault cases"]
 TOML
-    python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" >/dev/null 2>&1 || true
-    python -m mutmut results --all true > results.txt || true
+    # A second pass picks up what the first left "not checked" (it stops early when a clean run of the
+    # selection fails, e.g. a signal test starved of CPU by a parallel job); mutmut keeps finished results.
+    for pass in 1 2; do
+      python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "run-$pass.log" 2>&1 || true
+      python -m mutmut results --all true > results.txt || true
+      grep -q "not checked" results.txt || break
+    done
     python - "$module" results.txt <<'PY' | tee -a ../scores.txt
 import collections, sys
 counts = collections.Counter(line.rsplit(":", 1)[-1].strip() for line in open(sys.argv[2]) if ":" in line)

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from tests.conftest import SAMPLES
 from tumor_runtime import backends
 from tumor_runtime.classifier import Classifier
+from tumor_runtime.model import default_model_path
 
 pytest.importorskip("openvino")
 FILES = sorted(SAMPLES.rglob("*.jpg"))
@@ -67,3 +68,75 @@ def test_a_missing_or_unknown_backend_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(backends, "openvino_installed", lambda: False)
     with pytest.raises(UsageError, match=r"\[openvino\] extra"):
         Classifier.load(backend="openvino")
+
+
+# The pieces behind the interface, one by one.
+
+def test_cpu_flags_reads_the_first_flags_line_and_nothing_when_unreadable(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor : 0\nmodel name : X\nflags\t\t: fpu avx2 amx_int8\nflags : other\n")
+    real_open = open
+    monkeypatch.setattr(backends, "open", lambda path, *a: real_open(fake if path == "/proc/cpuinfo" else path, *a),
+                        raising=False)
+    assert backends.cpu_flags() == {"fpu", "avx2", "amx_int8"}
+    fake.write_text("processor : 0\n")
+    assert backends.cpu_flags() == set()
+    monkeypatch.setattr(backends, "open", lambda *a: (_ for _ in ()).throw(PermissionError("no")), raising=False)
+    assert backends.cpu_flags() == set()
+
+
+def test_openvino_installed_follows_the_import_system(monkeypatch):
+    assert backends.openvino_installed() is True  # this module is skipped without it
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    assert backends.openvino_installed() is False
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: (_ for _ in ()).throw(ValueError()))
+    assert backends.openvino_installed() is False
+
+
+def test_choose_names_the_backends_and_keeps_an_explicit_one():
+    from tumor_runtime.errors import OptionError
+
+    assert backends.choose("onnxruntime") == "onnxruntime" and backends.choose("openvino") == "openvino"
+    with pytest.raises(OptionError) as caught:
+        backends.choose("tvm")
+    assert str(caught.value) == "backend must be one of auto, onnxruntime, openvino, not 'tvm'"
+
+
+@pytest.fixture(scope="module")
+def ov_session():
+    return backends.OpenVinoSession(default_model_path(), threads=1)
+
+
+def test_openvino_session_compiles_for_the_cpu_in_f32_with_the_asked_threads(ov_session):
+    assert ov_session.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert str(ov_session.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert ov_session.get_inputs() == [backends.Port("image", [None, 1, 160, 160])]
+    assert ov_session.get_outputs()[:2] == [backends.Port("probabilities", [None, 4]), backends.Port("logits", [None, 4])]
+    assert ov_session.get_modelmeta().custom_metadata_map == backends.onnx_metadata(default_model_path())
+
+
+def test_openvino_session_answers_by_name_in_the_asked_order_with_one_request_per_thread(ov_session):
+    import threading
+
+    batch = np.random.default_rng(0).normal(size=(2, 1, 160, 160)).astype(np.float32)
+    probs, logits = ov_session.run(["probabilities", "logits"], {"image": batch})
+    assert probs.shape == logits.shape == (2, 4)
+    assert np.allclose(probs, np.exp(logits) / np.exp(logits).sum(1, keepdims=True), atol=1e-5)
+    first = ov_session.local.request
+    probs[:] = -1  # the answer is the caller's copy, not the request's buffer
+    (again,) = ov_session.run(["probabilities"], {"image": batch})
+    assert ov_session.local.request is first and (again >= 0).all()
+    seen = []
+    worker = threading.Thread(target=lambda: (ov_session.run(["logits"], {"image": batch}),
+                                              seen.append(ov_session.local.request)))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not first
+
+
+def test_onnx_metadata_is_the_files_metadata_props():
+    import onnx
+
+    path = default_model_path()
+    expected = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert backends.onnx_metadata(path) == expected

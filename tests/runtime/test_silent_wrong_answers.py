@@ -1,5 +1,6 @@
-"""Inputs that gave a wrong answer without an error (hardening round three): every one is an error row or
-the right answer now. Each test names the item of the sweep it covers."""
+"""Inputs that once gave a wrong answer without an error (multi-frame files, EXIF rotation, palettes, tiny or
+degenerate images, FIFOs, symlink loops, huge batches): every one is an error row or the right answer now.
+The number in each test's name is the item of the fault sweep it covers."""
 
 from __future__ import annotations
 

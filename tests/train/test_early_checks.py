@@ -1,4 +1,6 @@
-"""Checks that came too late or ended in a traceback (hardening round three, items 14, 15 and 18)."""
+"""Checks that must come before any work (or a traceback): training without the negative class, too few images
+for CV, untrustworthy checkpoints, odd metadata, a full disk, two runs on one folder, validation lists. The
+number in a test's name is the item of the fault sweep it covers."""
 
 from __future__ import annotations
 
