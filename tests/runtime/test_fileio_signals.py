@@ -1,4 +1,5 @@
-"""Interrupt windows around the atomic writes: a signal at any point leaves the old file or the new one, never a stray temporary (fault sweep item 19)."""
+"""Interrupt windows around the atomic writes: a signal at any point leaves the old file or the new one,
+never a stray temporary (fault sweep item 19)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Class activation heat-maps: the ONNX `cam` output against torch, the runtime's maps and overlays."""
+"""Class activation heat-maps in the runtime: the maps, the colours, the overlays and their file names."""
 
 from __future__ import annotations
 
@@ -17,66 +17,8 @@ from tests.conftest import make_dataset
 from tests.onnx_fakes import metadata
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.heatmap import ALPHA, colour_map, heatmap_name, legend_for, normalized_cam, overlay, overlay_png
-from tumor_runtime.model import ModelError, create_session
+from tumor_runtime.model import ModelError
 from tumor_runtime.preprocess import HEATMAP_SUFFIX
-
-
-def test_cam_output_matches_torch(trained, exported):
-    """ONNX FP32 `cam` vs torch's own computation (einsum of the head weights and the last feature map):
-    relative difference at most 1e-4 of the map's largest magnitude."""
-    import torch
-
-    from tumor_export.onnx_export import torch_cam
-    from tumor_train.checkpoint import load_model
-
-    model, ckpt = load_model(trained / "model.pth")
-    size = ckpt["preprocess"]["size"]
-    x = np.random.default_rng(2).normal(0, 1, (3, 1, size, size)).astype(np.float32)
-    session = create_session(exported / "model.onnx")
-    cam, logits = session.run(["cam", "logits"], {"image": x})
-    expected = torch_cam(model, torch.from_numpy(x)).numpy()
-    assert cam.shape == expected.shape and cam.shape[:2] == (3, 4) and cam.shape[2] == cam.shape[3] > 1
-    assert np.abs(cam - expected).max() <= 1e-4 * np.abs(expected).max()
-    # The CAM is exact for a GAP + linear head: its spatial mean plus the bias gives the logits.
-    bias = model.head[-1].bias.detach().numpy()
-    np.testing.assert_allclose(cam.mean(axis=(2, 3)) + bias, logits, atol=1e-4)
-
-
-def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tmp_path):
-    """The int8 model has the `cam` output too, and adding it did not change the int8 probabilities:
-    the same graph without `cam`, quantized with the same calibration, gives the same probabilities."""
-    from tumor_export.calibration import ArrayReader, load_inputs, sample_files
-    from tumor_export.static_int8 import prepare_graph, quantize_int8
-
-    session = create_session(exported / "model.int8.onnx")
-    assert "cam" in [o.name for o in session.get_outputs()]
-    report = json.loads((exported / "export_report.json").read_text())
-    no_cam = onnx.load(str(exported / "model.onnx"))
-    keep = [o for o in no_cam.graph.output if o.name != "cam"]
-    del no_cam.graph.output[:]
-    no_cam.graph.output.extend(keep)
-    onnx.save(no_cam, str(tmp_path / "nocam.onnx"))
-    prepare_graph(tmp_path / "nocam.onnx", tmp_path / "nocam.pre.onnx")
-    import torch
-
-    ckpt = torch.load(trained / "model.pth", weights_only=True)
-    excluded = {(Path(ckpt["data"]["root"]) / f).resolve() for f in ckpt["data"]["val_files"]}
-    files = sample_files(Path(report["calibration"]["folder"]), 32, 0, excluded)  # as the export drew them
-    info = Classifier.load(exported / "model.int8.onnx").info
-    calib = load_inputs(files, info.input_size, info.mean, info.std, info.crop)
-    quantize_int8(tmp_path / "nocam.pre.onnx", tmp_path / "nocam.int8.onnx", ArrayReader(calib, "image"), "percentile")
-    x = calib[:8]
-    with_cam = session.run(["probabilities"], {"image": x})[0]
-    without = create_session(tmp_path / "nocam.int8.onnx").run(["probabilities"], {"image": x})[0]
-    np.testing.assert_allclose(with_cam, without, atol=1e-6)
-    fp32_cam = create_session(exported / "model.onnx").run(["cam"], {"image": x})[0]
-    int8_cam = session.run(["cam"], {"image": x})[0]
-    # int8 features clip their rare brightest activations (percentile calibration), so the maps are
-    # compared by shape: the correlation of each image's predicted-class map, int8 against FP32.
-    predicted = with_cam.argmax(1)
-    corr = [np.corrcoef(fp32_cam[i, c].ravel(), int8_cam[i, c].ravel())[0, 1] for i, c in enumerate(predicted)]
-    print("int8 vs FP32 CAM correlation", np.round(corr, 3))
-    assert np.mean(corr) >= 0.9 and min(corr) >= 0.7
 
 
 def corner_model(path: Path) -> Path:
@@ -115,21 +57,21 @@ def test_the_map_peaks_where_the_evidence_is(tmp_path, corner):
     assert cam[rows, cols].mean() > 5 * cam.mean()
 
 
-def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(exported, tmp_path):
+def test_heatmaps_cli_writes_one_overlay_per_input_without_collisions(tmp_path):
     from tumor_runtime.cli import main
 
     make_dataset(tmp_path / "a", per_class=1)
     make_dataset(tmp_path / "b", per_class=1, seed=5)  # same file names in other folders
     (tmp_path / "a" / "glioma" / "broken.jpg").write_bytes(b"junk")
     out = tmp_path / "maps"
-    result = CliRunner().invoke(main, [str(tmp_path / "a"), str(tmp_path / "b"), "-r", "--model",
-                                       str(exported / "model.int8.onnx"), "--heatmaps", str(out), "--format", "jsonl"])
+    result = CliRunner().invoke(main, [str(tmp_path / "a"), str(tmp_path / "b"), "-r",
+                                       "--heatmaps", str(out), "--format", "jsonl"])
     assert result.exit_code == 1  # the broken file
     rows = [json.loads(x) for x in result.stdout.splitlines()]
     made = [r["heatmap"] for r in rows if r["error"] is None]
     assert len(made) == 8 and len(set(made)) == 8 and sorted(map(str, out.iterdir())) == sorted(made)
     assert [r["heatmap"] for r in rows if r["error"]] == [None]
-    picture, size = Image.open(made[0]), Classifier.load(exported / "model.int8.onnx").info.input_size
+    picture, size = Image.open(made[0]), Classifier.load().info.input_size
     assert picture.mode == "RGB" and picture.width == size and picture.height > size  # the slice, then the legend
     assert "cam" not in rows[0] and "slice" not in rows[0]
 
@@ -147,16 +89,6 @@ def test_heatmaps_need_a_model_with_cam(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=1)
     result = CliRunner().invoke(main, [str(data), "-r", "--model", str(model), "--heatmaps", str(tmp_path / "m")])
     assert result.exit_code == 2 and "no 'cam' output" in result.stderr
-
-
-def test_alexnet_exports_without_cam(tmp_path):
-    from tumor_export.onnx_export import export_fp32, supports_cam
-    from tumor_train.models import build_model
-
-    alexnet, compact = build_model("alexnet", num_classes=4), build_model("compact", num_classes=4, width=8)
-    assert not supports_cam(alexnet) and supports_cam(compact)
-    assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
-    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam", "features"]
 
 
 # The drawing, pixel by pixel: a wrong class, a tinted cold region or a broken name shows here.
