@@ -1,0 +1,121 @@
+"""Cross-validation's bookkeeping (`train/cv.py`) with a stand-in for training: folds, summary, resume, plot."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_dataset
+from tumor_runtime.errors import UsageError
+from tumor_runtime.metrics import summarize
+from tumor_train import cv
+from tumor_train.config import TrainConfig
+from tumor_train.data import DataError
+
+
+def record(fold, f2, accuracy=0.9, sensitivity=1.0, best=3):
+    return {"fold": fold, "best_epoch": best, "validation_images": 10, "f2_macro": f2, "accuracy": accuracy,
+            "tumor_sensitivity": sensitivity}
+
+
+def test_fold_record_takes_the_validation_figures_and_the_best_epoch():
+    metrics = {"best_epoch": 7, "validation": {"n_images": 12, "f2_macro": 0.5, "accuracy": 0.25,
+                                               "tumor_sensitivity": None, "other": 1}}
+    assert cv.fold_record(2, metrics) == {"fold": 2, "best_epoch": 7, "validation_images": 12, "f2_macro": 0.5,
+                                          "accuracy": 0.25, "tumor_sensitivity": None}
+
+
+def test_summary_is_mean_and_sample_std_skipping_missing_values():
+    folds = [record(1, 0.9, sensitivity=None, best=2), record(2, 0.8, sensitivity=0.5, best=4),
+             record(3, 0.7, sensitivity=None, best=6)]
+    summary = cv.summarize_folds(folds)
+    assert summary["f2_macro"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1)}
+    assert summary["best_epoch"] == {"mean": 4.0, "std": 2.0}
+    assert summary["tumor_sensitivity"] == {"mean": 0.5, "std": 0.0}  # one value: no spread
+    assert set(summary) == {"f2_macro", "accuracy", "tumor_sensitivity", "best_epoch"}
+    none = cv.summarize_folds([record(1, 0.9, sensitivity=None)])
+    assert none["tumor_sensitivity"] == {"mean": None, "std": 0.0}
+
+
+def test_check_folds_names_the_fold_without_validation_or_without_a_class():
+    labels = np.array([0, 0, 1, 1])
+    cv.check_folds([(np.array([0, 2]), np.array([1, 3])), (np.array([1, 3]), np.array([0, 2]))], labels, ["a", "b"])
+    with pytest.raises(DataError) as caught:
+        cv.check_folds([(np.array([0, 2]), np.array([1, 3])), (np.array([0, 1]), np.array([2, 3]))], labels, ["a", "b"])
+    assert str(caught.value) == ("2-fold cross-validation needs more images: fold 2 would have 2 validation images "
+                                 "and no training image of b; use fewer folds")
+    with pytest.raises(DataError) as caught:
+        cv.check_folds([(np.array([0, 1, 2, 3]), np.array([], int))], labels, ["a", "b"])
+    assert str(caught.value) == ("1-fold cross-validation needs more images: fold 1 would have 0 validation images; "
+                                 "use fewer folds")
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """train_on replaced by a stand-in scoring each fold by its number; returns the configs it was given."""
+    calls = []
+
+    def fake_train_on(cfg, prepared, place=None, **kwargs):
+        calls.append((cfg, prepared))
+        labels = prepared.val.labels
+        return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
+                "best_epoch": len(calls)}
+
+    monkeypatch.setattr(cv, "train_on", fake_train_on)
+    return calls
+
+
+def test_run_cv_trains_each_fold_into_its_folder_and_writes_the_report(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8)
+    report = cv.run_cv(cfg, 3)
+    assert [c.out for c, _ in fake_training] == [str(tmp_path / "cv" / f"fold-{k}") for k in (1, 2, 3)]
+    assert [p.info["cv_fold"] for _, p in fake_training] == [1, 2, 3]
+    assert all(p.info["cv_folds"] == 3 and p.info["train_dir"] == str(data) for _, p in fake_training)
+    assert report == json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert report["k"] == 3 and report["complete"] is True and report["config"]["image_size"] == 32
+    assert [f["best_epoch"] for f in report["folds"]] == [1, 2, 3]
+    assert report["summary"]["best_epoch"] == {"mean": 2.0, "std": 1.0}
+    assert (tmp_path / "cv" / "cv.png").stat().st_size > 1000
+
+
+def test_run_cv_reuses_a_finished_fold(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    fold1 = tmp_path / "cv" / "fold-1"
+    fold1.mkdir(parents=True)
+    (fold1 / "metrics.json").write_text(json.dumps({"best_epoch": 42, "validation": {
+        "n_images": 8, "f2_macro": 0.5, "accuracy": 0.5, "tumor_sensitivity": 0.5}}))
+    report = cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8), 2)
+    assert len(fake_training) == 1 and fake_training[0][0].out.endswith("fold-2")
+    assert report["folds"][0]["best_epoch"] == 42 and report["folds"][0]["f2_macro"] == 0.5
+
+
+def test_run_cv_refuses_torchrun_and_bad_options_before_reading_data(tmp_path, monkeypatch, fake_training):
+    cfg = replace(TrainConfig(), data=str(tmp_path / "absent"), out=str(tmp_path / "cv"))
+    monkeypatch.setattr(cv, "launched_by_torchrun", lambda: True)
+    with pytest.raises(UsageError, match="^--cv runs its folds one after another in one process: start it "
+                                         "without torchrun$"):
+        cv.run_cv(cfg, 3)
+    with pytest.raises(ValueError, match="^lr must be"):
+        cv.run_cv(replace(cfg, lr=-1.0), 3)
+    assert fake_training == [] and not (tmp_path / "cv").exists()
+
+
+def test_the_plot_labels_its_axes_and_gives_mean_and_std_in_the_legend(tmp_path, monkeypatch):
+    captured = {}
+    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig, path=path))
+    cv.plot_cv([record(1, 0.9), record(2, 0.8, sensitivity=None)], tmp_path / "cv.png")
+    ax = captured["fig"].axes[0]
+    assert captured["path"] == tmp_path / "cv.png"
+    assert ax.get_xlabel() == "fold (its own held-out validation part)" and ax.get_ylabel() == "score"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["fold 1", "fold 2"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["f2 macro: 0.8500 ± 0.0707", "accuracy: 0.9000 ± 0.0000", "tumor sensitivity: 1.0000 ± 0.0000"]
+    assert ax.get_legend().get_title().get_text() == "mean ± std over folds"
+    assert ax.get_title() == "Grouped 2-fold cross-validation"
+    assert ax.get_ylim() == pytest.approx((0.74, 1.0))
+    bars = [p.get_height() for p in ax.patches]
+    assert bars[:2] == [0.9, 0.8] and np.isnan(bars[-1])
