@@ -8,21 +8,29 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.helpers import model_checkpoint
 from tumor_runtime.errors import OptionError
 from tumor_train.cli import main
 from tumor_train.checkpoint import load_model
 from tumor_train.distill import Teachers
 
 
-def teachers_of(trained, weight=0.5, temperature=2.0, copies=1) -> Teachers:
-    classes = torch.load(trained / "model.pth", weights_only=True)["classes"]
-    return Teachers.load([str(trained / "model.pth")] * copies, "brain", classes, temperature, weight,
+@pytest.fixture
+def teacher(tmp_path):
+    """The folder of an untrained compact teacher (32 px, brain crop), as the tests below only need its answers."""
+    model_checkpoint(tmp_path / "model.pth", size=32, mean=0.3, std=0.2)
+    return tmp_path
+
+
+def teachers_of(folder, weight=0.5, temperature=2.0, copies=1) -> Teachers:
+    classes = torch.load(folder / "model.pth", weights_only=True)["classes"]
+    return Teachers.load([str(folder / "model.pth")] * copies, "brain", classes, temperature, weight,
                          torch.device("cpu"))
 
 
-def test_soft_targets_are_the_teachers_mean_softened_probabilities(trained):
-    teachers = teachers_of(trained, temperature=3.0)
-    model, ckpt = load_model(trained / "model.pth")
+def test_soft_targets_are_the_teachers_mean_softened_probabilities(teacher):
+    teachers = teachers_of(teacher, temperature=3.0)
+    model, ckpt = load_model(teacher / "model.pth")
     pre = ckpt["preprocess"]
     warped = torch.rand(5, 1, pre["size"], pre["size"])
     with torch.no_grad():
@@ -33,28 +41,28 @@ def test_soft_targets_are_the_teachers_mean_softened_probabilities(trained):
     assert teachers.soft_targets(bigger).shape == expected.shape
 
 
-def test_the_loss_blends_cross_entropy_and_a_kl_that_is_zero_when_the_student_agrees(trained):
-    model, ckpt = load_model(trained / "model.pth")
+def test_the_loss_blends_cross_entropy_and_a_kl_that_is_zero_when_the_student_agrees(teacher):
+    model, ckpt = load_model(teacher / "model.pth")
     size = ckpt["preprocess"]["size"]
     warped = torch.rand(4, 1, size, size)
     with torch.no_grad():
         agreeing = model((warped - ckpt["preprocess"]["mean"]) / ckpt["preprocess"]["std"])
     hard = torch.tensor(0.7)
-    assert teachers_of(trained, weight=0.0).blend(hard, agreeing, warped) == pytest.approx(0.7)
-    assert teachers_of(trained, weight=1.0).blend(hard, agreeing, warped) == pytest.approx(0.0, abs=1e-5)
+    assert teachers_of(teacher, weight=0.0).blend(hard, agreeing, warped) == pytest.approx(0.7)
+    assert teachers_of(teacher, weight=1.0).blend(hard, agreeing, warped) == pytest.approx(0.0, abs=1e-5)
     disagreeing = -agreeing
-    assert teachers_of(trained, weight=1.0).blend(hard, disagreeing, warped) > 0.01
+    assert teachers_of(teacher, weight=1.0).blend(hard, disagreeing, warped) > 0.01
     # two copies of one teacher are that teacher
-    assert teachers_of(trained, weight=1.0, copies=2).blend(hard, disagreeing, warped) == pytest.approx(
-        float(teachers_of(trained, weight=1.0).blend(hard, disagreeing, warped)), rel=1e-5)
+    assert teachers_of(teacher, weight=1.0, copies=2).blend(hard, disagreeing, warped) == pytest.approx(
+        float(teachers_of(teacher, weight=1.0).blend(hard, disagreeing, warped)), rel=1e-5)
 
 
-def test_a_teacher_with_other_classes_or_another_crop_is_refused(trained):
-    classes = torch.load(trained / "model.pth", weights_only=True)["classes"]
+def test_a_teacher_with_other_classes_or_another_crop_is_refused(teacher):
+    classes = torch.load(teacher / "model.pth", weights_only=True)["classes"]
     with pytest.raises(OptionError, match="crop"):
-        Teachers.load([str(trained / "model.pth")], "none", classes, 2.0, 0.5, torch.device("cpu"))
+        Teachers.load([str(teacher / "model.pth")], "none", classes, 2.0, 0.5, torch.device("cpu"))
     with pytest.raises(OptionError, match="classes"):
-        Teachers.load([str(trained / "model.pth")], "brain", classes[::-1], 2.0, 0.5, torch.device("cpu"))
+        Teachers.load([str(teacher / "model.pth")], "brain", classes[::-1], 2.0, 0.5, torch.device("cpu"))
 
 
 def test_training_with_a_teacher_records_it_and_a_bad_teacher_is_one_line(trained, dataset, tmp_path):
@@ -69,3 +77,44 @@ def test_training_with_a_teacher_records_it_and_a_bad_teacher_is_one_line(traine
     bad = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(tmp_path / "o2"), "--epochs", "1",
                                     "--teacher", str(tmp_path / "junk.pth")])
     assert bad.exit_code == 2 and "junk.pth" in bad.output and "Traceback" not in bad.output
+
+
+def test_the_blend_is_the_weighted_sum_with_the_squared_temperature(teacher):
+    teachers = teachers_of(teacher, weight=0.25, temperature=3.0)
+    warped = torch.rand(3, 1, 32, 32)
+    logits = torch.randn(3, 4)
+    soft = teachers.soft_targets(warped)
+    kl = (soft * (soft.log() - torch.log_softmax(logits / 3.0, 1))).sum(1).mean()  # batchmean KL(soft || student)
+    expected = 0.75 * 1.2 + 0.25 * 9.0 * kl
+    assert float(teachers.blend(torch.tensor(1.2), logits, warped)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_a_larger_batch_is_resized_with_antialiasing_to_the_teachers_side(teacher):
+    teachers = teachers_of(teacher, temperature=1.0)
+    model, ckpt = load_model(teacher / "model.pth")
+    big = torch.rand(2, 1, 64, 64)
+    small = torch.nn.functional.interpolate(big, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        expected = torch.softmax(model((small - 0.3) / 0.2), 1)
+    torch.testing.assert_close(teachers.soft_targets(big), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_teachers_are_frozen_in_evaluation_mode_and_keep_their_input_statistics(teacher, tmp_path):
+    model_checkpoint(tmp_path / "other.pth", size=48, mean=0.1, std=0.5, seed=1)
+    teachers = Teachers.load([str(teacher / "model.pth"), str(tmp_path / "other.pth")], "brain",
+                             ["glioma", "meningioma", "notumor", "pituitary"], 2.0, 0.5, torch.device("cpu"))
+    assert teachers.inputs == [(32, 0.3, 0.2), (48, 0.1, 0.5)]
+    assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in teachers.models)
+    assert (teachers.temperature, teachers.weight) == (2.0, 0.5)
+
+
+def test_refusals_name_the_teacher_and_the_difference(teacher):
+    path = str(teacher / "model.pth")
+    classes = ["glioma", "meningioma", "notumor", "pituitary"]
+    with pytest.raises(OptionError) as caught:
+        Teachers.load([path], "none", classes, 2.0, 0.5, torch.device("cpu"))
+    assert str(caught.value) == (f"teacher {path} was trained with crop 'brain', this run uses 'none': teachers must "
+                                 "see the slice as the student does")
+    with pytest.raises(OptionError) as caught:
+        Teachers.load([path], "brain", classes[::-1], 2.0, 0.5, torch.device("cpu"))
+    assert str(caught.value) == f"teacher {path} knows the classes {classes}, not {classes[::-1]}"
