@@ -60,3 +60,25 @@ def conv_model(path: Path, size: int = 32, logits_first: bool = False) -> Path:
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
+
+
+def features_model(path: Path, size: int = 32) -> Path:
+    """image (N, 1, S, S) -> AveragePool 8x8 -> Flatten = "features" (N, (S/8)^2) -> Gemm -> Softmax: a model with
+    the `features` output the out-of-distribution score reads."""
+    k = (size // 8) ** 2
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (k, 4)).astype(np.float32), "W")
+    bias = numpy_helper.from_array(np.zeros(4, np.float32), "B")
+    nodes = [helper.make_node("AveragePool", ["image"], ["pooled"], kernel_shape=[8, 8], strides=[8, 8]),
+             helper.make_node("Flatten", ["pooled"], ["features"]),
+             helper.make_node("Gemm", ["features", "W", "B"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "features", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k])], [weight, bias])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in metadata(input_size=size).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
