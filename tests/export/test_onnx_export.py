@@ -1,0 +1,104 @@
+"""torch -> ONNX FP32 and the checks every export passes (`export/onnx_export.py`), on an untrained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.helpers import model_checkpoint
+from tumor_export import onnx_export
+from tumor_export.onnx_export import (ExportError, check_against_torch, check_onnx, export_fp32, fixed_inputs,
+                                      supports_cam, torch_cam)
+from tumor_runtime import model as runtime_model
+from tumor_train.checkpoint import load_model
+from tumor_train.models import build_model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model, path of its FP32 ONNX export at 32 px)."""
+    folder = tmp_path_factory.mktemp("onnx")
+    model, _ = load_model(model_checkpoint(folder / "model.pth", seed=4))
+    has_cam = export_fp32(model, 32, folder / "model.onnx")
+    assert has_cam is True
+    return model, folder / "model.onnx"
+
+
+def test_the_graph_has_the_contract_names_and_any_batch_size(exported):
+    model, path = exported
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert [o.name for o in graph.output] == ["probabilities", "logits", "cam", "features"]
+    assert {o.name: o.type.tensor_type.shape.dim[0].dim_param for o in graph.output}["probabilities"]
+    session = runtime_model.create_session(path)
+    probs, logits, cam, features = session.run(None, {"image": fixed_inputs(32, count=3)})
+    x = torch.from_numpy(fixed_inputs(32, count=3))
+    with torch.no_grad():
+        expected = model(x)
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(probs, torch.softmax(expected, 1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(cam, torch_cam(model, x).numpy(), atol=1e-4)
+    assert features.shape == (3, model.head[-1].in_features)
+
+
+def test_an_export_agrees_with_torch_and_the_gap_is_returned(exported):
+    model, path = exported
+    diff = check_against_torch(path, model, fixed_inputs(32))
+    assert 0 <= diff <= 1e-4
+
+
+def test_a_graph_that_answers_otherwise_is_refused(exported, tmp_path):
+    model, path = exported
+    other, _ = load_model(model_checkpoint(tmp_path / "other.pth", seed=5))
+    with pytest.raises(ExportError, match=r"^ONNX Runtime and torch disagree by \d\.\d\de[-+]\d\d \(allowed 1e-04\)$"):
+        check_against_torch(path, other, fixed_inputs(32))
+    with pytest.raises(ExportError, match="class activation maps disagree"):  # probabilities pass at a loose
+        check_against_torch(path, other, fixed_inputs(32), atol=1.0)      # tolerance; the maps are checked next
+
+
+class Skewed:
+    """A session whose `name` output is off by `by` (a graph whose CAM or features branch is wrong)."""
+
+    def __init__(self, session, name, by):
+        self.session, self.name, self.by = session, name, by
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):
+        out = self.session.run(names, feeds)
+        return [o + self.by if n == self.name else o for n, o in zip(names, out)]
+
+
+@pytest.mark.parametrize("output, message", [("cam", "class activation maps"), ("features", "pooled features")])
+def test_a_wrong_cam_or_features_branch_is_refused(exported, monkeypatch, output, message):
+    model, path = exported
+    real = runtime_model.create_session
+    monkeypatch.setattr(runtime_model, "create_session", lambda p: Skewed(real(p), output, 0.01))
+    with pytest.raises(ExportError, match=rf"^ONNX Runtime and torch {message} disagree by 1\.00e-02 \(relative\)$"):
+        check_against_torch(path, model, fixed_inputs(32))
+    monkeypatch.setattr(runtime_model, "create_session", lambda p: Skewed(real(p), output, 5e-5))
+    check_against_torch(path, model, fixed_inputs(32))  # within 1e-4 of the largest value: passes
+
+
+def test_the_checker_refusal_names_the_file(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ExportError, match="^onnx.checker rejected broken.onnx: "):
+        check_onnx(tmp_path / "broken.onnx")
+
+
+def test_fixed_inputs_are_seeded_standard_normal():
+    a = fixed_inputs(16, count=5, seed=3)
+    assert a.shape == (5, 1, 16, 16) and a.dtype == np.float32
+    assert np.array_equal(a, fixed_inputs(16, count=5, seed=3)) and not np.array_equal(a, fixed_inputs(16, 5, 4))
+    assert fixed_inputs(16).shape[0] == 8 and np.array_equal(fixed_inputs(16)[:1], fixed_inputs(16, 1, 0))
+    assert abs(float(fixed_inputs(64, 16).std()) - 1) < 0.05
+
+
+def test_cam_needs_a_pooled_linear_head():
+    assert supports_cam(build_model("compact", num_classes=4, width=4))
+    assert not supports_cam(build_model("alexnet", num_classes=4))
+    assert not supports_cam(torch.nn.Linear(2, 2))
+    assert onnx_export.OPSET == 18
