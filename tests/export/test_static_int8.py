@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from tests.onnx_fakes import conv_model
+from tumor_export.calibration import ArrayReader
+from tumor_export.onnx_export import ExportError
+from tumor_export.static_int8 import (float_only_nodes, int8_convolutions, prepare_graph, quantizable_nodes,
+                                      quantize_int8, quiet_logging)
 
 
 def test_the_export_reports_fused_int8_convolutions(exported):
@@ -15,18 +23,90 @@ def test_the_export_reports_fused_int8_convolutions(exported):
     assert kernels["QLinearConv"] >= 5 and kernels["Conv"] == kernels["float_by_design"] == 1  # the CAM head
 
 
-def test_a_convolution_left_in_float_unannounced_is_refused(tmp_path):
-    import numpy as np
-    import onnx
+# The quantizer's settings, read off the written graph (a stand-in model: no training).
 
-    from tumor_export.calibration import ArrayReader
-    from tumor_export.onnx_export import ExportError
-    from tumor_export.static_int8 import int8_convolutions, prepare_graph, quantize_int8
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("q")
+    prepare_graph(conv_model(folder / "m.onnx"), folder / "pre.onnx")
+    return folder / "pre.onnx"
 
-    prepare_graph(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
-    convs = [n.name for n in onnx.load(str(tmp_path / "pre.onnx")).graph.node if n.op_type == "Conv"]
-    inputs = np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32)
-    quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"), keep_float=convs[:1])
-    assert int8_convolutions(tmp_path / "q.onnx", tmp_path / "pre.onnx", convs[:1])["Conv"] == 1  # announced
-    with pytest.raises(ExportError, match="would run in float"):
-        int8_convolutions(tmp_path / "q.onnx", tmp_path / "pre.onnx", [])
+
+def calibration():
+    return ArrayReader(np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32), "image")
+
+
+def nodes(path):
+    return onnx.load(str(path)).graph
+
+
+def test_softmax_is_float_by_design_and_the_rest_are_candidates(prepared):
+    assert float_only_nodes(prepared) == ["softmax"]
+    assert quantizable_nodes(prepared) == ["conv1", "conv2", "gemm"]
+
+
+def test_quiet_logging_silences_the_root_logger_only_meanwhile():
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        with pytest.raises(RuntimeError):
+            with quiet_logging():
+                assert root.level == logging.ERROR
+                raise RuntimeError
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
+
+
+@pytest.mark.parametrize("activation, zero_point_type", [("u8", onnx.TensorProto.UINT8), ("s8", onnx.TensorProto.INT8)])
+def test_qdq_with_per_channel_int8_weights_and_the_asked_activation_type(prepared, tmp_path, activation,
+                                                                         zero_point_type):
+    reader = calibration()
+    while reader.get_next() is not None:  # a spent reader: quantize_int8 rewinds it
+        pass
+    quantize_int8(prepared, tmp_path / "q.onnx", reader, activation=activation)
+    graph = nodes(tmp_path / "q.onnx")
+    init = {i.name: i for i in graph.initializer}
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and init.get(n.input[0]) is not None
+                 and init[n.input[0]].data_type == onnx.TensorProto.INT8 and len(init[n.input[0]].dims) == 4]
+    assert len(weight_dq) == 2  # both convolutions' weights
+    assert all(numpy_helper.to_array(init[n.input[1]]).shape == (4,) for n in weight_dq)  # one scale per channel
+    activation_q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert activation_q and all(init[n.input[2]].data_type == zero_point_type for n in activation_q)
+    if activation == "s8":  # symmetric activations: every zero point is 0
+        assert all(not numpy_helper.to_array(init[n.input[2]]).any() for n in activation_q)
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0] for n in graph.node)
+
+
+def test_keep_float_leaves_a_named_layer_unquantized(prepared, tmp_path):
+    quantize_int8(prepared, tmp_path / "q.onnx", calibration(), keep_float=["conv1"])
+    graph = nodes(tmp_path / "q.onnx")
+    conv1 = next(n for n in graph.node if n.name == "conv1")
+    assert conv1.input[1] == "W1"  # its float weight, not a dequantized one
+    assert next(n for n in graph.node if n.name == "conv2").input[1] != "W2"
+
+
+def test_calibration_methods_give_different_ranges(prepared, tmp_path):
+    scales = {}
+    for method in ("minmax", "percentile"):
+        quantize_int8(prepared, tmp_path / f"{method}.onnx", calibration(), method=method)
+        graph = nodes(tmp_path / f"{method}.onnx")
+        init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        scales[method] = sorted(float(init[n.input[1]]) for n in graph.node
+                                if n.op_type == "QuantizeLinear" and init[n.input[1]].ndim == 0)
+    assert scales["minmax"] != scales["percentile"]
+
+
+def test_a_convolution_left_in_float_unannounced_is_refused(prepared, tmp_path):
+    quantize_int8(prepared, tmp_path / "q.onnx", calibration(), keep_float=["conv1"])
+    counts = int8_convolutions(tmp_path / "q.onnx", prepared, ["conv1"])
+    assert counts == {"QLinearConv": 1, "Conv": 1, "float_by_design": 1}
+    with pytest.raises(ExportError) as caught:
+        int8_convolutions(tmp_path / "q.onnx", prepared, [])
+    assert str(caught.value) == ("1 convolution(s) of the int8 model would run in float in ONNX Runtime "
+                                 "(not fused into QLinearConv)")
+    quantize_int8(prepared, tmp_path / "all.onnx", calibration())
+    assert int8_convolutions(tmp_path / "all.onnx", prepared, []) == {"QLinearConv": 2, "Conv": 0,
+                                                                       "float_by_design": 0}
