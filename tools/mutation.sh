@@ -50,7 +50,7 @@ declare -A TESTS=(
   [tumor_train/distributed.py]="$T/test_distributed.py"
   [tumor_train/dynamic_int8.py]="$T/test_checkpoint.py"
   [tumor_train/engine.py]="$T/test_engine.py"
-  [tumor_train/models.py]="$T/test_engine.py $T/test_trainer.py"
+  [tumor_train/models.py]="$T/test_models.py"
   [tumor_train/report.py]="$T/test_report.py"
   [tumor_train/trainer.py]="$T/test_trainer.py $T/test_early_checks.py $T/test_cli_faults.py"
 )
