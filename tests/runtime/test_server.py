@@ -14,6 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("multipart")
 from starlette.testclient import TestClient  # noqa: E402
 
+from tumor_runtime import server  # noqa: E402
 from tumor_runtime.classifier import Classifier  # noqa: E402
 from tumor_runtime.server import create_app  # noqa: E402
 
@@ -392,3 +394,127 @@ def test_tumor_serve_says_where_it_listens_and_logs_one_line_per_request():
             assert len(lines) == 1 and re.search(r'127\.0\.0\.1 "GET /models/tumor" 200 \d+\.\d ms$', lines[0])
         else:
             assert lines == []
+
+
+# The pieces of the request path, one rule at a time.
+
+
+def test_error_bodies_name_the_kind_of_each_status():
+    kinds = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 408: "RequestTimeout",
+             413: "PayloadTooLarge", 415: "UnsupportedMediaType", 500: "InternalServerError",
+             503: "ServiceUnavailable", 418: "Error"}
+    for code, kind in kinds.items():
+        response = server.error(code, "why")
+        assert response.status_code == code
+        assert json.loads(response.body) == {"code": code, "type": kind, "message": "why"}
+
+
+@pytest.mark.parametrize("data, name, suffix", [
+    (b"\xff\xd8\xff\xe0rest", "", ".jpg"), (b"\x89PNG\r\n\x1a\nrest", "", ".png"), (b"II*\x00rest", "", ".tif"),
+    (b"MM\x00*rest", "", ".tif"), (b"BMrest", "", ".bmp"), (b"\0" * 128 + b"DICM" + b"\0", "", ".dcm"),
+    (b"\0" * 128 + b"DICM", "", None), (b"raw dicom", "scan.DCM", ".dcm"), (b"raw", "scan.dicom", ".dcm"),
+    (b"GIF89a", "a.gif", None), (b"", "", None), (b"\xff\xd8", "", None)])
+def test_accepted_content_is_recognised_by_its_leading_bytes(data, name, suffix):
+    assert server.suffix_for(data, name) == suffix
+
+
+def fake_request(path="/predictions/tumor", authorization=None, token=None):
+    headers = {} if authorization is None else {"authorization": authorization}
+    query = {} if token is None else {"token": token}
+    return SimpleNamespace(headers=headers, query_params=query, url=SimpleNamespace(path=path))
+
+
+def test_the_token_is_checked_whole_and_the_query_form_only_for_the_page():
+    guarded = SimpleNamespace(token="s3cret")
+    assert server.authorized(fake_request(), SimpleNamespace(token=None))
+    assert server.authorized(fake_request(authorization="Bearer s3cret"), guarded)
+    assert server.authorized(fake_request(authorization="bearer s3cret"), guarded)
+    for wrong in ("Bearer s3cre", "Bearer s3cret2", "Bearer ", "s3cret", "Basic s3cret"):
+        assert not server.authorized(fake_request(authorization=wrong), guarded)
+    assert server.authorized(fake_request(path="/", token="s3cret"), guarded)
+    assert not server.authorized(fake_request(path="/predictions/tumor", token="s3cret"), guarded)
+    assert not server.authorized(fake_request(path="/", token=""), guarded)
+
+
+def test_the_service_keeps_its_limits_and_options():
+    service = server.Service("m.onnx", "t", 1.5, threads=2, tumor_threshold=0.25, backend="openvino")
+    assert (service.model, service.token, service.max_bytes) == ("m.onnx", "t", int(1.5 * 2**20))
+    assert (service.threads, service.tumor_threshold, service.backend) == (2, 0.25, "openvino")
+    assert (service.classifier, service.load_error, service.batcher) == (None, None, None)
+    service.pool.shutdown()
+
+
+def test_a_model_that_cannot_load_is_reported_without_the_servers_folders(tmp_path, capsys):
+    service = server.Service(str(tmp_path / "models" / "absent.onnx"), None, 1.0)
+    service.load()
+    assert service.classifier is None and str(tmp_path) not in service.load_error
+    assert service.load_error.startswith("model absent.onnx does not exist")
+    assert "tumor-serve: the model cannot be loaded: model " in capsys.readouterr().err
+    service.pool.shutdown()
+
+
+def test_app_from_environment_reads_every_option(monkeypatch):
+    for key, value in {"TUMOR_SERVE_MODEL": "m.onnx", "TUMOR_SERVE_TOKEN": "tok", "TUMOR_SERVE_MAX_UPLOAD_MB": "3",
+                       "TUMOR_SERVE_THREADS": "2", "TUMOR_SERVE_TUMOR_THRESHOLD": "0.3",
+                       "TUMOR_SERVE_BACKEND": "openvino", "TUMOR_SERVE_ACCESS_LOG": "0"}.items():
+        monkeypatch.setenv(key, value)
+    service = server.app_from_environment().state.service
+    assert (service.model, service.token, service.max_bytes, service.threads) == ("m.onnx", "tok", 3 * 2**20, 2)
+    assert (service.tumor_threshold, service.backend) == (0.3, "openvino")
+    for key in ("TUMOR_SERVE_MODEL", "TUMOR_SERVE_TOKEN", "TUMOR_SERVE_MAX_UPLOAD_MB", "TUMOR_SERVE_THREADS",
+                "TUMOR_SERVE_TUMOR_THRESHOLD", "TUMOR_SERVE_BACKEND"):
+        monkeypatch.delenv(key)
+    service = server.app_from_environment().state.service
+    assert (service.model, service.token, service.max_bytes, service.threads) == (None, None, 20 * 2**20, None)
+    assert (service.tumor_threshold, service.backend) == (None, "onnxruntime")
+
+
+def test_the_access_log_is_enabled_once_and_kept_to_itself(monkeypatch):
+    log = server.ACCESS_LOG
+    monkeypatch.setattr(log, "handlers", [])
+    monkeypatch.setattr(log, "propagate", True)
+    monkeypatch.setattr(log, "level", 0)
+    server.enable_access_log()
+    server.enable_access_log()
+    assert len(log.handlers) == 1 and log.level == 20 and log.propagate is False
+    assert log.handlers[0].stream is sys.stderr
+
+
+def test_the_model_card_hides_the_servers_file_layout(client):
+    card = client.get("/models/tumor").json()
+    assert card["path"] == "model.int8.onnx" and card["classes"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert client.get("/ping").json() == {"status": "Healthy"}
+
+
+def test_unsupported_files_are_415_naming_them(client):
+    files = [("files", ("a.gif", b"GIF89a...", "image/gif")), ("files", ("b.jpg", SAMPLE_FILES[0].read_bytes(), "x"))]
+    response = client.post("/predictions/tumor", files=files)
+    assert response.status_code == 415
+    assert response.json()["message"] == "a.gif: not a JPEG, PNG, TIFF, BMP or DICOM file"
+
+
+def test_when_every_file_fails_the_400_lists_five_and_counts_the_rest(client):
+    broken = b"\xff\xd8\xff broken"
+    files = [("files", (f"f{i}.jpg", broken, "image/jpeg")) for i in range(7)]
+    message = client.post("/predictions/tumor", files=files).json()["message"]
+    assert message.count("f") >= 5 and message.endswith(" (and 2 more)")
+    assert message.startswith("f0.jpg: ") and "f5.jpg" not in message
+    one = client.post("/predictions/tumor", files=files[:1]).json()["message"]
+    assert one.startswith("f0.jpg: ") and "more" not in one
+
+
+@pytest.mark.parametrize("query, wanted", [("heatmaps=1", True), ("heatmap=true", True), ("heatmap=YES", True),
+                                           ("heatmap=0", False), ("heatmaps=no", False), ("", False)])
+def test_heatmaps_are_asked_for_by_either_spelling(client, query, wanted):
+    reply = client.post(f"/predictions/tumor?{query}", content=SAMPLE_FILES[0].read_bytes()).json()
+    assert ("heatmap_png" in reply) is wanted
+    if wanted:
+        assert Image.open(io.BytesIO(base64.b64decode(reply["heatmap_png"]))).format == "PNG"
+
+
+def test_a_mixed_request_with_one_bad_file_answers_the_good_one_and_names_the_bad(client):
+    files = [("files", ("good.jpg", SAMPLE_FILES[0].read_bytes(), "image/jpeg")),
+             ("files", ("bad.jpg", b"\xff\xd8\xff broken", "image/jpeg"))]
+    rows = client.post("/predictions/tumor", files=files).json()
+    assert [r["path"] for r in rows] == ["good.jpg", "bad.jpg"]
+    assert rows[0]["error"] is None and rows[1]["error"] and rows[1]["label"] is None
