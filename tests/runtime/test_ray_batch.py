@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 from tests.conftest import SAMPLES
 from tests.helpers import block_imports, one_line_error, run_infer, write_dicom
 from tumor_runtime.classifier import Classifier
+from tumor_runtime import ray_batch
 from tumor_runtime.errors import UsageError
 from tumor_runtime.ray_batch import check_reachable
 
@@ -97,3 +99,142 @@ def test_an_actor_larger_than_the_cluster_is_refused_not_waited_for():
     result = run_infer([SAMPLES / "glioma", "--ray", "auto", "--threads", "64"])
     one_line_error(result)
     assert "asks for 64 CPUs" in result.stderr
+
+
+# The driver's logic against a stand-in `ray` module (in-process, no cluster): connection, sizing, options.
+
+
+class FakeRay(types.ModuleType):
+    """Records ray.init calls and what ray.data was asked for; `fail_auto` makes ray.init(address="auto") fail."""
+
+    def __init__(self, cpus=4, fail_auto=False, fail_with=None):
+        super().__init__("ray")
+        self.cpus, self.fail_auto, self.fail_with, self.inits, self.initialized = cpus, fail_auto, fail_with, [], False
+        self.data = types.ModuleType("ray.data")
+        self.data.context = types.SimpleNamespace(execution_options=types.SimpleNamespace(preserve_order=False),
+                                                  enable_progress_bars=True)
+        self.data.DataContext = types.SimpleNamespace(get_current=lambda: self.data.context)
+        self.data.ActorPoolStrategy = lambda size: ("pool", size)
+        self.data.from_items = self.from_items
+        self.mapped = None
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if kwargs.get("address") == "auto" and self.fail_auto:
+            raise ConnectionError("no cluster")
+        self.initialized = True
+
+    def cluster_resources(self):
+        return {"CPU": float(self.cpus)}
+
+    def from_items(self, items):
+        fake = self
+
+        class Dataset:
+            def map_batches(self, fn, **kwargs):
+                fake.mapped = (fn, kwargs)
+                actor = fn(**kwargs["fn_constructor_kwargs"])
+                rows = actor({"path": [item["path"] for item in items]})["row"]
+
+                class Rows:
+                    def iter_rows(self):
+                        return ({"row": r} for r in rows)
+
+                return Rows()
+
+        return Dataset()
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    def install(**kwargs):
+        ray = FakeRay(**kwargs)
+        monkeypatch.setitem(sys.modules, "ray", ray)
+        monkeypatch.setitem(sys.modules, "ray.data", ray.data)
+        return ray
+
+    return install
+
+
+def test_without_the_extra_the_message_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UsageError) as caught:
+        ray_batch.require_ray()
+    assert str(caught.value) == "--ray needs the [ray] extra: pip install 'tumor-kit[ray]'"
+
+
+def test_auto_joins_a_running_cluster_or_starts_one_with_the_cores_given(fake_ray):
+    ray = fake_ray()
+    ray_batch.connect("auto", 3)
+    assert [c.get("address") for c in ray.inits] == ["auto"] and ray.inits[0]["log_to_driver"] is False
+    ray = fake_ray(fail_auto=True)
+    ray_batch.connect("auto", 3)
+    assert ray.inits[1] == {"num_cpus": 3, "include_dashboard": False, "logging_level": 30, "log_to_driver": False}
+    ray_batch.connect("auto", 3)  # already connected: nothing more
+    assert len(ray.inits) == 2
+
+
+def test_an_address_is_checked_then_joined_and_failures_are_one_line(fake_ray, monkeypatch):
+    checked = []
+    monkeypatch.setattr(ray_batch, "check_reachable", checked.append)
+    ray = fake_ray()
+    ray_batch.connect("10.0.0.1:6379", 2)
+    assert checked == ["10.0.0.1:6379"] and ray.inits[0]["address"] == "10.0.0.1:6379"
+    fake_ray(fail_with=RuntimeError("version mismatch\nmore detail"))
+    with pytest.raises(UsageError) as caught:
+        ray_batch.connect("10.0.0.1:6379", 2)
+    assert str(caught.value) == "cannot reach the Ray cluster at 10.0.0.1:6379: version mismatch"
+
+
+def test_actors_fill_the_cluster_and_one_that_cannot_fit_is_refused(fake_ray):
+    fake_ray(cpus=8)
+    assert ray_batch.actor_count(2) == 4 and ray_batch.actor_count(3) == 2 and ray_batch.actor_count(8) == 1
+    with pytest.raises(UsageError) as caught:
+        ray_batch.actor_count(9)
+    assert str(caught.value) == "each Ray actor asks for 9 CPUs (--threads) but the cluster has 8"
+
+
+def test_ray_records_asks_for_ordered_batches_on_an_actor_pool(fake_ray, folder):
+    ray = fake_ray(cpus=4)
+    paths = sorted(folder.iterdir())[:5]
+    rows = list(ray_batch.ray_records(paths, model=None, threads=2, batch_size=8, tumor_threshold=0.4))
+    assert [r["path"] for r in rows] == [str(p) for p in paths]
+    assert ray.data.context.execution_options.preserve_order is True and ray.data.context.enable_progress_bars is False
+    fn, kwargs = ray.mapped
+    assert fn is ray_batch.ClassifyPaths and kwargs["compute"] == ("pool", 2) and kwargs["num_cpus"] == 2
+    assert kwargs["batch_size"] == ray_batch.PATHS_PER_BATCH == 64 and kwargs["udf_modifying_row_count"] is True
+    assert kwargs["fn_constructor_kwargs"] == {"model": None, "threads": 2, "batch_size": 8, "tumor_threshold": 0.4,
+                                               "backend": "onnxruntime"}
+    local = Classifier.load(threads=2, tumor_threshold=0.4).predict([str(p) for p in paths])
+    assert [r["label"] for r in rows] == [r["label"] for r in local]
+    assert [r["tumor"] for r in rows] == [r["tumor"] for r in local]
+
+
+def test_ray_records_resolves_the_model_path_and_takes_an_explicit_actor_count(fake_ray, folder, monkeypatch):
+    from tumor_runtime.model import default_model_path
+
+    ray = fake_ray(cpus=4)
+    monkeypatch.chdir(default_model_path().parent)
+    list(ray_batch.ray_records(sorted(folder.iterdir())[:1], model=default_model_path().name, actors=3,
+                               backend="onnxruntime"))
+    _, kwargs = ray.mapped
+    assert kwargs["compute"] == ("pool", 3)
+    assert kwargs["fn_constructor_kwargs"]["model"] == str(default_model_path().resolve())
+
+
+def test_check_reachable_connects_to_a_listening_port_and_names_a_refused_one():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(UsageError, match=rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port}: "):
+        check_reachable(f"127.0.0.1:{port}", timeout=2)
