@@ -13,7 +13,9 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import make_dataset
+from tumor_train import distributed
 from tumor_train.cli import main
+from tumor_train.distributed import DeviceError, Placement, resolve_device, shard
 
 TINY = ["--epochs", "2", "--width", "8", "--threads", "1"]
 OUTPUTS = {"accuracy.png", "f2.png", "checkpoint.pth", "confusion_matrix.png", "history.csv", "loss.png", "metrics.json",
@@ -91,3 +93,59 @@ def test_distributed_resume_and_out_required(tmp_path):
     assert "All 2 epochs are done" in resumed.stdout and (out / "metrics.json").is_file()
     no_out = torchrun(["--data", data, "--device", "cpu", *TINY])
     assert no_out.returncode != 0 and "give --out" in no_out.stderr
+
+
+# The placement rules, in-process (CUDA faked where it is not here).
+
+
+def test_auto_is_the_cpu_without_cuda_and_cuda_with_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)  # torchrun: each rank its GPU
+    assert resolve_device("cuda:1", local_rank=0) == torch.device("cuda", 1)
+    with pytest.raises(DeviceError) as caught:
+        resolve_device("cuda:2")
+    assert str(caught.value) == "--device cuda:2: only 2 CUDA device(s) here"
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:", "cuda:x", "CPU", "cuda1"])
+def test_a_device_name_outside_the_forms_is_refused(name):
+    with pytest.raises(DeviceError) as caught:
+        resolve_device(name)
+    assert str(caught.value) == f"--device {name!r}: choose auto, cpu, cuda or cuda:N"
+
+
+def test_cuda_without_a_gpu_says_what_this_torch_has(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError) as caught:
+        resolve_device("cuda:0")
+    assert str(caught.value) == (f"--device cuda:0: no CUDA device is available here (torch {torch.__version__}, "
+                                 f"built with CUDA {torch.version.cuda}); use --device cpu")
+
+
+def test_torchrun_is_recognised_by_its_world_size(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not distributed.launched_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.launched_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.launched_by_torchrun()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.setup("cpu") == Placement(torch.device("cpu"))
+
+
+def test_each_rank_takes_every_world_th_row_and_only_rank_0_is_main():
+    rows = torch.arange(10)
+    assert rows[shard(rows, Placement(torch.device("cpu"), rank=1, world=3))].tolist() == [1, 4, 7]
+    assert rows[shard(rows, Placement(torch.device("cpu")))].tolist() == list(range(10))
+    assert Placement(torch.device("cpu")).is_main and not Placement(torch.device("cpu"), rank=1, world=2).is_main
+    described = Placement(torch.device("cpu"), world=2).describe()
+    assert described == {"device": "cpu", "world_size": 2, "torch": str(torch.__version__), "cuda": torch.version.cuda}
+
+
+def test_teardown_without_a_process_group_does_nothing():
+    assert not torch.distributed.is_initialized()
+    distributed.teardown()
