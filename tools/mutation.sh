@@ -52,7 +52,7 @@ declare -A TESTS=(
   [tumor_train/engine.py]="$T/test_engine.py"
   [tumor_train/models.py]="$T/test_models.py"
   [tumor_train/report.py]="$T/test_report.py"
-  [tumor_train/trainer.py]="$T/test_trainer.py $T/test_early_checks.py $T/test_cli_faults.py"
+  [tumor_train/trainer.py]="$T/test_trainer.py"
 )
 # Every module that is not a command-line front end (cli.py, serve_cli.py, cli_common.py).
 DEFAULT=($(printf '%s\n' "${!TESTS[@]}" | sort))

@@ -7,6 +7,9 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +17,19 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from tests.conftest import make_dataset
+from tumor_runtime.errors import OutputError
+from tumor_train import trainer
 from tumor_train.checkpoint import load_model
 from tumor_train.cli import main
+from tumor_train.config import TrainConfig
+from tumor_train.data import prepare_data
 from tumor_train.dynamic_int8 import load_quantized
 
 FAST = ["--epochs", "1", "--width", "8"]
 
 
-def train(args) -> "click.testing.Result":  # noqa: F821
+def train(args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
@@ -203,3 +211,123 @@ def test_cross_validation_writes_every_fold_and_resumes(tmp_path):
     assert not val1 & val2
     again = train(["--data", data, "--out", out, "--cv", "2", *FAST])
     assert again.exit_code == 0 and again.output.count("reusing") == 2
+
+
+# The run's pieces in-process, on a tiny model (32 px, width 4): guards, interruptions, outputs.
+
+
+
+def tiny(tmp_path, **changes):
+    root = make_dataset(tmp_path / "data", per_class=4)
+    settings = {"image_size": 32, "width": 4, "epochs": 2, "crop": "none", "val_fraction": 0.25, "bf16": False}
+    return replace(TrainConfig(), data=str(root), out=str(tmp_path / "out"), **(settings | changes))
+
+
+def test_check_writable_names_a_folder_it_cannot_create(tmp_path):
+    trainer.check_writable(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError) as caught:
+        trainer.check_writable(tmp_path / "file" / "out")
+    assert str(caught.value).startswith(f"cannot write to the output folder {tmp_path / 'file' / 'out'}: ")
+
+
+def test_one_run_per_output_folder_and_the_lock_file_goes_with_it(tmp_path):
+    with trainer.lock_output(tmp_path):
+        assert (tmp_path / trainer.LOCK).exists()
+        with pytest.raises(OutputError) as caught:
+            with trainer.lock_output(tmp_path):
+                pass
+        assert str(caught.value) == (f"another tumor-train is writing to {tmp_path}: wait for it to end, or choose "
+                                     "another --out")
+        with trainer.lock_output(tmp_path, enabled=False):  # the other ranks of a torchrun job do not lock
+            pass
+    assert not (tmp_path / trainer.LOCK).exists()
+
+
+def test_a_checkpoint_the_disk_refuses_says_what_is_kept(tmp_path, monkeypatch):
+    def full(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer, "save_atomic", full)
+    with pytest.raises(OutputError) as caught:
+        trainer.save_checkpoint({}, tmp_path / "checkpoint.pth", 3)
+    assert str(caught.value) == (f"could not save the checkpoint after epoch 3 (No space left on device); the "
+                                 f"checkpoint of epoch 2 in {tmp_path / 'checkpoint.pth'} is intact: free space, then "
+                                 f"tumor-train --out {tmp_path} --resume")
+    with pytest.raises(OutputError) as caught:
+        trainer.save_checkpoint({}, tmp_path / "checkpoint.pth", 1)
+    assert str(caught.value).endswith("; no checkpoint was written yet")
+
+
+def test_stale_exports_go_manifest_first(tmp_path, capsys):
+    removed = []
+    for name in ("model.onnx", "manifest.json", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    real_unlink = Path.unlink
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "unlink", lambda self, *a, **k: (removed.append(self.name), real_unlink(self, *a, **k)))
+        trainer.remove_stale_exports(tmp_path)
+    assert removed == ["manifest.json", "model.onnx"] and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert "Removed model.onnx, manifest.json: exported from the weights this run replaced" in capsys.readouterr().out
+    trainer.remove_stale_exports(tmp_path)
+    assert capsys.readouterr().out == ""
+
+
+def test_bf16_only_where_asked_and_native(monkeypatch):
+    cpu = trainer.Placement(torch.device("cpu"))
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.use_bf16(TrainConfig(bf16=True), cpu) and not trainer.use_bf16(TrainConfig(bf16=False), cpu)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert not trainer.use_bf16(TrainConfig(bf16=True), cpu)
+
+
+def test_an_interrupt_in_epoch_2_points_at_the_checkpoint_of_epoch_1(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, epochs=3)
+    real = trainer.run_epoch
+
+    def interrupt_in_epoch_2(cfg, state, tensors, classes, stats, bf16, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(cfg, state, tensors, classes, stats, bf16, epoch)
+
+    monkeypatch.setattr(trainer, "run_epoch", interrupt_in_epoch_2)
+    with pytest.raises(trainer.Interrupted) as caught:
+        trainer.train_on(cfg, prepare_data(cfg))
+    out = tmp_path / "out"
+    assert str(caught.value) == (f"interrupted in epoch 2; the checkpoint after epoch 1 is in {out / 'checkpoint.pth'}: "
+                                 f"continue with tumor-train --out {out} --resume")
+    assert caught.value.terminated is False
+    assert torch.load(out / "checkpoint.pth", weights_only=False)["epoch"] == 1
+
+
+def test_a_final_fit_keeps_the_last_epoch_and_says_there_is_no_validation(tmp_path):
+    cfg = tiny(tmp_path, val_fraction=0.0, epochs=2)
+    metrics = trainer.train_on(cfg, prepare_data(cfg))
+    assert metrics["best_epoch"] == 2 and metrics["validation"] is None
+    assert metrics["note"].startswith("final fit: every image trained for a fixed number of epochs")
+    assert [h["val_f2"] for h in metrics["history"]] == [None, None]
+    out = tmp_path / "out"
+    assert not (out / "confusion_matrix.png").exists() and (out / "f2.png").exists()
+    assert torch.load(out / "model.pth", weights_only=True)["val_f2"] == -1.0
+
+
+def test_the_outputs_record_the_run(tmp_path):
+    cfg = tiny(tmp_path)
+    metrics = trainer.train_on(cfg, prepare_data(cfg))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "checkpoint.pth", "model.pth", "model_quantized.pth", "metrics.json", "history.csv", "f2.png", "accuracy.png",
+        "loss.png", "confusion_matrix.png", "predictions.png"])
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["train_images"] + metrics["data"]["validation_images"] == 16
+    assert metrics["data"]["skipped_count"] == 0 and metrics["effective_batch_size"] == 32
+    assert metrics["seconds_per_epoch"] == pytest.approx(np.mean([h["seconds"] for h in metrics["history"]]))
+    assert metrics["best_epoch"] == max(metrics["history"], key=lambda h: h["val_f2"])["epoch"]
+    assert metrics["config"]["image_size"] == 32 and metrics["placement"]["device"] == "cpu"
+    ckpt = torch.load(out / "model.pth", weights_only=True)
+    assert ckpt["preprocess"] == {"size": 32, "mean": metrics["data"]["mean"], "std": metrics["data"]["std"],
+                                  "grayscale": True, "resize": "pil-bilinear", "crop": "none"}
+    assert ckpt["best_epoch"] == metrics["best_epoch"] and ckpt["val_f2"] == metrics["validation"]["f2_macro"]
+    assert ckpt["versions"]["torch"] == metadata.version("torch") and len(ckpt["data"]["val_files"]) == \
+        metrics["data"]["validation_images"]
