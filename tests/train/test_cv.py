@@ -28,6 +28,24 @@ def test_fold_record_takes_the_validation_figures_and_the_best_epoch():
                                           "accuracy": 0.25, "tumor_sensitivity": None}
 
 
+def test_load_failures_name_the_training_split(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=4)
+    for path in (data / "pituitary").iterdir():
+        path.write_bytes(b"junk")
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8)
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="^no readable train images for class pituitary"):
+        cv.run_cv(cfg, 2)
+
+
+def test_the_folds_follow_the_seed(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    for seed in (0, 0, 1):
+        cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / f"cv{len(fake_training)}"),
+                          image_size=32, width=8, seed=seed), 2)
+    first, again, other = ([str(p) for p in prepared.val.paths] for _, prepared, _ in fake_training[::2])
+    assert first == again and first != other
+
+
 def test_summary_is_mean_and_sample_std_skipping_missing_values():
     folds = [record(1, 0.9, sensitivity=None, best=2), record(2, 0.8, sensitivity=0.5, best=4),
              record(3, 0.7, sensitivity=None, best=6)]
@@ -55,11 +73,12 @@ def test_check_folds_names_the_fold_without_validation_or_without_a_class():
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    """train_on replaced by a stand-in scoring each fold by its number; returns the configs it was given."""
+    """train_on replaced by a stand-in that scores each fold perfectly; the list of (config, data, placement)
+    it was called with."""
     calls = []
 
     def fake_train_on(cfg, prepared, place=None, **kwargs):
-        calls.append((cfg, prepared))
+        calls.append((cfg, prepared, place))
         labels = prepared.val.labels
         return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
                 "best_epoch": len(calls)}
@@ -68,21 +87,30 @@ def fake_training(monkeypatch):
     return calls
 
 
-def test_run_cv_trains_each_fold_into_its_folder_and_writes_the_report(tmp_path, fake_training):
+def test_run_cv_trains_each_fold_into_its_folder_and_writes_the_report(tmp_path, fake_training, capsys):
     data = make_dataset(tmp_path / "data", per_class=6)
     cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8)
     report = cv.run_cv(cfg, 3)
-    assert [c.out for c, _ in fake_training] == [str(tmp_path / "cv" / f"fold-{k}") for k in (1, 2, 3)]
-    assert [p.info["cv_fold"] for _, p in fake_training] == [1, 2, 3]
-    assert all(p.info["cv_folds"] == 3 and p.info["train_dir"] == str(data) for _, p in fake_training)
-    assert report == json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert [c.out for c, _, _ in fake_training] == [str(tmp_path / "cv" / f"fold-{k}") for k in (1, 2, 3)]
+    for k, (_, prepared, _) in enumerate(fake_training, start=1):
+        assert prepared.info == {"train_dir": str(data), "cv_fold": k, "cv_folds": 3, "skipped_files": []}
+        assert prepared.root == data and prepared.train_dir == data and prepared.test is None
+        assert prepared.classes == ["glioma", "meningioma", "notumor", "pituitary"]
+        assert len(prepared.train.labels) + len(prepared.val.labels) == 24 and prepared.train.images.shape[1:] == (32, 32)
+        assert prepared.val_files == [str(p.relative_to(data)) for p in prepared.val.paths]
+    assert all(place is not None and place.device.type == "cpu" for _, _, place in fake_training)
+    assert (tmp_path / "cv" / "cv.json").read_text() == json.dumps(report, indent=2)
+    assert [f["fold"] for f in report["folds"]] == [1, 2, 3]
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in printed if line.startswith("fold")] == ["fold 1/3", "fold 2/3", "fold 3/3"]
+    assert all(" train / " in line and line.endswith(" validation images") for line in printed if line.startswith("fold"))
     assert report["k"] == 3 and report["complete"] is True and report["config"]["image_size"] == 32
     assert [f["best_epoch"] for f in report["folds"]] == [1, 2, 3]
     assert report["summary"]["best_epoch"] == {"mean": 2.0, "std": 1.0}
     assert (tmp_path / "cv" / "cv.png").stat().st_size > 1000
 
 
-def test_run_cv_reuses_a_finished_fold(tmp_path, fake_training):
+def test_run_cv_reuses_a_finished_fold(tmp_path, fake_training, capsys):
     data = make_dataset(tmp_path / "data", per_class=6)
     fold1 = tmp_path / "cv" / "fold-1"
     fold1.mkdir(parents=True)
@@ -91,6 +119,7 @@ def test_run_cv_reuses_a_finished_fold(tmp_path, fake_training):
     report = cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8), 2)
     assert len(fake_training) == 1 and fake_training[0][0].out.endswith("fold-2")
     assert report["folds"][0]["best_epoch"] == 42 and report["folds"][0]["f2_macro"] == 0.5
+    assert f"fold 1/2: reusing {fold1 / 'metrics.json'}" in capsys.readouterr().out
 
 
 def test_run_cv_refuses_torchrun_and_bad_options_before_reading_data(tmp_path, monkeypatch, fake_training):
@@ -119,3 +148,15 @@ def test_the_plot_labels_its_axes_and_gives_mean_and_std_in_the_legend(tmp_path,
     assert ax.get_ylim() == pytest.approx((0.74, 1.0))
     bars = [p.get_height() for p in ax.patches]
     assert bars[:2] == [0.9, 0.8] and np.isnan(bars[-1])
+    # three bars per fold, side by side around the fold's tick: F2 left, accuracy centred, sensitivity right
+    assert [round(p.get_x() + p.get_width() / 2, 2) for p in ax.patches] == [-0.27, 0.73, 0.0, 1.0, 0.27, 1.27]
+    assert {round(p.get_width(), 2) for p in ax.patches} == {0.27}
+    assert tuple(captured["fig"].get_size_inches()) == (6.0, 3.5)
+
+
+def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatch):
+    captured = {}
+    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig))
+    cv.plot_cv([record(1, 0.9, sensitivity=None)], tmp_path / "cv.png")
+    legend = [t.get_text() for t in captured["fig"].axes[0].get_legend().get_texts()]
+    assert legend == ["f2 macro: 0.9000 ± 0.0000", "accuracy: 0.9000 ± 0.0000", "tumor sensitivity"]
