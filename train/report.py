@@ -40,7 +40,7 @@ def plot_curves(history: list[dict], out: Path, best_epoch: int | None = None) -
               "accuracy": ("train (augmented batches)", "validation (EMA weights)"),
               "loss": ("train: label-smoothed cross-entropy", "validation: plain cross-entropy (EMA weights)")}
     for key in ("f2", "accuracy", "loss"):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6, 4))  # pragma: no mutate (layout)
         ax.plot(epochs, [h[f"train_{key}"] for h in history], label=labels[key][0])
         if any(h[f"val_{key}"] is not None for h in history):  # a final fit has no validation curve
             ax.plot(epochs, [h[f"val_{key}"] for h in history], label=labels[key][1])
@@ -50,19 +50,19 @@ def plot_curves(history: list[dict], out: Path, best_epoch: int | None = None) -
         ax.set_ylabel("macro F2" if key == "f2" else key)
         if key != "loss":
             ax.set_ylim(max(0.0, min(h[f"val_{key}"] or 1 for h in history[len(history) // 4:]) - 0.05), 1.0)
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3)  # pragma: no mutate (layout)
         ax.legend(loc="lower right" if key != "loss" else "upper right", fontsize=8)
         save_figure(fig, out / f"{key}.png")
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "Validation") -> None:
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 4.5))  # pragma: no mutate (layout)
     ax.imshow(cm, cmap="Blues")
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, cm[i, j], ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=30)
+    ax.set_xticks(range(len(classes)), classes, rotation=30)  # pragma: no mutate (layout)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -79,7 +79,7 @@ def plot_predictions(images: np.ndarray, true: np.ndarray, pred: np.ndarray, cla
     chosen = np.concatenate([wrong, right])
     cols = 4
     rows = max(1, int(np.ceil(len(chosen) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))  # pragma: no mutate (layout)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, i in zip(np.atleast_1d(axes).ravel(), chosen):

@@ -85,3 +85,72 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     report.save_figure(fig, tmp_path / "x.png")
     assert Image.open(tmp_path / "x.png").format == "PNG" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
     assert not report.plt.get_fignums()  # the figure was closed
+
+
+def test_png_files_carry_their_resolution_and_only_the_saved_figure_is_closed(tmp_path):
+    first, ax = report.plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1])
+    second = report.plt.figure()
+    report.save_figure(first, tmp_path / "first.png")
+    assert report.plt.get_fignums() == [second.number]
+    report.plt.close(second)
+    dpi = Image.open(tmp_path / "first.png").info["dpi"]
+    assert dpi == pytest.approx((110, 110), abs=0.5)
+
+
+def test_curves_plot_against_epoch_numbers_with_readable_legends(tmp_path, figures):
+    rows = history()[2:]  # a resumed history starts after epoch 1
+    report.plot_curves(rows, tmp_path, best_epoch=4)
+    for name, where in (("f2.png", 4), ("accuracy.png", 4), ("loss.png", 1)):  # lower right / upper right
+        ax = figures[name].axes[0]
+        assert list(ax.lines[0].get_xdata()) == [h["epoch"] for h in rows]
+        assert list(ax.lines[1].get_xdata()) == [h["epoch"] for h in rows]
+        assert ax.get_legend()._loc == where
+        assert {t.get_fontsize() for t in ax.get_legend().get_texts()} == {8}
+        mark = ax.lines[2]
+        assert (mark.get_color(), mark.get_linestyle(), mark.get_linewidth()) == ("gray", "--", 1)
+    assert [t.get_text() for t in figures["accuracy.png"].axes[0].get_legend().get_texts()][:2] == [
+        "train (augmented batches)", "validation (EMA weights)"]
+    low, high = figures["loss.png"].axes[0].get_ylim()  # the loss axis is its own scale, not cut to [x, 1]
+    assert high != 1.0 and high >= max(h["train_loss"] for h in rows) and low <= min(h["val_loss"] for h in rows)
+
+
+def test_confusion_cells_are_centred_on_a_blue_scale_with_white_only_above_half(tmp_path, figures):
+    report.plot_confusion(np.array([[4, 2], [0, 3]]), ["a", "b"], tmp_path / "cm.png")
+    ax = figures["cm.png"].axes[0]
+    assert ax.images[0].get_cmap().name == "Blues"
+    assert {(t.get_ha(), t.get_va()) for t in ax.texts} == {("center", "center")}
+    colours = {t.get_text(): t.get_color() for t in ax.texts}
+    assert colours == {"4": "white", "2": "black", "0": "black", "3": "white"}  # 2 is exactly half of 4: black
+    assert ax.get_title() == "Validation confusion matrix (EMA weights, FP32)"
+
+
+def test_prediction_tiles_show_true_gray_levels_hide_axes_and_default_to_sixteen(tmp_path, figures):
+    images = np.full((40, 8, 8), 30, np.uint8)  # a dark image must stay dark: no contrast stretch
+    true = np.zeros(40, int)
+    pred = np.zeros(40, int)
+    pred[:12] = 1  # twelve mistakes: only eight (half of 16) are shown
+    report.plot_predictions(images, true, pred, ["a", "b"], tmp_path / "p.png")
+    axes = figures["p.png"].axes
+    titled = [ax for ax in axes if ax.get_title()]
+    assert len(axes) == 16 and len(titled) == 16
+    assert [ax.title.get_color() for ax in titled].count("red") == 8
+    assert all(not ax.axison for ax in axes)
+    tile = titled[0].images[0]
+    assert tile.get_cmap().name == "gray" and tile.get_clim() == (0, 255)
+    assert {ax.title.get_fontsize() for ax in titled} == {8}
+    chosen = [ax.get_title() for ax in titled]
+    report.plot_predictions(images, true, pred, ["a", "b"], tmp_path / "q.png", seed=0)
+    assert [ax.get_title() for ax in figures["q.png"].axes if ax.get_title()] == chosen
+
+
+def test_the_tile_choice_follows_the_seed(tmp_path, figures):
+    images = np.arange(40, dtype=np.uint8)[:, None, None] * np.ones((40, 4, 4), np.uint8)
+    true, pred = np.zeros(40, int), np.zeros(40, int)
+    for seed in (0, 1):
+        report.plot_predictions(images, true, pred, ["a", "b"], tmp_path / f"s{seed}.png", count=4, seed=seed)
+    shown = [[int(ax.images[0].get_array()[0, 0]) for ax in figures[f"s{seed}.png"].axes if ax.images]
+             for seed in (0, 1)]
+    assert len(shown[0]) == 4 and shown[0] != shown[1]
+    report.plot_predictions(images[:0], true[:0], pred[:0], ["a", "b"], tmp_path / "none.png", count=4)
+    assert len(figures["none.png"].axes) == 4  # one empty row, not a crash
