@@ -113,3 +113,37 @@ def test_dynamic_int8_round_trip_quantizes_the_linear_layer_and_answers_alike(tm
     with pytest.raises(CheckpointError) as caught:
         load_quantized(tmp_path / "bad.pth")
     assert str(caught.value) == f"{tmp_path / 'bad.pth'} is not a tumor-kit dynamic-int8 model"
+
+
+def test_unreadable_files_name_the_kind_of_file_and_the_error(tmp_path):
+    (tmp_path / "checkpoint.pth").write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(tmp_path / "checkpoint.pth")
+    assert str(caught.value) == f"{tmp_path / 'checkpoint.pth'} is not a readable training checkpoint (error)"
+    (tmp_path / "model.pth").write_bytes(b"junk")
+    with pytest.raises(CheckpointError) as caught:
+        load_file(tmp_path / "model.pth")
+    assert str(caught.value) == f"{tmp_path / 'model.pth'} is not a readable torch checkpoint (error)"
+
+
+def test_a_label_problem_found_at_load_names_the_file(tmp_path):
+    path = model_checkpoint(tmp_path / "model.pth")
+    save_atomic(torch.load(path, weights_only=True) | {"negative_class": "healthy"}, path)
+    with pytest.raises(CheckpointError, match=f"^{path}: its negative class 'healthy'"):
+        load_model(path)
+
+
+def test_two_classes_are_enough(tmp_path):
+    model, ckpt = load_model(model_checkpoint(tmp_path / "model.pth", classes=("notumor", "tumor")))
+    assert ckpt["classes"] == ["notumor", "tumor"] and model(torch.zeros(1, 1, 32, 32)).shape == (1, 2)
+
+
+def test_a_quantized_file_with_pickled_code_is_refused_before_running_it(tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("payload ran",))
+
+    torch.save({"format": "tumor-kit/dynamic-int8-v1", "x": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(Exception):
+        load_quantized(tmp_path / "evil.pth")
+    assert "payload ran" not in capsys.readouterr().out
