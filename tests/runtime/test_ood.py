@@ -134,3 +134,162 @@ def test_the_shipped_model_flags_what_is_not_a_brain_slice_and_passes_real_slice
     rng = np.random.default_rng(0)
     pictures = photos(rng)[:1] + synthetic(rng)[:1] + [synthetic(rng)[-6]]  # a photo, noise, a page of text
     assert [r["in_distribution"] for r in clf.predict(pictures)] == [False] * len(pictures)
+
+
+# The arithmetic against independent, slow reference computations.
+
+def reference_descriptor(small: np.ndarray) -> np.ndarray:
+    """One 64x64 thumbnail's 23 numbers, computed the plain way (loops and np.histogram)."""
+    g = small.astype(np.float64)
+    hist = np.histogram(small, bins=16, range=(0, 256))[0] / small.size
+    mean, var = g.mean(), g.var()
+    c = g - mean
+    symmetry = (c * c[:, ::-1]).mean() / var if var > 0 else 1.0
+    dy = np.abs(g[1:, 1:] - g[:-1, 1:])
+    dx = np.abs(g[1:, 1:] - g[1:, :-1])
+    edges = dy + dx
+    centre = g[16:48, 16:48].mean() / (mean + 1e-3)
+    ring = np.ones((64, 64), bool)
+    ring[4:60, 4:60] = False  # the 4-pixel frame: 16 * 64 - 64 pixels
+    border = (small[ring] <= 10).mean()
+    stats = [symmetry, edges.mean() / 50, (edges > 40).mean(), centre, border, np.sqrt(var) / 64, (small >= 250).mean()]
+    return np.concatenate([np.sqrt(hist), stats])
+
+
+def test_descriptors_match_the_plain_computation_image_by_image():
+    rng = np.random.default_rng(5)
+    batch = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    batch[1, :8] = 0  # a dark band
+    batch[2] = 255  # one level everywhere: no variance
+    got = ood.descriptors_of_thumbnails(batch)
+    assert got.shape == (3, ood.DESCRIPTOR_LENGTH) and got.dtype == np.float32
+    for small, row in zip(batch, got):
+        np.testing.assert_allclose(row, reference_descriptor(small), rtol=1e-5, atol=1e-6)
+
+
+def test_a_thumbnail_is_the_bilinear_64_pixel_image():
+    from PIL import Image
+
+    gray = np.random.default_rng(6).integers(0, 256, (160, 160), dtype=np.uint8)
+    small = ood.thumbnail(gray)
+    assert small.shape == (64, 64) and small.dtype == np.uint8
+    assert np.array_equal(small, np.asarray(Image.fromarray(gray).resize((64, 64), Image.BILINEAR)))
+    assert np.array_equal(ood.image_descriptors(gray[None]), ood.descriptors_of_thumbnails(small[None]))
+
+
+def test_unit_rows_have_length_one_and_a_zero_row_stays_zero():
+    rows = ood.unit_rows(np.array([[3.0, 4.0], [0.0, 0.0], [1e-20, 0.0]]))
+    assert rows.dtype == np.float32
+    np.testing.assert_allclose(rows[0], [0.6, 0.8])
+    assert not rows[1].any() and np.isfinite(rows).all()
+
+
+def test_storage_is_float16_base64_and_refuses_a_damaged_text():
+    a = np.array([[1.0, -2.5], [1e-3, 65504.0]], np.float32)
+    entry = ood._encode(a)
+    assert entry["shape"] == [2, 2] and len(entry["float16"]) == 12  # 8 bytes in base64
+    assert np.array_equal(ood._decode(entry), a.astype(np.float16).astype(np.float32))
+    with pytest.raises(ValueError):
+        ood._decode({"shape": [2, 2], "float16": entry["float16"][:-2] + "*="})
+
+
+def test_distance_is_the_whitened_distance_to_the_nearest_centre_plus_the_residual():
+    rng = np.random.default_rng(7)
+    basis, _ = np.linalg.qr(rng.normal(0, 1, (5, 2)))  # principal directions are orthogonal,
+    directions = (basis * [0.5, 2.0]).astype(np.float32)  # each divided by the square root of its variance
+    g = ood.Gaussian(mean=rng.normal(0, 1, 5).astype(np.float32), directions=directions,
+                     centers=np.array([[0.0, 0.0], [3.0, -1.0]], np.float32), rest_variance=0.5, threshold=1.0)
+    x = rng.normal(0, 2, (4, 5))
+    q, _ = np.linalg.qr(directions.astype(np.float64))  # an orthonormal basis of the kept directions
+    for row, got in zip(x, g.distance(x)):
+        centred = row - g.mean
+        z = centred @ directions
+        nearest = min(((z - c) ** 2).sum() for c in g.centers)
+        residual = centred - q @ (q.T @ centred)
+        assert got == pytest.approx(nearest + (residual ** 2).sum() / 0.5, rel=1e-4)
+
+
+def test_fit_whitens_the_within_class_spread_and_keeps_the_asked_directions():
+    rng = np.random.default_rng(8)
+    labels = np.repeat([0, 1], 2000)
+    x = rng.normal(0, 1, (4000, 4)) * np.array([4.0, 2.0, 1.0, 0.5]) + labels[:, None] * 10
+    g = ood.fit_gaussian(x, labels, components=2)
+    assert g.directions.shape == (4, 2) and g.centers.shape == (2, 2) and g.threshold == 1.0
+    within = x - np.where(labels[:, None] == 0, x[labels == 0].mean(0), x[labels == 1].mean(0))
+    np.testing.assert_allclose(np.cov((within @ g.directions).T), np.eye(2), atol=0.05)  # unit variance, no correlation
+    assert g.rest_variance == pytest.approx((1.0 + 0.25) / 2, rel=0.1)  # the mean variance left out
+    assert ood.fit_gaussian(x, labels, components=10).directions.shape == (4, 3)  # at most D - 1
+    assert ood.fit_gaussian(x[:3], labels[:3], components=10).directions.shape == (4, 2)  # at most N - 1
+
+
+def test_fit_floors_a_direction_without_variance():
+    x = np.zeros((50, 3))
+    x[:, 0] = np.random.default_rng(9).normal(0, 2, 50)
+    g = ood.fit_gaussian(x, np.zeros(50, int), components=2)
+    assert np.isfinite(g.directions).all() and g.rest_variance > 0
+    assert np.abs(g.directions[:, 1]).max() == pytest.approx(1 / np.sqrt(1e-3 * np.var(x[:, 0], ddof=1)), rel=1e-3)
+
+
+def gaussian_json(**change):
+    g = ood.Gaussian(np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32), np.zeros((2, 2), np.float32), 1.0, 2.0)
+    return g.to_json() | change
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rest_variance": 0.0}, "values that are not finite or not positive"),
+    ({"threshold": -1.0}, "values that are not finite or not positive"),
+    ({"threshold": float("inf")}, "values that are not finite or not positive"),
+    ({"mean": ood._encode(np.zeros(4))}, "shapes that do not fit together"),
+    ({"centers": ood._encode(np.zeros((2, 3)))}, "shapes that do not fit together"),
+    ({"centers": ood._encode(np.zeros(2))}, "shapes that do not fit together"),
+    ({"directions": ood._encode(np.zeros((3, 2)))}, "values that are not finite or not positive"),
+    ({"mean": ood._encode(np.array([0, np.nan, 0]))}, "values that are not finite or not positive"),
+])
+def test_a_stored_measurement_that_cannot_be_trusted_is_refused(change, message):
+    assert ood.Gaussian.from_json(gaussian_json()).threshold == 2.0
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ood.Gaussian.from_json(gaussian_json(**change))
+
+
+def image_gaussian():
+    d = ood.DESCRIPTOR_LENGTH
+    return ood.Gaussian(np.zeros(d, np.float32), np.eye(d, 2, dtype=np.float32), np.zeros((1, 2), np.float32), 1.0, 4.0)
+
+
+def test_score_is_the_larger_ratio_and_one_is_already_out():
+    features = ood.Gaussian(np.zeros(2, np.float32), np.eye(2, 1, dtype=np.float32), np.zeros((1, 1), np.float32),
+                            1.0, 2.0)
+    model = ood.OodModel(features, image_gaussian())
+    f = np.array([[1.0, 0.0], [0.0, 1.0]])  # unit rows: distance 1 (whitened) or 1 (residual)
+    d = np.zeros((2, ood.DESCRIPTOR_LENGTH), np.float32)
+    d[1, 0] = 3.0  # image distance 9, over its threshold 4
+    np.testing.assert_allclose(model.score(f, d), [0.5, 2.25])
+    assert model.flags([0.999, 1.0, 2.0]).tolist() == [False, True, True]
+
+
+def test_metadata_names_its_method_and_checks_the_image_length():
+    features = image_gaussian()
+    model = ood.OodModel(features, image_gaussian())
+    text = model.to_metadata()
+    assert json.loads(text)["method"] == "mahalanobis-ppca:features+image" == ood.METHOD
+    assert ood.OodModel.from_metadata(text).image.threshold == 4.0
+    record = json.loads(text)
+    with pytest.raises(ValueError) as caught:
+        ood.OodModel.from_metadata(json.dumps(record | {"method": "energy"}))
+    assert str(caught.value) == "the 'ood' metadata is not a valid record (unknown method 'energy')"
+    short = ood.Gaussian(np.zeros(5, np.float32), np.eye(5, 2, dtype=np.float32), np.zeros((1, 2), np.float32), 1.0, 1.0)
+    with pytest.raises(ValueError, match="^the 'ood' metadata's image measurement has the wrong length$"):
+        ood.OodModel.from_metadata(ood.OodModel(features, short).to_metadata())
+
+
+def test_thresholds_sit_just_above_the_chosen_quantile():
+    model = ood.OodModel(image_gaussian(), image_gaussian())
+    rng = np.random.default_rng(10)
+    d = rng.normal(0, 1, (200, ood.DESCRIPTOR_LENGTH)).astype(np.float32)
+    f = rng.normal(0, 1, (200, ood.DESCRIPTOR_LENGTH)).astype(np.float32)
+    fitted = ood.with_thresholds(model, f, d, pass_share=0.9)
+    distances = model.image.distance(d)
+    expected = float(np.quantile(distances, 0.9, method="higher")) * (1 + 1e-6)
+    assert fitted.image.threshold == pytest.approx(expected, rel=1e-9)
+    assert (distances < fitted.image.threshold).mean() == pytest.approx(0.905, abs=0.006)
+    assert ood.PASS_SHARE == 0.9975 and ood.COMPONENTS == {"features": 24, "image": 16}
