@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 pytest.importorskip("pydicom")
 
 from tests.helpers import write_dicom  # noqa: E402
+from tumor_runtime import dicom  # noqa: E402
 from tumor_runtime.dicom import DicomFrame, load_frame  # noqa: E402
+from tumor_runtime.preprocess import ImageError  # noqa: E402
 
 
 def ramp() -> np.ndarray:
@@ -30,3 +35,192 @@ def test_rescale_is_slope_then_intercept(tmp_path):
     path = write_dicom(tmp_path / "r.dcm", values, window=("1100", "2000"), slope_intercept=("2", "100"), bits_stored=12)
     expected = np.clip((2.0 * values + 100 - 100) / 2000, 0, 1) * 255
     assert np.abs(load_frame(DicomFrame(path, None))[0].astype(float) - expected).max() <= 1.5
+
+
+# The reader's rules one by one, on small data sets and stand-ins.
+
+
+def test_frames_are_named_by_path_and_number():
+    assert str(dicom.DicomFrame(Path("a/b.dcm"), None)) == "a/b.dcm"
+    assert str(dicom.DicomFrame(Path("a/b.dcm"), 3)) == "a/b.dcm#3"
+
+
+def test_dicom_files_are_known_by_suffix_or_by_their_preamble(tmp_path):
+    write_dicom(tmp_path / "scan", ramp())
+    (tmp_path / "short").write_bytes(b"\0" * 131)
+    (tmp_path / "folder").mkdir()
+    assert dicom.is_dicom_file(tmp_path / "scan") and dicom.has_dicom_preamble(tmp_path / "scan")
+    assert dicom.is_dicom_file(Path("x/SCAN.DCM")) and dicom.is_dicom_file(Path("x/a.Dicom"))
+    assert not dicom.is_dicom_file(tmp_path / "short") and not dicom.is_dicom_file(tmp_path / "folder")
+    assert not dicom.is_dicom_file(Path("x/.hidden.dcm")) and not dicom.is_dicom_file(Path("x/a.jpg"))
+    assert not dicom.has_dicom_preamble(tmp_path / "absent")
+
+
+def test_without_pydicom_every_entry_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(dicom.importlib.util, "find_spec", lambda name: None)
+    assert dicom.available() is False
+    for call in (lambda: dicom.frames_of(tmp_path / "a.dcm"), lambda: dicom.load_frame(dicom.DicomFrame(tmp_path, None))):
+        with pytest.raises(ImageError) as caught:
+            call()
+        assert str(caught.value) == dicom.MISSING_EXTRA
+    assert "[dicom] extra" in dicom.MISSING_EXTRA
+
+
+def test_an_unreadable_file_names_the_error_kind(tmp_path, monkeypatch):
+    import pydicom
+
+    def broken(*args, **kwargs):
+        raise EOFError("cut")
+
+    monkeypatch.setattr(pydicom, "dcmread", broken)
+    with pytest.raises(ImageError) as caught:
+        dicom.read_header(tmp_path / "x.dcm")
+    assert str(caught.value) == "not a readable DICOM file (EOFError)"
+
+
+def test_a_file_without_pixels_says_what_it_is(tmp_path, monkeypatch):
+    (tmp_path / "sr.dcm").write_bytes(b"x")
+    for header, kind in ((SimpleNamespace(Modality="SR"), " (SR)"), (SimpleNamespace(SOPClassUID="1.2.3"), " (1.2.3)"),
+                         (SimpleNamespace(), "")):
+        monkeypatch.setattr(dicom, "read_header", lambda path, h=header: FakeHeader(h))
+        with pytest.raises(ImageError) as caught:
+            dicom.frames_of(tmp_path / "sr.dcm")
+        assert str(caught.value) == f"DICOM file without pixel data{kind}: nothing to classify"
+
+
+class FakeHeader:
+    """A header without pixel data elements, with the attributes of `inner`."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __contains__(self, key):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("raw, count", [(None, 1), ("", 1), ("1", 1), ("3", 3), (3, 3)])
+def test_frame_count_reads_number_of_frames(raw, count, monkeypatch):
+    monkeypatch.setattr(dicom, "frames_held", lambda header: 10)
+    assert dicom.frame_count(SimpleNamespace(NumberOfFrames=raw)) == count
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("x", "DICOM NumberOfFrames 'x' is not a number"), ("0", "DICOM NumberOfFrames is 0: not a frame count"),
+    ("-2", "DICOM NumberOfFrames is -2: not a frame count"),
+    ("11", "DICOM NumberOfFrames says 11, but the pixel data holds at most 10 frame(s)")])
+def test_frame_count_refuses_what_the_pixels_cannot_hold(raw, message, monkeypatch):
+    monkeypatch.setattr(dicom, "frames_held", lambda header: 10)
+    with pytest.raises(ImageError) as caught:
+        dicom.frame_count(SimpleNamespace(NumberOfFrames=raw))
+    assert str(caught.value) == message
+    monkeypatch.setattr(dicom, "frames_held", lambda header: 11)
+    if raw == "11":
+        assert dicom.frame_count(SimpleNamespace(NumberOfFrames=raw)) == 11
+
+
+def test_frames_held_divides_the_native_pixel_data_by_one_frames_bits(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "m.dcm", np.stack([ramp()] * 3))
+    header = pydicom.dcmread(path)
+    assert dicom.frames_held(header) == 3
+    header.SamplesPerPixel = 3
+    assert dicom.frames_held(header) == 1
+    del header.Rows
+    assert dicom.frames_held(header) == 1
+    header = pydicom.dcmread(path)
+    header.BitsAllocated = 0
+    assert dicom.frames_held(header) == 1
+    del header.PixelData
+    assert dicom.frames_held(header) == 1
+
+
+def test_context_keeps_only_the_join_keys():
+    ds = SimpleNamespace(SOPInstanceUID="1.2", SeriesInstanceUID="3.4", InstanceNumber="12", PatientName="X")
+    assert dicom.context(ds) == {"sop_instance_uid": "1.2", "series_instance_uid": "3.4", "instance_number": 12}
+    assert dicom.context(SimpleNamespace(InstanceNumber="")) == {"sop_instance_uid": None, "series_instance_uid": None,
+                                                                 "instance_number": None}
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("", None), ("40", 40.0), ([50, 60], 50.0),
+                                             (("7.5",), 7.5), ([], None), ("abc", None), (object(), None)])
+def test_first_of_a_possibly_multi_valued_field(value, expected):
+    assert dicom.first(value) == expected
+
+
+def test_colour_to_gray_by_depth():
+    rgb16 = np.zeros((2, 2, 3), np.uint16)
+    rgb16[0, 0] = 65535
+    rgb16[1, 1] = (257 * 100, 257 * 100, 257 * 100)
+    gray = dicom.rgb_to_gray(rgb16)
+    assert gray.dtype == np.uint8 and gray[0, 0] == 255 and gray[1, 1] == 100 and gray[0, 1] == 0
+    rgb8 = np.zeros((1, 1, 3), np.uint8)
+    rgb8[0, 0] = (255, 0, 0)
+    assert dicom.rgb_to_gray(rgb8)[0, 0] == 76  # the luma weight of red
+    floats = np.zeros((2, 2, 3), np.float32)
+    floats[0, 0] = 2.0
+    assert dicom.rgb_to_gray(floats)[0, 0] == 255
+
+
+class Fields(SimpleNamespace):
+    """A data set stand-in: attributes, and `in` as pydicom's keyword test."""
+
+    def __contains__(self, keyword):
+        return keyword in self.__dict__
+
+
+def test_a_window_must_be_finite_and_wide():
+    assert dicom.has_voi(Fields(WindowCenter="40", WindowWidth="400"))
+    assert dicom.has_voi(Fields(VOILUTSequence=[1], WindowCenter="40", WindowWidth="0"))  # the LUT comes first
+    assert not dicom.has_voi(Fields(WindowCenter="40"))
+    assert not dicom.has_voi(Fields())
+    for width in ("0", "-5", "nan"):
+        with pytest.raises(ImageError) as caught:
+            dicom.has_voi(Fields(WindowCenter="40", WindowWidth=width))
+        assert str(caught.value) == f"DICOM VOI window is not usable (center 40.0, width {float(width)})"
+
+
+def test_a_zero_slope_and_a_multi_frame_file_for_one_image_are_refused(tmp_path):
+    with pytest.raises(ImageError) as caught:
+        load_frame(DicomFrame(write_dicom(tmp_path / "s.dcm", ramp(), slope_intercept=("0", "1")), None))
+    assert str(caught.value) == "DICOM RescaleSlope is 0.0: every pixel would map to one value"
+    with pytest.raises(ImageError) as caught:
+        dicom.single_frame_gray(write_dicom(tmp_path / "m.dcm", np.stack([ramp()] * 2)))
+    assert str(caught.value).startswith("multi-frame DICOM (2 frames): training and calibration take one image per file")
+    assert dicom.single_frame_gray(write_dicom(tmp_path / "one.dcm", ramp())).shape == (64, 64)
+
+
+def test_monochrome1_without_a_window_is_inverted_too(tmp_path):
+    values = ramp()
+    mono2 = load_frame(DicomFrame(write_dicom(tmp_path / "a.dcm", values, bits_stored=12), None))[0]
+    mono1 = load_frame(DicomFrame(write_dicom(tmp_path / "b.dcm", values, "MONOCHROME1", bits_stored=12), None))[0]
+    assert np.array_equal(mono1.astype(int), 255 - mono2.astype(int)) and mono2.max() > 200
+
+
+def test_the_window_maps_its_range_onto_0_to_255(tmp_path):
+    values = ramp()
+    gray = load_frame(DicomFrame(write_dicom(tmp_path / "w.dcm", values, window=("500", "1000"), bits_stored=12),
+                                 None))[0]
+    assert gray[values <= 0].max(initial=0) == 0 and gray[values >= 999].min() >= 254
+    middle = gray[values == 500]
+    assert np.abs(middle.astype(int) - 128).max() <= 1
+
+
+def test_load_frame_reads_only_its_frame_and_names_an_undecodable_syntax(tmp_path, monkeypatch):
+    frames = np.stack([ramp(), ramp()[::-1]])
+    path = write_dicom(tmp_path / "m.dcm", frames, bits_stored=12)
+    first, second = (load_frame(DicomFrame(path, k))[0] for k in (1, 2))
+    assert np.array_equal(first[::-1], second)
+    import pydicom.pixels
+
+    def fail(*args, **kwargs):
+        raise NotImplementedError
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", fail)
+    with pytest.raises(ImageError) as caught:
+        load_frame(DicomFrame(path, 1))
+    assert str(caught.value) == ("cannot decode the DICOM pixels (transfer syntax Explicit VR Little Endian: unsupported "
+                                 "compression or damaged data, NotImplementedError)")
