@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from tests.conftest import make_dataset
+from tests.helpers import model_checkpoint
+from tumor_export import gate as gate_module
+from tumor_export import pipeline
 from tumor_export.metadata import read_metadata
 from tumor_export.pipeline import ExportOptions, GateError, run_export
 from tumor_runtime.tumor import choose_threshold
 from tumor_runtime.fileio import sha256_file
+from tumor_runtime.errors import OutputError
 from tumor_runtime.model import ModelInfo
-from tumor_train.checkpoint import load_model
+from tumor_train.checkpoint import load_model, save_atomic
+from tumor_train.data import DataError
 
 
 def export(args, **kwargs):
@@ -162,3 +169,169 @@ def test_threshold_keeps_sensitivity_with_fewest_false_alarms():
     assert strict == 0.5  # capped: never less sensitive than P(tumor) > P(notumor)
     loose = choose_threshold(np.linspace(0.001, 0.3, 200), np.ones(200, bool))
     assert loose == pytest.approx(np.linspace(0.001, 0.3, 200)[1])  # floor(0.005 * 200) = 1 miss allowed
+
+
+# The pipeline's parts, on an untrained 32 px model (seconds, no training).
+
+@pytest.fixture
+def small(tmp_path):
+    """(checkpoint path, dataset root): a model.pth whose recorded data and validation files exist."""
+    root = make_dataset(tmp_path / "data", per_class=6)
+    path = model_checkpoint(tmp_path / "run" / "model.pth", size=32, crop="none")
+    ckpt = torch.load(path, weights_only=True)
+    val = [f"{c}/img_00{i}.jpg" for c in ("glioma", "meningioma", "notumor", "pituitary") for i in (0, 1)]
+    save_atomic(ckpt | {"data": {"root": str(root), "train_dir": str(root), "val_files": val}}, path)
+    return path, root
+
+
+def test_options_refuse_a_nan_drop_and_a_zero_calibration_size(tmp_path):
+    ExportOptions(tmp_path).check()
+    with pytest.raises(ValueError, match=r"^--max-f2-drop must be a finite number in \[0.0, 1.0\], got nan$"):
+        ExportOptions(tmp_path, max_f2_drop=float("nan")).check()
+    with pytest.raises(ValueError, match=r"^--calibration-size must be an integer in \[1, 1000000\], got 0$"):
+        ExportOptions(tmp_path, calibration_size=0).check()
+    defaults = ExportOptions(tmp_path)
+    assert (defaults.calibration_size, defaults.calibration_method, defaults.activation_type, defaults.max_f2_drop,
+            defaults.seed, defaults.int8) == (256, "percentile", "u8", 0.005, 0, False)
+
+
+def test_the_evaluation_set_is_eval_else_the_recorded_split_else_an_error(small, tmp_path):
+    path, root = small
+    ckpt = torch.load(path, weights_only=True)
+    files, labels = pipeline.evaluation_set(ExportOptions(path), ckpt, required=True)
+    assert [str(f.relative_to(root)) for f in files] == ckpt["data"]["val_files"]
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    files, labels = pipeline.evaluation_set(ExportOptions(path, eval=root), ckpt, required=True)
+    assert len(files) == 24 and labels.tolist() == sorted(labels.tolist())
+    with pytest.raises(DataError) as caught:
+        pipeline.evaluation_set(ExportOptions(path, eval=tmp_path / "absent"), ckpt, required=True)
+    assert str(caught.value) == f"--eval folder {tmp_path / 'absent'} does not exist"
+    with pytest.raises(DataError, match="^--eval: "):
+        pipeline.evaluation_set(ExportOptions(path, eval=tmp_path / "run"), ckpt, required=True)
+    moved = ckpt | {"data": ckpt["data"] | {"root": str(tmp_path / "elsewhere")}}
+    assert pipeline.evaluation_set(ExportOptions(path), moved, required=False) is None
+    with pytest.raises(DataError) as caught:
+        pipeline.evaluation_set(ExportOptions(path), moved, required=True)
+    assert str(caught.value).startswith(f"--int8 needs labelled images for the parity gate and images to calibrate "
+                                        f"on; the validation split recorded in the checkpoint is not under "
+                                        f"{tmp_path / 'elsewhere'}: pass --eval DIR")
+
+
+def test_calibration_leaves_out_the_evaluation_images_and_names_a_missing_folder(small, tmp_path):
+    path, root = small
+    ckpt = torch.load(path, weights_only=True)
+    excluded = [root / f for f in ckpt["data"]["val_files"]]
+    inputs, files = pipeline.calibration_inputs(ExportOptions(path, calibration_size=100), ckpt, excluded)
+    assert len(files) == 16 and not {f.resolve() for f in files} & {f.resolve() for f in excluded}
+    assert inputs.shape == (16, 1, 32, 32)
+    with pytest.raises(DataError) as caught:
+        pipeline.calibration_inputs(ExportOptions(path, calibration=tmp_path / "absent"), ckpt, [])
+    assert str(caught.value) == f"calibration folder {tmp_path / 'absent'} does not exist; pass --calibration DIR"
+    (tmp_path / "junk" / "glioma").mkdir(parents=True)
+    (tmp_path / "junk" / "glioma" / "a.jpg").write_bytes(b"junk")
+    with pytest.raises(pipeline.CalibrationError) as caught:
+        pipeline.calibration_inputs(ExportOptions(path, calibration=tmp_path / "junk"), ckpt, [])
+    assert str(caught.value) == f"none of the 1 calibration images drawn from {tmp_path / 'junk'} could be read"
+
+
+def test_scratch_left_by_a_dead_export_is_removed_and_a_live_ones_kept(tmp_path):
+
+    dead, live, odd = (tmp_path / f".export-{pid}-x" for pid in (2**22 + 7, os.getpid(), "abc"))
+    for folder in (dead, live, odd):
+        folder.mkdir()
+    said = []
+    pipeline.remove_stale_scratch(tmp_path, said.append)
+    assert not dead.exists() and live.exists() and not odd.exists()
+    assert sorted(said) == sorted(f"Removed {f.name}, left by an interrupted export" for f in (dead, odd))
+    assert pipeline.process_alive(os.getpid()) and not pipeline.process_alive(2**22 + 7)
+    assert pipeline.process_alive(1)  # another user's process: alive, even if signalling it is not allowed
+
+
+def test_an_unwritable_output_folder_fails_first(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=f"^cannot write to the output folder {tmp_path / 'file' / 'out'}: "):
+        pipeline.open_scratch(tmp_path / "file" / "out")
+
+
+def test_commit_vouches_for_old_or_new_at_every_step_and_drops_stale_files(tmp_path, monkeypatch):
+
+    out, scratch = tmp_path / "out", tmp_path / "out" / ".export-1"
+    scratch.mkdir(parents=True)
+    (out / "model.onnx").write_bytes(b"old fp32")
+    (out / "model.int8.onnx").write_bytes(b"old int8")
+    old = {n: sha256_file(out / n) for n in ("model.onnx", "model.int8.onnx")}
+    (out / "manifest.json").write_text(json.dumps({"files": old}))
+    (scratch / "model.onnx").write_bytes(b"new fp32")
+    new = sha256_file(scratch / "model.onnx")
+    seen, said = [], []
+    real_replace = os.replace
+
+    def watching_replace(src, dst):
+        if Path(dst).name.startswith("model"):  # a model's rename (not the manifest's own atomic write)
+            seen.append(json.loads((out / "manifest.json").read_text()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(pipeline.os, "replace", watching_replace)
+    pipeline.commit(out, {"model.onnx": scratch / "model.onnx"}, stale=["model.int8.onnx"], log=said.append)
+    assert seen == [{"files": {"model.onnx": new}, "replacing": {"model.onnx": old["model.onnx"]}}]
+    assert json.loads((out / "manifest.json").read_text()) == {"files": {"model.onnx": new}}
+    assert not (out / "model.int8.onnx").exists() and (out / "model.onnx").read_bytes() == b"new fp32"
+    assert said == ["Removed model.int8.onnx: it was exported from an earlier checkpoint"]
+    (out / "manifest.json").write_text("{broken")
+    (scratch / "model.int8.onnx").write_bytes(b"new int8")
+    pipeline.commit(out, {"model.int8.onnx": scratch / "model.int8.onnx"}, stale=[], log=said.append)
+    assert json.loads((out / "manifest.json").read_text()) == {"files": {"model.int8.onnx": sha256_file(
+        out / "model.int8.onnx")}}  # an unreadable manifest is rebuilt from what this export writes
+
+
+def test_an_fp32_export_without_images_is_checked_on_fixed_inputs(small, tmp_path):
+    path, root = small
+    ckpt = torch.load(path, weights_only=True)
+
+    save_atomic(ckpt | {"data": {"root": str(tmp_path / "gone"), "train_dir": "", "val_files": ["x.jpg"]}}, path)
+    said = []
+    report = run_export(ExportOptions(path, out=tmp_path / "e"), log=said.append)
+    assert report["evaluation"] is None and report["fp32"] is None and report["ood"] is None
+    assert report["tumor_threshold"] == 0.5 and report["cam_output"] is True
+    assert "No evaluation images at hand: FP32 checked against torch on fixed inputs, not scored." in said
+    assert sorted(report["files"]) == ["model.onnx"] and report["torch_parity_max_abs_diff"] <= 1e-4
+    assert read_metadata(tmp_path / "e" / "model.onnx")["precision"] == "fp32"
+    assert json.loads((tmp_path / "e" / "export_report.json").read_text()) == report
+
+
+def test_an_int8_export_scores_both_models_and_records_its_calibration(small, tmp_path):
+    path, root = small
+    said = []
+    report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=1.0, calibration_size=8),
+                        log=said.append)
+    assert sorted(report["files"]) == ["model.int8.onnx", "model.onnx"]
+    assert report["evaluation"] == {"source": "validation split in checkpoint", "images": 8}
+    calibration = report["calibration"]
+    assert calibration["images"] == 8 and calibration["folder"] == str(root) and calibration["seed"] == 0
+    assert (calibration["method"], calibration["activation_type"], calibration["format"]) == ("percentile", "u8", "QDQ")
+    assert len(calibration["first_files"]) == 3
+    parity = report["parity"]
+    assert parity["f2_drop"] == pytest.approx(report["fp32"]["f2_macro"] - report["int8"]["f2_macro"])
+    assert parity["max_f2_drop"] == 1.0 and 0 <= parity["top1_agreement"] <= 1
+    assert report["int8"]["screening"]["threshold"] == report["tumor_threshold"]
+    meta = read_metadata(tmp_path / "e" / "model.int8.onnx")
+    assert meta["precision"] == "int8" and json.loads(meta["calibration"]) == calibration
+    assert float(meta["tumor_threshold"]) == report["tumor_threshold"]
+    assert set(report["ood"]) == {"model.onnx", "model.int8.onnx"}
+    assert "Calibrating int8 (percentile, u8) on 8 images ..." in said
+    assert not list((tmp_path / "e").glob(".export-*")) and not (tmp_path / "e" / "model.pre.onnx").exists()
+
+
+def test_the_gate_refuses_an_int8_model_that_loses_more_than_allowed(small, tmp_path, monkeypatch):
+    path, root = small
+    real = gate_module.quantize_with_gate
+
+    def worse(*args, **kwargs):
+        int8, kept, trials = real(*args, **kwargs)
+        return gate_module.Scored(int8.probabilities, int8.f2 - 0.5, int8.summary), kept, trials
+
+    monkeypatch.setattr(gate_module, "quantize_with_gate", worse)
+    with pytest.raises(GateError, match=r"^int8 macro F2 -?\d\.\d{4} is 0\.5000 below FP32 \d\.\d{4} \(allowed 0\.1\) even "
+                                        r"with \d+ layers in float; nothing written$"):
+        run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=0.1, calibration_size=8))
+    assert not (tmp_path / "e" / "model.int8.onnx").exists()
