@@ -56,3 +56,49 @@ def test_an_unknown_architecture_lists_the_known_ones():
     with pytest.raises(OptionError) as caught:
         build_model("resnet")
     assert str(caught.value) == "unknown architecture 'resnet'; choose one of compact, alexnet"
+
+
+def reference_compact(model, x):
+    """CompactNet's forward written out with torch.nn.functional and the model's own weights (eval mode)."""
+    import torch.nn.functional as F
+
+    convs = [m for m in model.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model.features.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    strides, pools = [4, 1, 1, 1, 1], [True, True, False, False, False]
+    for conv, norm, stride, pool in zip(convs, norms, strides, pools):
+        x = F.conv2d(x, conv.weight, None, stride, conv.kernel_size[0] // 2)
+        x = F.relu(F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps))
+        if pool:
+            x = F.max_pool2d(x, 3, 2)
+    return F.linear(x.mean((2, 3)), model.head[-1].weight, model.head[-1].bias)
+
+
+def reference_alexnet(model, x):
+    import torch.nn.functional as F
+
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    for i, (conv, stride, pad) in enumerate(zip(convs, [4, 1, 1, 1, 1], [0, 2, 1, 1, 1])):
+        x = F.relu(F.conv2d(x, conv.weight, conv.bias, stride, pad))
+        if i in (0, 1, 4):
+            x = F.max_pool2d(x, 3, 2)
+    linears = [m for m in model.classifier if isinstance(m, torch.nn.Linear)]
+    x = x.flatten(1)
+    x = F.relu(F.linear(x, linears[0].weight, linears[0].bias))
+    x = F.relu(F.linear(x, linears[1].weight, linears[1].bias))
+    return F.linear(x, linears[2].weight, linears[2].bias)
+
+
+def test_the_forward_passes_are_the_documented_layer_sequences():
+    torch.manual_seed(0)
+    compact = build_model("compact", num_classes=4, width=4).eval()
+    for norm in (m for m in compact.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.2, 0.2)  # statistics other than the initial ones: they must be used
+        norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), reference_compact(compact, x), atol=1e-5, rtol=1e-4)
+        alexnet = build_model("alexnet", num_classes=3).eval()
+        x = torch.randn(1, 1, 227, 227)
+        out = alexnet(x)
+        assert out.shape == (1, 3)
+        torch.testing.assert_close(out, reference_alexnet(alexnet, x), atol=1e-5, rtol=1e-4)
