@@ -21,8 +21,11 @@ from tumor_runtime.metrics import summarize
 from tumor_train import cv
 from tumor_train.config import TrainConfig
 from tumor_train.data import augment, to_input
-from tumor_train.engine import ema_update, evaluate, lr_lambda, predict
-from tumor_train.models import build_model
+from tumor_train import engine
+from tumor_train.checkpoint import CheckpointError, save_atomic
+from tumor_train.engine import (TrainingState, autocast, cpu_state, ema_update, evaluate, lr_lambda, predict,
+                                train_one_epoch)
+from tumor_train.models import build_model, model_args_for
 
 
 def test_warm_up_lasts_its_epochs_then_the_cosine_ends_at_zero():
@@ -165,3 +168,134 @@ def test_each_epoch_validates_the_weight_average_that_is_shipped(dataset, tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = next(row for row in metrics["history"] if row["epoch"] == metrics["best_epoch"])
     assert chosen["val_loss"] == pytest.approx(metrics["validation"]["loss"], rel=1e-5)
+
+
+# The training state and one epoch, in-process on a tiny model.
+
+def tiny_state(**changes):
+    settings = {"width": 4, "epochs": 3, "batch_size": 4, "lr": 0.01, "weight_decay": 0.1, "seed": 3}
+    cfg = replace(TrainConfig(), **(settings | changes))
+    args = model_args_for("compact", 4, 4, 0.1)
+    return cfg, args, TrainingState.create(cfg, args, steps_per_epoch=2)
+
+
+def test_bf16_is_used_only_where_the_cpu_says_it_has_it(monkeypatch, tmp_path):
+    fake = tmp_path / "cpuinfo"
+    real_open = open
+
+    def opening(text):
+        fake.write_text(text)
+        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path,
+                                                                              *a, **k))
+
+    opening("flags\t: fpu avx2 avx512_bf16 sse\n")
+    assert engine.cpu_has_native_bf16()
+    opening("flags\t: fpu avx2 amx_bf16\n")
+    assert engine.cpu_has_native_bf16()
+    opening("flags\t: fpu avx2 avx512f\n")
+    assert not engine.cpu_has_native_bf16()
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert not engine.cpu_has_native_bf16()
+
+
+def test_autocast_is_bf16_when_enabled_and_nothing_otherwise():
+    with autocast(True):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(False):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_a_cpu_state_is_a_detached_copy():
+    weights = torch.ones(3, requires_grad=True)
+    copy = cpu_state({"w": weights, "step": 4})
+    with torch.no_grad():
+        weights.add_(1)
+    assert copy["w"].tolist() == [1.0, 1.0, 1.0] and not copy["w"].requires_grad and copy["step"] == 4
+
+
+def test_the_state_starts_from_the_config():
+    cfg, args, state = tiny_state()
+    assert state.model_args == args and state.trainer is state.model and state.teachers is None
+    group = state.optimizer.param_groups[0]
+    assert isinstance(state.optimizer, torch.optim.AdamW) and group["weight_decay"] == 0.1
+    assert group["lr"] == pytest.approx(0.01 * lr_lambda(cfg, 2)(0))
+    assert state.model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert state.generator.initial_seed() == 3
+    assert all(torch.equal(a, b) for a, b in zip(state.ema.module.state_dict().values(),
+                                                   state.model.state_dict().values()))
+
+
+def test_one_epoch_trains_updates_the_average_and_reports_its_batches():
+    cfg, args, state = tiny_state()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (10, 32, 32), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 1])
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+    class Bar:
+        def __init__(self):
+            self.steps, self.postfix = 0, []
+
+        def update(self, n):
+            self.steps += n
+
+        def set_postfix(self, **values):
+            self.postfix.append(values)
+
+    bar = Bar()
+    result = train_one_epoch_of(state, images, labels, cfg, bar)
+    assert bar.steps == 3 and len(bar.postfix) == 1 and set(bar.postfix[0]) == {"loss", "f2"}  # batches of 4, 4, 2
+    assert set(result) == {"loss", "accuracy", "f2"} and result["loss"] > 0 and 0 <= result["accuracy"] <= 1
+    assert state.scheduler.last_epoch == 3 and state.ema.n_averaged.item() == 3
+    changed = [k for k, v in state.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    assert changed and not torch.equal(state.ema.module.features[0][0].weight, state.model.features[0][0].weight)
+
+
+def train_one_epoch_of(state, images, labels, cfg, bar=None):
+    return train_one_epoch(state, images, labels, (0.4, 0.2), cfg, False, ["a", "b", "c", "d"], bar)
+
+
+def test_the_same_seed_gives_the_same_epoch_and_another_seed_another():
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 32, 32), dtype=np.uint8))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    runs = []
+    for seed in (3, 3, 4):
+        torch.manual_seed(0)
+        cfg, _, state = tiny_state(seed=seed)
+        train_one_epoch_of(state, images, labels, cfg)
+        runs.append(state.model.features[0][0].weight.detach().clone())
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+def test_a_resume_restores_everything_and_refuses_other_model_options(tmp_path):
+    cfg, args, state = tiny_state()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 32, 32), dtype=np.uint8))
+    train_one_epoch_of(state, images, torch.tensor([0, 1, 2, 3] * 2), cfg)
+    save_atomic(state.checkpoint(cfg, 1, [{"epoch": 1}], {"epoch": 1, "f2": 0.5, "state_dict": None}),
+                tmp_path / "checkpoint.pth")
+    saved = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert saved["arch"] == "compact" and saved["model_args"] == args and saved["world_size"] == 1
+    _, _, fresh = tiny_state()
+    epoch, history, best = fresh.restore(tmp_path / "checkpoint.pth", cfg)
+    assert (epoch, history, best["f2"]) == (1, [{"epoch": 1}], 0.5)
+    assert torch.equal(fresh.model.features[0][0].weight, state.model.features[0][0].weight)
+    assert fresh.scheduler.last_epoch == state.scheduler.last_epoch
+    assert torch.equal(fresh.generator.get_state(), state.generator.get_state())
+    wider = model_args_for("compact", 4, 8, 0.1)
+    other = TrainingState.create(replace(cfg, width=8), wider, 2)
+    with pytest.raises(CheckpointError) as caught:
+        other.restore(tmp_path / "checkpoint.pth", replace(cfg, width=8))
+    assert str(caught.value) == (f"{tmp_path / 'checkpoint.pth'} was trained as compact {args}, not compact {wider}: "
+                                 "resume with the same model options")
+    broken = saved | {"optimizer": {"state": {}, "param_groups": []}}
+    save_atomic(broken, tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="does not match this model: "):
+        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)
+
+
+def test_predict_of_nothing_is_empty_and_batches_do_not_change_answers():
+    model = build_model("compact", num_classes=4, width=4).eval()
+    images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (5, 32, 32), dtype=np.uint8))
+    whole = predict(model, images, 0.4, 0.2)
+    torch.testing.assert_close(predict(model, images, 0.4, 0.2, batch_size=2), whole)
+    assert whole.shape == (5, 4) and torch.allclose(whole.sum(1), torch.ones(5))
+    assert predict(model, images[:0], 0.4, 0.2).numel() == 0
