@@ -12,6 +12,16 @@ from onnx import TensorProto, helper, numpy_helper
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
 
+def save_model(graph, path: Path, meta: dict[str, str]) -> Path:
+    """`graph` as an opset-18 ONNX file at `path` with `meta` as its metadata_props."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
 def metadata(**overrides) -> dict[str, str]:
     meta = {"classes": json.dumps(CLASSES), "input_size": "227", "mean": "0.2", "std": "0.2",
             "negative_class": "notumor", "tumor_threshold": "0.5", "arch": "fake", "precision": "fp32"}
@@ -29,12 +39,7 @@ def tiny_model(path: Path, graph_size: int | str = 227, outputs: int = 4, **meta
     graph = helper.make_graph(
         nodes, "fake", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, graph_size, graph_size])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", outputs])], [weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in metadata(**meta_overrides).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
+    return save_model(graph, path, metadata(**meta_overrides))
 
 
 def conv_model(path: Path, size: int = 32, logits_first: bool = False) -> Path:
@@ -54,12 +59,7 @@ def conv_model(path: Path, size: int = 32, logits_first: bool = False) -> Path:
         nodes, "convs", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
         ([helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])] if logits_first else [])
         + [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in metadata(input_size=size).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
+    return save_model(graph, path, metadata(input_size=size))
 
 
 def features_model(path: Path, size: int = 32) -> Path:
@@ -76,9 +76,4 @@ def features_model(path: Path, size: int = 32) -> Path:
         nodes, "features", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, size, size])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
          helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", k])], [weight, bias])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in metadata(input_size=size).items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
+    return save_model(graph, path, metadata(input_size=size))

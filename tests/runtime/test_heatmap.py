@@ -7,14 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 from PIL import Image
 
 from tests.conftest import make_dataset
-from tests.onnx_fakes import metadata
+from tests.onnx_fakes import metadata, save_model
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.heatmap import ALPHA, colour_map, heatmap_name, legend_for, normalized_cam, overlay, overlay_png
 from tumor_runtime.model import ModelError
@@ -34,12 +33,7 @@ def corner_model(path: Path) -> Path:
         nodes, "corner", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 227, 227])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
          helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, 13, 13])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    for key, value in metadata(mean="0", std="1").items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
+    return save_model(graph, path, metadata(mean="0", std="1"))
 
 
 @pytest.mark.parametrize("corner", ["top-left", "bottom-right", "top-right"])
