@@ -79,7 +79,7 @@ pytest_add_cli_args_test_selection = [${quoted%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",
                        "--deselect", "tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label"]  # minutes of Chromium
 process_isolation = "forkserver"  # torch and onnxruntime are not fork-safe once used
-timeout_multiplier = 3.0  # a mutant over ~6x its tests' clean time is a timeout (killed); mutmut's 30x costs minutes each
+timeout_multiplier = 10.0  # a mutant over ~20x its tests' clean CPU time is a timeout (killed); mutmut's default 30x costs minutes each
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
