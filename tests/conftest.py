@@ -13,6 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "artifacts" / "samples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def work_in_a_temporary_folder(tmp_path_factory):
+    """The session runs in a fresh folder: nothing written by a relative path lands in the repository (nor, in
+    mutation testing, in the copy that the next mutant's session runs in, where it could change its result)."""
+    import os
+
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 def synthetic_image(label: int, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     """Smoothed noise (so no two images correlate) plus a class cue that survives flips and small
     warps: 0 a bright square high up, 1 one low down, 2 (notumor) none, 3 a pair left and right."""
