@@ -102,3 +102,28 @@ def test_cam_needs_a_pooled_linear_head():
     assert not supports_cam(build_model("alexnet", num_classes=4))
     assert not supports_cam(torch.nn.Linear(2, 2))
     assert onnx_export.OPSET == 18
+
+
+def test_without_a_cam_head_the_wrapper_gives_probabilities_and_logits():
+    model = build_model("compact", num_classes=4, width=4).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        outputs = onnx_export.WithProbabilities(model, cam=False)(x)
+        logits = model(x)
+    assert len(outputs) == 2
+    torch.testing.assert_close(outputs[1], logits)
+    torch.testing.assert_close(outputs[0], torch.softmax(logits, dim=1))
+
+
+def test_the_graph_uses_the_kits_opset(exported):
+    _, path = exported
+    versions = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+    assert versions[""] == onnx_export.OPSET == 18
+
+
+def test_the_checker_message_carries_the_checkers_reason(tmp_path):
+    (tmp_path / "broken.onnx").write_bytes(b"not a model")
+    with pytest.raises(ExportError) as caught:
+        check_onnx(tmp_path / "broken.onnx")
+    reason = str(caught.value).split(": ", 1)[1]
+    assert reason and reason != "None" and "\n" not in reason
