@@ -8,9 +8,9 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
-from tests.onnx_fakes import conv_model
+from tests.onnx_fakes import conv_model, metadata, save_model
 from tumor_export.calibration import ArrayReader
 from tumor_export.onnx_export import ExportError
 from tumor_export.static_int8 import (float_only_nodes, int8_convolutions, prepare_graph, quantizable_nodes,
@@ -110,3 +110,29 @@ def test_a_convolution_left_in_float_unannounced_is_refused(prepared, tmp_path):
     quantize_int8(prepared, tmp_path / "all.onnx", calibration())
     assert int8_convolutions(tmp_path / "all.onnx", prepared, []) == {"QLinearConv": 2, "Conv": 0,
                                                                        "float_by_design": 0}
+
+
+def test_a_tensor_read_by_two_layers_gets_a_quantization_pair_for_each(tmp_path):
+    """The CAM head shares the last feature map with the classifier: its own Q/DQ pair keeps the classifier's
+    path quantized (and fused) exactly as without the head."""
+    rng = np.random.default_rng(1)
+    init = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name) for name, shape in
+            (("W1", (4, 1, 3, 3)), ("W2", (4, 4, 1, 1)), ("W3", (4, 4, 1, 1)), ("W4", (4, 4)), ("B4", (4,)))]
+    nodes = [helper.make_node("Conv", ["image", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["shared"], name="relu1"),
+             helper.make_node("Conv", ["shared", "W2"], ["c2"], name="conv2"),
+             helper.make_node("Conv", ["shared", "W3"], ["c3"], name="conv3"),
+             helper.make_node("Add", ["c2", "c3"], ["sum"], name="add"),
+             helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="gap"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "W4", "B4"], ["logits"], name="gemm", transB=1),
+             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                              ["N", 1, 32, 32])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
+    prepare_graph(save_model(graph, tmp_path / "m.onnx", metadata(input_size=32)), tmp_path / "pre.onnx")
+    quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", calibration())
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    shared = next(n.output[0] for n in graph.node if n.op_type == "Relu" or n.name == "conv1")  # fused or not
+    pairs = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == shared]
+    assert len(pairs) == 2
