@@ -68,13 +68,13 @@ for module in "${modules[@]}"; do
   cp -r runtime "$stage/tumor_runtime"
   cp -r export "$stage/tumor_export"
   cp -r train "$stage/tumor_train"
-  cp -r artifacts tests "$stage/"
+  cp -r artifacts tests benchmarks "$stage/"
   (
     cd "$stage"
     cat > pyproject.toml <<TOML
 [tool.mutmut]
 source_paths = ["$module"]
-also_copy = ["tumor_runtime", "tumor_export", "tumor_train", "artifacts", "tests"]
+also_copy = ["tumor_runtime", "tumor_export", "tumor_train", "artifacts", "tests", "benchmarks"]
 pytest_add_cli_args_test_selection = [${quoted%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",
                        "--deselect", "tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label"]  # minutes of Chromium
