@@ -14,6 +14,14 @@ from tumor_runtime.cli_common import raise_on_sigterm
 pytestmark = pytest.mark.faults
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C as an interactive shell delivers it, however pytest was started (`cmd &` starts it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_19_a_signal_as_the_temporary_file_is_created_leaves_no_stray_tmp(tmp_path, monkeypatch):
     real = fileio.create_exclusive
 
