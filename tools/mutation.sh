@@ -3,6 +3,7 @@
 #
 #   tools/mutation.sh                      # the default modules below
 #   tools/mutation.sh tumor_runtime/ood.py # one module (import-name path)
+#   SAMPLE=60 tools/mutation.sh MODULE     # a seeded random sample of 60 of its mutants (an estimate)
 #
 # mutmut derives module names from file paths, while this repository maps folders to import
 # names (runtime/ -> tumor_runtime). So the packages are staged under their import names in
@@ -85,19 +86,32 @@ timeout_multiplier = 10.0  # a mutant over ~20x its tests' clean CPU time is a t
 testpaths = ["tests"]
 markers = ["faults: bad-input and fault cases"]
 TOML
+    names=()
+    if [ -n "${SAMPLE:-}" ]; then  # SAMPLE=N: N mutants drawn at random (seeded): an estimate, with its interval
+      python -m mutmut run --max-children 1 "no-such-mutant" > run-0.log 2>&1 || true  # generate only
+      python -m mutmut results --all true > all.txt || true
+      mapfile -t names < <(python -c "import random, sys; names = [l.split(':')[0].strip() for l in open('all.txt')
+if ':' in l]; random.seed(0); print(*random.sample(names, min(int(sys.argv[1]), len(names))), sep='\n')" "$SAMPLE")
+    fi
     # A second pass picks up what the first left "not checked" (it stops early when a clean run of the
     # selection fails, e.g. a signal test starved of CPU by a parallel job); mutmut keeps finished results.
     for pass in 1 2; do
-      python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" > "run-$pass.log" 2>&1 || true
+      python -m mutmut run --max-children "${MUTMUT_CHILDREN:-2}" "${names[@]}" > "run-$pass.log" 2>&1 || true
       python -m mutmut results --all true > results.txt || true
+      if [ ${#names[@]} -gt 0 ]; then grep -F -f <(printf '%s:\n' "${names[@]}") results.txt > sampled.txt || true
+                                       mv sampled.txt results.txt; fi
       grep -q "not checked" results.txt || break
     done
-    python - "$module" results.txt <<'PY' | tee -a ../scores.txt
-import collections, sys
+    python - "$module" results.txt "${SAMPLE:-}" <<'PY' | tee -a ../scores.txt
+import collections, math, sys
 counts = collections.Counter(line.rsplit(":", 1)[-1].strip() for line in open(sys.argv[2]) if ":" in line)
 total = sum(counts.values())
 killed = counts.get("killed", 0) + counts.get("timeout", 0)
-print(f"{sys.argv[1]}: mutants {total}, killed {killed}, score {killed / max(total, 1):.1%} {dict(counts)}")
+share = killed / max(total, 1)
+z, n = 1.96, max(total, 1)  # Wilson's 95 % interval for a share measured on a sample
+centre, half = (share + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+sampled = f" (random sample; 95 % interval {centre - half:.1%}-{centre + half:.1%})" if sys.argv[3] else ""
+print(f"{sys.argv[1]}: mutants {total}, killed {killed}, score {share:.1%}{sampled} {dict(counts)}")
 PY
   )
 done
