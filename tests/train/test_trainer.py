@@ -331,3 +331,55 @@ def test_the_outputs_record_the_run(tmp_path):
     assert ckpt["best_epoch"] == metrics["best_epoch"] and ckpt["val_f2"] == metrics["validation"]["f2_macro"]
     assert ckpt["versions"]["torch"] == metadata.version("torch") and len(ckpt["data"]["val_files"]) == \
         metrics["data"]["validation_images"]
+
+
+def test_an_interrupt_in_epoch_1_says_no_checkpoint_exists_yet(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    monkeypatch.setattr(trainer, "run_epoch", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(trainer.Interrupted) as caught:
+        trainer.train_on(cfg, prepare_data(cfg))
+    assert str(caught.value) == ("interrupted in epoch 1; no checkpoint was written yet (none is saved before "
+                                 "epoch 1 ends)")
+
+
+def test_a_termination_while_writing_outputs_says_where_the_weights_are(tmp_path, monkeypatch):
+    from tumor_runtime.cli_common import Terminated
+
+    cfg = tiny(tmp_path, epochs=1)
+    monkeypatch.setattr(trainer, "write_outputs", lambda *args: (_ for _ in ()).throw(Terminated()))
+    with pytest.raises(trainer.Interrupted) as caught:
+        trainer.train_on(cfg, prepare_data(cfg))
+    out = tmp_path / "out"
+    assert caught.value.terminated is True
+    assert str(caught.value) == (f"interrupted while writing the outputs; the trained weights are in "
+                                 f"{out / 'checkpoint.pth'}: tumor-train --out {out} --resume writes them again")
+
+
+def test_teachers_are_loaded_with_the_runs_crop_classes_and_distillation_settings(tmp_path, monkeypatch):
+    from tumor_train import distill
+
+    seen = []
+    monkeypatch.setattr(distill.Teachers, "load", classmethod(lambda cls, *args: seen.append(args) or None))
+    cfg = tiny(tmp_path, epochs=1, teachers=["t.pth"], distill_temperature=3.0, distill_weight=0.25)
+    trainer.train_on(cfg, prepare_data(cfg))
+    assert seen == [(["t.pth"], "none", ["glioma", "meningioma", "notumor", "pituitary"], 3.0, 0.25,
+                     torch.device("cpu"))]
+
+
+def test_the_history_and_metrics_name_every_figure(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    metrics = trainer.train_on(cfg, prepare_data(cfg))
+    row = metrics["history"][0]
+    assert set(row) == {"epoch", "lr", "train_loss", "train_accuracy", "train_f2", "val_loss", "val_accuracy",
+                        "val_f2", "seconds"}
+    assert row["lr"] > 0
+    assert metrics["parameters"] == sum(p.numel() for p in load_model(tmp_path / "out" / "model.pth")[0].parameters())
+    assert torch.load(tmp_path / "out" / "model.pth", weights_only=True)["data"]["train_dir"] == str(tmp_path / "data")
+
+
+def test_the_final_fit_note_is_spelled_out(tmp_path):
+    cfg = tiny(tmp_path, val_fraction=0.0, epochs=1)
+    note = trainer.train_on(cfg, prepare_data(cfg))["note"]
+    assert note == ("final fit: every image trained for a fixed number of epochs and the last weight average is the "
+                    "model; there is no validation split. The evidence is the cross-validation report (tumor-train "
+                    "--cv) of the same recipe.")
