@@ -247,3 +247,52 @@ def test_open_session_checks_the_manifest_unless_told_not_to(tmp_path):
     with pytest.raises(ModelError, match="does not match the sha256"):
         model_module.open_session(path)
     assert model_module.open_session(path, verify=False)[1].input_size == 227
+
+
+def test_the_default_model_is_the_packaged_one_or_the_checkouts(tmp_path, monkeypatch):
+    import importlib.resources
+
+    from tests.conftest import REPO
+
+    assert model_module.default_model_path() == REPO / "artifacts" / "model.int8.onnx"
+    (tmp_path / "model.int8.onnx").write_bytes(b"x")
+    asked = []
+    monkeypatch.setattr(importlib.resources, "files", lambda name: asked.append(name) or tmp_path)
+    assert model_module.default_model_path() == tmp_path / "model.int8.onnx" and asked == ["tumor_runtime.artifacts"]
+
+
+def test_the_manifest_refusals_say_how_to_proceed(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    write_manifest(tmp_path, {"files": {"other.onnx": "0" * 64}})
+    with pytest.raises(ModelError) as caught:
+        verify_manifest(model)
+    assert str(caught.value) == (f"m.onnx is not listed in {tmp_path / 'manifest.json'}: refusing a model the export "
+                                 "did not vouch for (pass verify=False / remove the manifest to use it anyway)")
+    write_manifest(tmp_path, {"files": {"m.onnx": "0" * 64}})
+    with pytest.raises(ModelError) as caught:
+        verify_manifest(model)
+    assert str(caught.value) == (f"{model} does not match the sha256 in {tmp_path / 'manifest.json'}: refusing a "
+                                 "modified or corrupt model")
+
+
+def test_open_session_gives_the_asked_backend_and_threads(monkeypatch):
+    pytest.importorskip("openvino")
+    from tumor_runtime.backends import OpenVinoSession
+
+    monkeypatch.setattr(model_module, "available_cores", lambda: 2)
+    session, info = model_module.open_session(None, threads=1, backend="openvino")
+    assert isinstance(session, OpenVinoSession) and info.input_size == 160
+    assert session.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    session, _ = model_module.open_session(None, threads=None, backend="openvino")
+    assert session.compiled.get_property("INFERENCE_NUM_THREADS") == 2
+    session, _ = model_module.open_session(None, threads=1, backend="onnxruntime")
+    assert session.get_session_options().intra_op_num_threads == 1
+
+
+def test_an_unloadable_file_names_the_loaders_error(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelError) as caught:
+        model_module.open_session(tmp_path / "junk.onnx")
+    kind = str(caught.value).rsplit("(", 1)[1].rstrip(")")
+    assert kind and kind != "NoneType"
