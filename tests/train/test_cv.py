@@ -14,6 +14,7 @@ from tumor_runtime.metrics import summarize
 from tumor_train import cv
 from tumor_train.config import TrainConfig
 from tumor_train.data import DataError
+from tumor_train.report import plt
 
 
 def record(fold, f2, accuracy=0.9, sensitivity=1.0, best=3):
@@ -152,6 +153,7 @@ def test_the_plot_labels_its_axes_and_gives_mean_and_std_in_the_legend(tmp_path,
     assert [round(p.get_x() + p.get_width() / 2, 2) for p in ax.patches] == [-0.27, 0.73, 0.0, 1.0, 0.27, 1.27]
     assert {round(p.get_width(), 2) for p in ax.patches} == {0.27}
     assert tuple(captured["fig"].get_size_inches()) == (6.0, 3.5)
+    plt.close(captured["fig"])
 
 
 def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatch):
@@ -160,3 +162,4 @@ def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatc
     cv.plot_cv([record(1, 0.9, sensitivity=None)], tmp_path / "cv.png")
     legend = [t.get_text() for t in captured["fig"].axes[0].get_legend().get_texts()]
     assert legend == ["f2 macro: 0.9000 ± 0.0000", "accuracy: 0.9000 ± 0.0000", "tumor sensitivity"]
+    plt.close(captured["fig"])

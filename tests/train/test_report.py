@@ -84,7 +84,7 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     ax.plot([0, 1], [0, 1])
     report.save_figure(fig, tmp_path / "x.png")
     assert Image.open(tmp_path / "x.png").format == "PNG" and [p.name for p in tmp_path.iterdir()] == ["x.png"]
-    assert not report.plt.get_fignums()  # the figure was closed
+    assert fig.number not in report.plt.get_fignums()  # the figure was closed
 
 
 def test_png_files_carry_their_resolution_and_only_the_saved_figure_is_closed(tmp_path):
@@ -92,8 +92,9 @@ def test_png_files_carry_their_resolution_and_only_the_saved_figure_is_closed(tm
     ax.plot([0, 1])
     second = report.plt.figure()
     report.save_figure(first, tmp_path / "first.png")
-    assert report.plt.get_fignums() == [second.number]
+    open_figures = report.plt.get_fignums()
     report.plt.close(second)
+    assert first.number not in open_figures and second.number in open_figures
     dpi = Image.open(tmp_path / "first.png").info["dpi"]
     assert dpi == pytest.approx((110, 110), abs=0.5)
 
