@@ -229,6 +229,8 @@ class Guard:
                 await error(401, "missing or wrong bearer token")(scope, receive, send_noted)
             else:
                 await self.app(scope, receive, send_noted)
+        except asyncio.CancelledError:  # shutdown gave up on a request still in flight: end it without a traceback
+            sent.setdefault("status", 503)
         except Exception as exc:  # never a stack trace in a response
             if "status" in sent:
                 raise  # the response has begun: nothing better can be sent
