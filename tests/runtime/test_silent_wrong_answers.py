@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES
-from tests.helpers import run_infer, write_dicom
+from tests.helpers import free_port, run_infer, wait_until_healthy, write_dicom
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.dicom import DicomFrame, load_frame
 from tumor_runtime.preprocess import MIN_SIDE, load_gray
@@ -248,21 +248,13 @@ def test_10_sigterm_stops_the_server_even_with_a_client_holding_a_request(tmp_pa
     """SIGTERM: stop accepting, give in-flight requests a bounded time, exit (it lingered ~80 s)."""
     import socket
     import time
-    import urllib.request
 
     pytest.importorskip("uvicorn")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-c", "from tumor_runtime.serve_cli import main; main()",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_healthy(port, 20)
         slow = socket.create_connection(("127.0.0.1", port))
         slow.sendall(b"POST /predictions/tumor HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n\xff\xd8")
         time.sleep(0.3)

@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import make_dataset
+from tests.helpers import free_port
 from tumor_train import distributed
 from tumor_train.cli import main
 from tumor_train.distributed import DeviceError, Placement, resolve_device, shard
@@ -49,11 +50,7 @@ def test_unavailable_device_is_one_line_exit_2(tmp_path, device):
 
 
 def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "tumor_train", *map(str, args)],
                           capture_output=True, text=True, timeout=600)
