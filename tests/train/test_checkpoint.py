@@ -147,3 +147,14 @@ def test_a_quantized_file_with_pickled_code_is_refused_before_running_it(tmp_pat
     with pytest.raises(Exception):
         load_quantized(tmp_path / "evil.pth")
     assert "payload ran" not in capsys.readouterr().out
+
+
+def test_quantizing_leaves_the_model_passed_in_untouched(tmp_path):
+    from tumor_train.dynamic_int8 import quantize_linear
+
+    model, _ = load_model(model_checkpoint(tmp_path / "model.pth"))
+    model.train()  # a model still training (e.g. the trainer writing its int8 copy) must stay in training mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    quantized = quantize_linear(model)
+    assert all(m.training for m in model.modules()) and not quantized.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
