@@ -238,3 +238,70 @@ def test_check_reachable_connects_to_a_listening_port_and_names_a_refused_one():
         check_reachable(f"ray://127.0.0.1:{port}")
     with pytest.raises(UsageError, match=rf"^cannot reach the Ray cluster at 127\.0\.0\.1:{port}: "):
         check_reachable(f"127.0.0.1:{port}", timeout=2)
+
+
+def test_each_actor_holds_a_classifier_built_from_the_driver_options(tmp_path):
+    """What the driver passes (model, threads, batch size, threshold, backend) is what each actor's Classifier uses."""
+    from tumor_runtime.model import default_model_path
+
+    model = tmp_path / "copy.onnx"
+    shutil.copy(default_model_path(), model)
+    manifest = default_model_path().parent / "MANIFEST.json"
+    if manifest.exists():
+        shutil.copy(manifest, tmp_path / "MANIFEST.json")
+    actor = ray_batch.ClassifyPaths(str(model), threads=1, batch_size=3, tumor_threshold=0.25, backend="onnxruntime")
+    classifier = actor.classifier
+    assert (classifier.path, classifier.threads, classifier.batch_size) == (model, 1, 3)
+    assert classifier.tumor_threshold == 0.25 and classifier.backend == "onnxruntime"
+    paths = sorted(SAMPLES.rglob("*.jpg"))[:2]
+    rows = [json.loads(r) for r in actor({"path": np.array([str(p) for p in paths])})["row"]]
+    assert rows == json.loads(json.dumps(classifier.predict([str(p) for p in paths])))
+
+
+def test_an_address_splits_at_its_last_colon():
+    """An IPv6-style host keeps its colons: only the part after the last one is the port."""
+    with pytest.raises(UsageError, match=r"^cannot reach the Ray cluster at ray://::1:1: "):
+        check_reachable("ray://::1:1", timeout=2)
+
+
+def test_an_unreachable_cluster_gives_the_system_reason(monkeypatch):
+    import socket
+
+    def refuse(address, timeout=None):
+        assert timeout == 0.5  # the caller's limit reaches the connection (Ray's own would retry for minutes)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(UsageError) as caught:
+        check_reachable("head:6379", timeout=0.5)
+    assert str(caught.value) == "cannot reach the Ray cluster at head:6379: Connection refused"
+
+
+def test_connecting_quietens_ray_data_and_passes_the_options_to_a_named_cluster(fake_ray, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(ray_batch, "check_reachable", lambda address: None)
+    logging.getLogger("ray.data").setLevel(logging.NOTSET)
+    ray = fake_ray()
+    ray_batch.connect("10.0.0.1:6379", 2)
+    assert ray.inits == [{"address": "10.0.0.1:6379", "logging_level": logging.WARNING, "log_to_driver": False}]
+    assert logging.getLogger("ray.data").level == logging.WARNING
+
+
+def test_a_cluster_without_cpus_fits_no_actor(fake_ray):
+    ray = fake_ray(cpus=0)
+    ray.cluster_resources = lambda: {}  # a cluster that reports no CPU resource at all
+    with pytest.raises(UsageError, match="asks for 1 CPUs .* but the cluster has 0$"):
+        ray_batch.actor_count(1)
+
+
+def test_ray_records_defaults_and_a_local_ray_sized_to_this_machine(fake_ray, folder, monkeypatch):
+    from tumor_runtime import model as model_module
+
+    monkeypatch.setattr(model_module, "available_cores", lambda: 5)
+    ray = fake_ray(cpus=4, fail_auto=True)
+    list(ray_batch.ray_records(sorted(folder.iterdir())[:1]))
+    assert ray.inits[-1]["num_cpus"] == 5
+    _, kwargs = ray.mapped
+    assert kwargs["fn_constructor_kwargs"] == {"model": None, "threads": 2, "batch_size": 32, "tumor_threshold": None,
+                                               "backend": "onnxruntime"}
