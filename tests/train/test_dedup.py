@@ -127,3 +127,32 @@ def test_thumbnails_are_box_filtered_and_normalised():
     box = np.asarray(Image.fromarray(image).resize((THUMB, THUMB), Image.BOX), np.float32).ravel()
     box -= box.mean()
     np.testing.assert_allclose(thumbnails(image[None])[0], box / np.linalg.norm(box), atol=1e-6)
+
+
+def test_a_correlation_equal_to_the_threshold_joins(tmp_path):
+    """'At least `threshold`': a pair exactly at the threshold is one group."""
+    from tests.conftest import synthetic_image
+    from tumor_train.dedup import duplicate_groups, thumbnails
+
+    rng = np.random.default_rng(3)
+    images = np.stack([synthetic_image(0, rng), synthetic_image(1, rng)])
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    thumbs = thumbnails(images)
+    exact = float((thumbs[:2] @ thumbs.T)[0, 1])  # the same product duplicate_groups computes
+    assert len(set(duplicate_groups(paths, images, exact))) == 1
+    assert len(set(duplicate_groups(paths, images, np.nextafter(exact, 2, dtype=np.float32)))) == 2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_grouped_kfold_deals_equal_groups_in_seeded_random_order(seed):
+    """Largest groups first; ties (equal-sized groups) go round the folds in the order of the seeded shuffle."""
+    from tumor_train.dedup import grouped_kfold
+
+    groups = np.concatenate([np.arange(40).repeat(2), np.arange(40, 80)])  # 40 pairs, then 40 singletons
+    labels = np.zeros(len(groups), int)
+    order = np.random.default_rng(seed).permutation(80)  # the shuffle grouped_kfold draws for this class
+    pairs, singles = order[order < 40], order[order >= 40]
+    expected = [set(pairs[k::4]) | set(singles[k::4]) for k in range(4)]
+    assert [set(groups[val]) for _, val in grouped_kfold(labels, groups, 4, seed)] == expected
