@@ -146,3 +146,45 @@ def test_each_rank_takes_every_world_th_row_and_only_rank_0_is_main():
 def test_teardown_without_a_process_group_does_nothing():
     assert not torch.distributed.is_initialized()
     distributed.teardown()
+
+
+@pytest.fixture
+def fake_process_group(monkeypatch):
+    """torchrun's environment for rank 3 of 4 (local rank 1) and a process group that only records its backend."""
+    for name, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    backends, state = [], {"up": False}
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: state["up"])
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: (backends.append(backend),
+                                                                                  state.update(up=True)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    return backends
+
+
+def test_under_torchrun_cpus_join_a_gloo_group_with_their_rank(fake_process_group):
+    assert distributed.setup("cpu") == Placement(torch.device("cpu"), rank=3, world=4, local_rank=1)
+    assert fake_process_group == ["gloo"]
+    distributed.setup("cpu")  # a group already made is joined, not made twice
+    assert fake_process_group == ["gloo"]
+
+
+def test_under_torchrun_each_gpu_process_takes_its_local_rank_s_gpu(fake_process_group, monkeypatch):
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: f"Fake GPU {device.index}")
+    place = distributed.setup("auto")
+    assert place == Placement(torch.device("cuda", 1), rank=3, world=4, local_rank=1)
+    assert chosen == [torch.device("cuda", 1)] and fake_process_group == ["nccl"]
+    assert place.describe() == {"device": "cuda:1", "world_size": 4, "torch": str(torch.__version__),
+                                "cuda": torch.version.cuda, "device_name": "Fake GPU 1"}
+
+
+def test_under_torchrun_without_a_local_rank_the_first_gpu_is_taken(fake_process_group, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    assert distributed.setup("cuda").device == torch.device("cuda", 0)
