@@ -80,7 +80,10 @@ pytest_add_cli_args_test_selection = [${quoted%, }]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",
                        "--deselect", "tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label"]  # minutes of Chromium
 process_isolation = "forkserver"  # torch and onnxruntime are not fork-safe once used
-timeout_multiplier = 10.0  # a mutant over ~20x its tests' clean CPU time is a timeout (killed); mutmut's default 30x costs minutes each
+# A mutant is a timeout (counted as killed) past 10x (its tests' clean time + 6 s) of wall time. mutmut times only a
+# test's call, not its fixtures: without the 6 s, a test whose fixture exports a model "timed out" at once.
+timeout_multiplier = 10.0
+timeout_constant = 6.0
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
