@@ -150,3 +150,35 @@ def test_heatmap_names_differ_by_folder_keep_the_stem_and_fit_a_file_system(tmp_
     long = heatmap_name(str(tmp_path / ("é" * 200 + ".jpg")))
     stem = long[: -len(HEATMAP_SUFFIX) - 9]
     assert stem == "é" * 80 and len(long.encode()) <= 255  # 160 bytes, cut between characters
+
+
+def test_normalized_cam_takes_any_numeric_maps_and_upsamples_with_bilinear_weights():
+    """float64 maps (or lists) work as float32 ones; 2x2 -> 4x4 gives PIL's bilinear weights, not bicubic's
+    (which would overshoot and ring next to the peak)."""
+    cam = normalized_cam(np.array([[[2.0, 0.0], [0.0, 0.0]]]), 0, 4)  # float64
+    profile = np.array([1.0, 0.75, 0.25, 0.0])
+    assert cam.dtype == np.float32 and np.allclose(cam, np.outer(profile, profile), atol=1e-6)
+    assert np.array_equal(normalized_cam([[[0, 3], [0, 0]]], 0, 2), np.array([[0, 1], [0, 0]], np.float32))
+
+
+def test_overlay_keeps_black_and_white_exact_where_the_map_is_cold():
+    gray = np.array([[0, 255], [0, 255]], np.uint8)
+    cam = np.array([[0, 0], [1, 1]], np.float32)
+    picture = np.asarray(overlay(gray, cam, ""))[:2]
+    red = np.array([200, 0, 0]) * ALPHA
+    assert picture[0].tolist() == [[0, 0, 0], [255, 255, 255]]
+    assert picture[1].tolist() == [np.rint(red).tolist(), np.rint(255 * (1 - ALPHA) + red).tolist()]
+
+
+def test_a_record_without_its_slice_gets_no_overlay():
+    rec = {"label": "glioma", "confidence": 0.9, "error": None, "cam": np.zeros((4, 4), np.float32)}
+    assert overlay_png(rec) is None and "cam" not in rec
+
+
+def test_heatmap_names_of_undecodable_and_multibyte_file_names(tmp_path):
+    """A file name with bytes that are not UTF-8 (os.fsdecode gives surrogates) and a long one whose 160-byte cut
+    falls inside a character both give valid UTF-8 names."""
+    odd = heatmap_name(str(tmp_path / "scan\udcff.jpg"))
+    assert odd.startswith("scan?.jpg.") and odd.encode("utf-8")
+    cut = heatmap_name(str(tmp_path / ("a" + "é" * 100)))  # 201 bytes: byte 160 is the middle of an é
+    assert cut.startswith("a" + "é" * 79 + ".") and len(cut.split(".")[0].encode()) == 159
