@@ -43,8 +43,8 @@ SIGNATURES = {b"\xff\xd8\xff": ".jpg", b"\x89PNG\r\n\x1a\n": ".png", b"II*\x00":
 class Service:
     """The loaded classifier (None while loading), its thread pool and the request limits."""
 
-    def __init__(self, model: str | None, token: str | None, max_upload_mb: float, threads: int | None = None,
-                 tumor_threshold: float | None = None, backend: str = "onnxruntime"):
+    def __init__(self, model: str | None, token: str | None, max_upload_mb: float, threads: int | None,
+                 tumor_threshold: float | None, backend: str):
         self.model, self.token, self.max_bytes = model, token, int(max_upload_mb * 2**20)
         self.threads, self.tumor_threshold, self.backend = threads, tumor_threshold, backend
         self.classifier, self.load_error, self.batcher = None, None, None
@@ -249,7 +249,7 @@ def create_app(model: str | None = None, token: str | None = None, max_upload_mb
     service = Service(model, token, max_upload_mb, threads, tumor_threshold, backend)
 
     async def not_found(request: Request, exc: HTTPException) -> JSONResponse:
-        return error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "error")
+        return error(exc.status_code, exc.detail)  # Starlette's detail: ours, or the status's phrase
 
     from contextlib import asynccontextmanager
 

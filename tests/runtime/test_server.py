@@ -434,6 +434,7 @@ def test_the_token_is_checked_whole_and_the_query_form_only_for_the_page():
     assert server.authorized(fake_request(path="/", token="s3cret"), guarded)
     assert not server.authorized(fake_request(path="/predictions/tumor", token="s3cret"), guarded)
     assert not server.authorized(fake_request(path="/", token=""), guarded)
+    assert not server.authorized(fake_request(path="/"), guarded)  # the page opened without ?token=
 
 
 def test_the_service_keeps_its_limits_and_options():
@@ -445,7 +446,7 @@ def test_the_service_keeps_its_limits_and_options():
 
 
 def test_a_model_that_cannot_load_is_reported_without_the_servers_folders(tmp_path, capsys):
-    service = server.Service(str(tmp_path / "models" / "absent.onnx"), None, 1.0)
+    service = server.Service(str(tmp_path / "models" / "absent.onnx"), None, 1.0, None, None, "onnxruntime")
     service.load()
     assert service.classifier is None and str(tmp_path) not in service.load_error
     assert service.load_error.startswith("model absent.onnx does not exist")
@@ -518,3 +519,45 @@ def test_a_mixed_request_with_one_bad_file_answers_the_good_one_and_names_the_ba
     rows = client.post("/predictions/tumor", files=files).json()
     assert [r["path"] for r in rows] == ["good.jpg", "bad.jpg"]
     assert rows[0]["error"] is None and rows[1]["error"] and rows[1]["label"] is None
+
+
+def test_each_request_logs_one_access_line_with_client_method_path_status_and_time(client, caplog):
+    with caplog.at_level("INFO", logger=server.ACCESS_LOG.name):
+        client.get("/ping")
+        client.get("/no-such-page")
+    lines = [r.getMessage() for r in caplog.records if r.name == server.ACCESS_LOG.name]
+    assert len(lines) == 2
+    assert re.fullmatch(r'testclient "GET /ping" 200 \d+\.\d ms', lines[0])
+    assert re.fullmatch(r'testclient "GET /no-such-page" 404 \d+\.\d ms', lines[1])
+
+
+def test_a_request_without_a_client_address_logs_a_dash(caplog):
+    import asyncio
+
+    app = create_app(load_now=True)
+    scope = {"type": "http", "method": "GET", "path": "/ping", "raw_path": b"/ping", "query_string": b"",
+             "headers": [], "scheme": "http", "server": ("test", 80), "root_path": "", "http_version": "1.1",
+             "app": app}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level("INFO", logger=server.ACCESS_LOG.name):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 200
+    assert re.fullmatch(r'- "GET /ping" 200 \d+\.\d ms', caplog.records[-1].getMessage())
+
+
+def test_a_form_without_a_file_and_several_unsupported_files_are_named(client):
+    body = b'--xyz\r\nContent-Disposition: form-data; name="note"\r\n\r\nno file here\r\n--xyz--\r\n'
+    response = client.post("/predictions/tumor", content=body,
+                           headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 400 and response.json()["message"] == "the form holds no file"
+    files = [("files", ("a.gif", b"GIF89a...", "image/gif")), ("files", ("b.txt", b"plain text", "text/plain"))]
+    response = client.post("/predictions/tumor", files=files)
+    assert response.status_code == 415
+    assert response.json()["message"] == "a.gif, b.txt: not a JPEG, PNG, TIFF, BMP or DICOM file"
