@@ -220,8 +220,7 @@ def split_by_list(images: ImageSet, val_list: Path, root: Path) -> tuple[ImageSe
     return images.subset(np.flatnonzero(~in_val)), images.subset(np.flatnonzero(in_val))
 
 
-def load_split(folder: Path, classes: list[str], size: int, name: str, limit: int = 0,
-               crop: str = "none") -> ImageSet:
+def load_split(folder: Path, classes: list[str], size: int, name: str, limit: int, crop: str) -> ImageSet:
     from tqdm import tqdm
 
     paths, labels = list_images(folder, classes, limit)
@@ -248,7 +247,7 @@ def prepare_data(cfg) -> PreparedData:
         if class_names(splits["validation"]) != classes:
             raise DataError(f"{splits['validation']} holds classes {', '.join(class_names(splits['validation']))}, "
                             f"but {splits['train']} holds {', '.join(classes)}: they must be the same")
-        val = load_split(splits["validation"], classes, cfg.image_size, "validation", crop=cfg.crop)
+        val = load_split(splits["validation"], classes, cfg.image_size, "validation", 0, cfg.crop)
         skipped += val.skipped
     elif cfg.val_list:
         train, val = split_by_list(train, Path(cfg.val_list), root)
@@ -270,7 +269,7 @@ def prepare_data(cfg) -> PreparedData:
         train, val = train.subset(train_idx), train.subset(val_idx)
     test = None
     if splits["test"] is not None:
-        test = load_split(splits["test"], classes, cfg.image_size, "test", crop=cfg.crop)
+        test = load_split(splits["test"], classes, cfg.image_size, "test", 0, cfg.crop)
         skipped += test.skipped
     if len(train.labels) == 0 or (len(val.labels) == 0 and not info.get("final_fit")):
         raise DataError(f"{len(train.labels) + len(val.labels)} readable images are too few to split: "

@@ -168,7 +168,7 @@ def test_augment_intensity_changes_gamma_and_contrast_but_keeps_black():
     batch = torch.rand(16, 1, 8, 8)
     batch[:, :, 0, 0] = 0.0
     out = data.augment(batch, seeded(), 0, 0, 0, 0, intensity=0.5)
-    assert (out[:, :, 0, 0] == 0).all() and out.min() >= 0 and out.max() <= 1
+    assert out.shape == batch.shape and (out[:, :, 0, 0] == 0).all() and out.min() >= 0 and out.max() <= 1
     assert not torch.allclose(out, batch, atol=1e-3)
 
 
@@ -232,7 +232,9 @@ def test_prepare_data_reads_validation_and_test_folders_and_checks_their_classes
         warnings.simplefilter("ignore")
         prepared = data.prepare_data(config(tmp_path / "r"))
     assert (len(prepared.train.labels), len(prepared.val.labels), len(prepared.test.labels)) == (8, 4, 4)
+    assert [set(s) for s in prepared.info["skipped_files"]] == [{"file", "reason"}]
     assert [s["file"] for s in prepared.info["skipped_files"]] == [str(tmp_path / "r/Testing/glioma/bad.jpg")]
+    assert prepared.info["train_dir"] == str(tmp_path / "r" / "Training")
     (tmp_path / "r" / "Validation" / "extra").mkdir()
     with pytest.raises(DataError) as caught:
         data.prepare_data(config(tmp_path / "r"))
@@ -247,3 +249,26 @@ def test_prepare_data_refuses_too_few_images_to_split(tmp_path):
         data.prepare_data(config(root, val_fraction=0.05))
     assert str(caught.value).startswith("4 readable images are too few to split: ")
     assert str(caught.value).endswith("add images, give a Validation folder, or train on all with --val-fraction 0")
+
+
+def test_prepare_data_counts_duplicate_groups_and_caps_each_class(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=6)
+    for name in ("a", "b"):  # three byte-identical copies of one glioma slice: one group of 3
+        (root / "glioma" / f"copy_{name}.jpg").write_bytes((root / "glioma" / "img_000.jpg").read_bytes())
+    (root / "notumor" / "copy.jpg").write_bytes((root / "notumor" / "img_001.jpg").read_bytes())  # a pair
+    prepared = data.prepare_data(config(root, val_fraction=0.25))
+    assert prepared.info["duplicate_groups"] == 2 and prepared.info["images_in_duplicate_groups"] == 5
+    capped = data.prepare_data(config(root, val_fraction=0.25, max_per_class=4))
+    counts = np.bincount(np.concatenate([capped.train.labels, capped.val.labels]), minlength=4)
+    assert counts.tolist() == [4, 4, 4, 4]
+
+
+def test_a_test_folder_missing_a_readable_class_is_named_as_the_test_split(tmp_path):
+    make_dataset(tmp_path / "r" / "Training", per_class=2)
+    make_dataset(tmp_path / "r" / "Validation", per_class=1, seed=1)
+    make_dataset(tmp_path / "r" / "Testing", per_class=1, seed=2)
+    (tmp_path / "r" / "Testing" / "glioma" / "img_000.jpg").write_bytes(b"junk")  # its only image
+    with warnings.catch_warnings(), pytest.raises(DataError) as caught:
+        warnings.simplefilter("ignore")
+        data.prepare_data(config(tmp_path / "r"))
+    assert str(caught.value).startswith("no readable test images for class glioma: ")
