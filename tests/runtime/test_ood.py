@@ -191,6 +191,8 @@ def test_storage_is_float16_base64_and_refuses_a_damaged_text():
     assert np.array_equal(ood._decode(entry), a.astype(np.float16).astype(np.float32))
     with pytest.raises(ValueError):
         ood._decode({"shape": [2, 2], "float16": entry["float16"][:-2] + "*="})
+    with pytest.raises(ValueError):  # stray characters are refused, not skipped (the rest would still decode)
+        ood._decode({"shape": [2, 2], "float16": entry["float16"][:4] + "!" + entry["float16"][4:]})
 
 
 def test_distance_is_the_whitened_distance_to_the_nearest_centre_plus_the_residual():
@@ -243,6 +245,7 @@ def gaussian_json(**change):
     ({"centers": ood._encode(np.zeros((2, 3)))}, "shapes that do not fit together"),
     ({"centers": ood._encode(np.zeros(2))}, "shapes that do not fit together"),
     ({"directions": ood._encode(np.zeros((3, 2)))}, "values that are not finite or not positive"),
+    ({"directions": ood._encode(np.eye(3, 2) * [1, 0])}, "values that are not finite or not positive"),  # one is 0
     ({"mean": ood._encode(np.array([0, np.nan, 0]))}, "values that are not finite or not positive"),
 ])
 def test_a_stored_measurement_that_cannot_be_trusted_is_refused(change, message):
