@@ -163,3 +163,12 @@ def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatc
     legend = [t.get_text() for t in captured["fig"].axes[0].get_legend().get_texts()]
     assert legend == ["f2 macro: 0.9000 ± 0.0000", "accuracy: 0.9000 ± 0.0000", "tumor sensitivity"]
     plt.close(captured["fig"])
+
+
+def test_a_figure_of_folds_without_any_score_spans_zero_to_one(tmp_path, monkeypatch):
+    captured = {}
+    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig))
+    cv.plot_cv([record(1, None, accuracy=None, sensitivity=None)], tmp_path / "cv.png")
+    ax = captured["fig"].axes[0]
+    assert ax.get_ylim() == (0.0, 1.0) and ax.get_legend().get_title().get_fontsize() == 8
+    plt.close(captured["fig"])
