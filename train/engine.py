@@ -80,8 +80,8 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     generator: torch.Generator  # batch order and augmentation (on the CPU: the same sequence on any device)
+    trainer: nn.Module  # what the training step calls: the model, or its DDP wrapper
     place: Placement = Placement(torch.device("cpu"))
-    trainer: nn.Module | None = None  # what the training step calls: the model, or its DDP wrapper
     teachers: "Teachers | None" = None  # frozen models to distil from (train/distill.py), or None
 
     @classmethod
@@ -98,7 +98,7 @@ class TrainingState:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return cls(model, model_args, AveragedModel(model, avg_fn=ema_update(cfg.ema_decay), use_buffers=True),
                    optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
-                   torch.Generator().manual_seed(cfg.seed), place, trainer)
+                   torch.Generator().manual_seed(cfg.seed), trainer, place)
 
     def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
         return {"epoch": epoch, "config": asdict(cfg), "arch": cfg.arch, "model_args": self.model_args,
@@ -133,7 +133,7 @@ def train_one_epoch(state: TrainingState, images: torch.Tensor, labels: torch.Te
     """One pass over uint8 `images` (N, H, W) (on the training device) in a seeded random order,
     updating the weight average after each step; returns loss, accuracy and macro F2 of the
     training batches (of this rank's share under DDP)."""
-    model, (mean, std), place = state.trainer or state.model, stats, state.place
+    model, (mean, std), place = state.trainer, stats, state.place
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     aug = {k: getattr(cfg, k) for k in AUGMENT_FIELDS}
     model.train()

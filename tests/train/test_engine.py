@@ -299,3 +299,39 @@ def test_predict_of_nothing_is_empty_and_batches_do_not_change_answers():
     torch.testing.assert_close(predict(model, images, 0.4, 0.2, batch_size=2), whole)
     assert whole.shape == (5, 4) and torch.allclose(whole.sum(1), torch.ones(5))
     assert predict(model, images[:0], 0.4, 0.2).numel() == 0
+
+
+def test_an_epoch_feeds_the_normalised_batches_and_reports_the_mean_loss_per_image(monkeypatch):
+    """Without augmentation the model sees (image / 255 - mean) / std of each image once; the epoch's loss is the
+    per-image mean of its batch losses (batches of 4, 4 and 2)."""
+    cfg, _, state = tiny_state(rotation=0, translate=0, scale=0, hflip=0, intensity=0)
+    images = torch.arange(10, dtype=torch.uint8).mul(20).view(10, 1, 1).expand(10, 32, 32).contiguous()
+    seen, losses = [], []
+    state.trainer.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    real_loss = nn.CrossEntropyLoss
+
+    class RecordedLoss(real_loss):
+        def forward(self, logits, target):
+            loss = super().forward(logits, target)
+            losses.append((loss.item(), len(target)))
+            return loss
+
+    monkeypatch.setattr(engine.nn, "CrossEntropyLoss", RecordedLoss)
+    result = train_one_epoch_of(state, images, torch.tensor([0, 1, 2, 3] * 2 + [0, 1]), cfg)
+    values = sorted(round(float(x.mean()), 4) for batch in seen for x in batch)
+    assert values == sorted(round((20 * i / 255 - 0.4) / 0.2, 4) for i in range(10))
+    assert [n for _, n in losses] == [4, 4, 2]
+    assert result["loss"] == pytest.approx(sum(v * n for v, n in losses) / 10, rel=1e-6)
+
+
+def test_a_checkpoint_without_its_arch_field_is_judged_by_its_config(tmp_path):
+    """Older checkpoints keep the architecture only inside their config: a resume reads it from there."""
+    cfg, _, state = tiny_state()
+    saved = state.checkpoint(cfg, 1, [], {"epoch": 1, "f2": 0.5, "state_dict": None})
+    del saved["arch"]
+    save_atomic(saved, tmp_path / "checkpoint.pth")
+    assert tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)[0] == 1
+    saved["config"]["arch"] = "alexnet"
+    save_atomic(saved, tmp_path / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match=r"was trained as alexnet "):
+        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)
