@@ -335,3 +335,48 @@ def test_a_checkpoint_without_its_arch_field_is_judged_by_its_config(tmp_path):
     save_atomic(saved, tmp_path / "checkpoint.pth")
     with pytest.raises(CheckpointError, match=r"was trained as alexnet "):
         tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)
+
+
+def test_the_state_s_average_is_the_warmed_up_ema():
+    """The second update of a fresh average weighs the old weights by (1 + 1) / (10 + 1), not 1/2 as a plain mean."""
+    cfg, _, state = tiny_state()
+    state.ema.update_parameters(state.model)  # the first update copies the weights
+    first = state.ema.module.features[0][0].weight.detach().clone()
+    with torch.no_grad():
+        state.model.features[0][0].weight.add_(1.0)
+    state.ema.update_parameters(state.model)
+    torch.testing.assert_close(state.ema.module.features[0][0].weight, first + 1.0 - 2 / 11)
+
+
+def test_an_epoch_with_teachers_blends_each_batch_loss_with_their_answer():
+    cfg, _, state = tiny_state(rotation=0, translate=0, scale=0, hflip=0, intensity=0)
+    calls = []
+
+    class Teachers:
+        def blend(self, hard, logits, warped):
+            calls.append((logits.dtype, tuple(logits.shape), tuple(warped.shape), float(warped.min()),
+                          float(warped.max())))
+            return hard * 0 + 5.0
+
+    state.teachers = Teachers()
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 32, 32), dtype=np.uint8))
+    result = train_one_epoch_of(state, images, torch.tensor([0, 1, 2, 3] * 2), cfg)
+    assert [c[:3] for c in calls] == [(torch.float32, (4, 4), (4, 1, 32, 32))] * 2
+    assert all(0.0 <= low and high <= 1.0 for *_, low, high in calls)  # the augmented batch in [0, 1]
+    assert result["loss"] == pytest.approx(5.0)
+
+
+def test_under_ddp_the_step_calls_the_wrapper_around_the_model(monkeypatch):
+    """A gloo group of one process stands in for torchrun: the state wraps the CPU model in DDP (no device ids)."""
+    from tests.helpers import free_port
+    from tumor_train.distributed import Placement
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        cfg = replace(TrainConfig(), width=4, batch_size=4)
+        place = Placement(torch.device("cpu"), world=2)
+        state = TrainingState.create(cfg, model_args_for("compact", 4, 4, 0.1), 2, place)
+        assert isinstance(state.trainer, nn.parallel.DistributedDataParallel) and state.trainer.module is state.model
+        assert state.trainer.device_ids is None
+    finally:
+        torch.distributed.destroy_process_group()
