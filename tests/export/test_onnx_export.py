@@ -127,3 +127,12 @@ def test_the_checker_message_carries_the_checkers_reason(tmp_path):
         check_onnx(tmp_path / "broken.onnx")
     reason = str(caught.value).split(": ", 1)[1]
     assert reason and reason != "None" and "\n" not in reason
+
+
+def test_a_model_without_a_cam_head_exports_probabilities_and_logits_only(tmp_path):
+    """The reference AlexNet's case (no pooled linear head), on a tiny stand-in: two outputs, checked against torch."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    assert export_fp32(model, 32, tmp_path / "plain.onnx") is False
+    assert [o.name for o in onnx.load(str(tmp_path / "plain.onnx")).graph.output] == ["probabilities", "logits"]
+    assert check_against_torch(tmp_path / "plain.onnx", model, fixed_inputs(32, count=3)) <= 1e-5
