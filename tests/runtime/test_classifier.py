@@ -64,6 +64,7 @@ def test_the_card_describes_the_model_and_its_provenance(clf):
                                                          "image": clf.info.ood.image.threshold}
     assert card["out_of_distribution"]["flag"] == "ood_score >= 1"
     assert card["heatmaps"] is True and card["backend"] == "onnxruntime" and len(card["sha256"]) == 64
+    assert card["path"] == str(clf.path)
 
 
 def test_a_foreign_model_card_has_no_version_and_no_score(tmp_path):
@@ -171,3 +172,34 @@ def test_heatmap_rows_carry_the_predicted_class_map_and_the_slice(clf):
 
     assert np.array_equal(rec["cam"], normalized_cam(cams[0], best, 160)) and rec["slice"].shape == (160, 160)
     assert clf.predict([np.zeros((4, 4), np.uint8)], heatmaps=True)[0]["slice"] is None
+
+
+def test_the_shipped_model_labels_the_sample_slices_as_their_folders(clf):
+    """In-process, end to end (decode, crop, normalise, session, record): a preprocessing or scaling slip that
+    still gives finite numbers (an int8 graph turns NaN inputs into a constant answer) shows here."""
+    rows = clf.predict(FILES)
+    right = sum(r["label"] == f.parent.name for r, f in zip(rows, FILES))
+    assert len(FILES) == 20 and right >= 18  # 19 of 20 when this test was written
+    assert all(r["in_distribution"] for r in rows) and all(r["error"] is None for r in rows)
+    assert len({round(r["confidence"], 6) for r in rows}) > 10  # answers that depend on the slice
+
+
+def test_the_backend_asked_for_is_the_one_loaded():
+    pytest.importorskip("openvino")
+    assert Classifier.load(threads=1, backend="openvino").backend == "openvino"
+
+
+def test_a_model_whose_metadata_has_a_score_but_whose_graph_lost_the_features_is_refused(tmp_path):
+    import onnx
+
+    from tumor_runtime.model import default_model_path
+
+    model = onnx.load(str(default_model_path()))
+    kept = [o for o in model.graph.output if o.name != "features"]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(tmp_path / "no-features.onnx"))
+    with pytest.raises(ModelError) as caught:
+        Classifier.load(tmp_path / "no-features.onnx", threads=1)
+    assert str(caught.value) == ("the model's metadata has an out-of-distribution score but its graph has no "
+                                 "'features' output: export it again")
