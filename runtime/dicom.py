@@ -83,11 +83,19 @@ def frames_of(path: Path) -> list[DicomFrame]:
 
     require_regular_file(Path(path))
     header = read_header(path)
-    if "PixelData" not in header and "FloatPixelData" not in header and "DoubleFloatPixelData" not in header:
-        kind = getattr(header, "Modality", None) or getattr(header, "SOPClassUID", None)
-        raise ImageError(f"DICOM file without pixel data{f' ({kind})' if kind else ''}: nothing to classify")
+    require_pixel_data(header)
     count = frame_count(header)
     return [DicomFrame(Path(path), None)] if count == 1 else [DicomFrame(Path(path), i) for i in range(1, count + 1)]
+
+
+def require_pixel_data(header) -> None:
+    """ImageError unless the data set has integer pixel data, the kind MR slices are stored in."""
+    if "PixelData" in header:
+        return
+    if "FloatPixelData" in header or "DoubleFloatPixelData" in header:
+        raise ImageError("DICOM float pixel data (a parametric map, not an MR slice) is not supported")
+    kind = getattr(header, "Modality", None) or getattr(header, "SOPClassUID", None)
+    raise ImageError(f"DICOM file without pixel data{f' ({kind})' if kind else ''}: nothing to classify")
 
 
 def frame_count(header) -> int:
@@ -114,10 +122,14 @@ def frames_held(header) -> int:
     if element is None:
         return 1
     if syntax is not None and syntax.is_compressed:
-        from pydicom.encaps import get_nr_fragments
+        import io
+
+        from pydicom.encaps import parse_basic_offsets, parse_fragments
 
         try:
-            return max(1, get_nr_fragments(header.PixelData))
+            buffer = io.BytesIO(header.PixelData)
+            parse_basic_offsets(buffer)  # the first item is the offset table, not a fragment
+            return max(1, parse_fragments(buffer)[0])
         except Exception:  # damaged encapsulation: the decoder will say so for the first frame
             return 1
     length = element.length if hasattr(element, "length") else len(element.value or b"")
@@ -224,8 +236,7 @@ def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:
     from pydicom.pixels import pixel_array
 
     ds = read_header(frame.path)
-    if "PixelData" not in ds:
-        raise ImageError("DICOM file without pixel data: nothing to classify")
+    require_pixel_data(ds)
     try:
         # Only this frame is read and decoded: a 400-frame file costs 400 frames, not 400 files.
         with open(frame.path, "rb") as fh:

@@ -224,3 +224,59 @@ def test_load_frame_reads_only_its_frame_and_names_an_undecodable_syntax(tmp_pat
         load_frame(DicomFrame(path, 1))
     assert str(caught.value) == ("cannot decode the DICOM pixels (transfer syntax Explicit VR Little Endian: unsupported "
                                  "compression or damaged data, NotImplementedError)")
+
+
+def test_a_compressed_multi_frame_file_gives_every_frame(tmp_path):
+    """RLE Lossless (pydicom encodes it without extra packages): two frames, counted by their fragments (the
+    compressed bytes are fewer than two raw frames), each decoded as its uncompressed twin."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    frames = np.stack([ramp(), ramp()[::-1]])
+    plain = write_dicom(tmp_path / "plain.dcm", frames, bits_stored=12)
+    ds = pydicom.dcmread(plain)
+    ds.compress(RLELossless)
+    ds.save_as(tmp_path / "rle.dcm")
+    listed = dicom.frames_of(tmp_path / "rle.dcm")
+    assert listed == [DicomFrame(tmp_path / "rle.dcm", 1), DicomFrame(tmp_path / "rle.dcm", 2)]
+    for frame, twin in zip(listed, dicom.frames_of(plain)):
+        assert np.array_equal(load_frame(frame)[0], load_frame(twin)[0])
+
+
+def test_float_pixel_data_is_refused_by_name_when_listed_and_when_read(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "map.dcm", ramp(), bits_stored=16)
+    ds = pydicom.dcmread(path)
+    del ds.PixelData, ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    ds.BitsAllocated, ds.FloatPixelData = 32, (ramp() / 100).astype(np.float32).tobytes()
+    ds.save_as(path)
+    message = "DICOM float pixel data (a parametric map, not an MR slice) is not supported"
+    for read in (lambda: dicom.frames_of(path), lambda: load_frame(DicomFrame(path, None))):
+        with pytest.raises(ImageError) as caught:
+            read()
+        assert str(caught.value) == message
+
+
+def test_reading_a_frame_of_a_file_without_pixels_says_so(tmp_path, monkeypatch):
+    (tmp_path / "sr.dcm").write_bytes(b"x")
+    monkeypatch.setattr(dicom, "read_header", lambda path: FakeHeader(SimpleNamespace()))
+    with pytest.raises(ImageError) as caught:
+        load_frame(DicomFrame(tmp_path / "sr.dcm", None))
+    assert str(caught.value) == "DICOM file without pixel data: nothing to classify"
+
+
+def test_a_one_row_colour_image_stays_one_row_of_gray(tmp_path):
+    """(1, cols, 3) is one RGB row, not a frame axis to drop: SamplesPerPixel 3 keeps it an image."""
+    import pydicom
+
+    path = write_dicom(tmp_path / "rgb.dcm", np.zeros((1, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    rgb = np.zeros((1, 8, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red: luma 76
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(path)
+    gray = load_frame(DicomFrame(path, None))[0]
+    assert gray.shape == (1, 8) and (gray == 76).all()
