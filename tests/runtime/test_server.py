@@ -142,6 +142,7 @@ def test_503_until_the_model_is_loaded():
     client = TestClient(app)
     response = client.post("/predictions/tumor", content=SAMPLE_FILES[0].read_bytes())
     assert response.status_code == 503 and response.json()["type"] == "ServiceUnavailable"
+    assert response.json()["message"] == "the model is still loading; try again shortly"
     assert client.get("/models/tumor").status_code == 503
     assert client.get("/ping").json() == {"status": "Loading"}
     app.state.service.load()
