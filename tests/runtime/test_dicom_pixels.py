@@ -280,3 +280,48 @@ def test_a_one_row_colour_image_stays_one_row_of_gray(tmp_path):
     ds.save_as(path)
     gray = load_frame(DicomFrame(path, None))[0]
     assert gray.shape == (1, 8) and (gray == 76).all()
+
+
+def test_a_palette_colour_file_is_read_through_its_lookup_table():
+    """pydicom's palette example: the stored values are indices; the slice is the luma of the colours they name."""
+    import pydicom
+    from pydicom.pixels import apply_color_lut
+
+    from tests.helpers import dicom_test_files
+
+    path = dicom_test_files() / "examples_palette.dcm"
+    ds = pydicom.dcmread(path)
+    expected = dicom.rgb_to_gray(apply_color_lut(ds.pixel_array, ds))
+    gray = load_frame(DicomFrame(path, None))[0]
+    assert gray.shape == (350, 800) and np.array_equal(gray, expected)
+    assert not np.array_equal(gray, dicom.rescale_to_8bit(ds.pixel_array))  # not the indices themselves
+
+
+def test_a_lookup_table_without_a_range_and_pixels_of_no_image_shape_are_named(tmp_path, monkeypatch):
+    import pydicom.pixels
+
+    path = write_dicom(tmp_path / "a.dcm", ramp(), bits_stored=12, window=("500", "1000"))
+    with monkeypatch.context() as patch:
+        patch.setattr(pydicom.pixels, "apply_voi_lut", lambda values, ds, index=0: np.zeros_like(values, float))
+        with pytest.raises(ImageError) as caught:
+            load_frame(DicomFrame(path, None))
+        assert str(caught.value) == "DICOM VOI LUT gives no usable range of values"
+    for shape in [(2, 2, 2, 2), (0, 5)]:
+        monkeypatch.setattr(pydicom.pixels, "pixel_array", lambda fh, index=0, s=shape: np.zeros(s, np.uint16))
+        with pytest.raises(ImageError) as caught:
+            load_frame(DicomFrame(path, None))
+        assert str(caught.value) == f"DICOM pixel data of shape {shape} is not an image"
+
+
+def test_undecodable_pixels_without_a_transfer_syntax_say_unknown(tmp_path):
+    """A bare data set (no file meta) whose pixel data is cut short: the reason names no syntax, and no traceback."""
+    import pydicom
+
+    path = write_dicom(tmp_path / "a.dcm", ramp(), bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:100]
+    del ds.file_meta
+    ds.save_as(tmp_path / "bare.dcm", implicit_vr=True, little_endian=True, enforce_file_format=False)
+    with pytest.raises(ImageError) as caught:
+        load_frame(DicomFrame(tmp_path / "bare.dcm", None))
+    assert str(caught.value).startswith("cannot decode the DICOM pixels (transfer syntax unknown: ")
