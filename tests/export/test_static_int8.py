@@ -136,3 +136,13 @@ def test_a_tensor_read_by_two_layers_gets_a_quantization_pair_for_each(tmp_path)
     shared = next(n.output[0] for n in graph.node if n.op_type == "Relu" or n.name == "conv1")  # fused or not
     pairs = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == shared]
     assert len(pairs) == 2
+
+
+def test_the_fusion_check_leaves_no_file_behind(prepared, tmp_path, monkeypatch):
+    """ONNX Runtime writes the optimised graph it is asked for: into a temporary folder, never the working one."""
+    quantize_int8(prepared, tmp_path / "int8.onnx", calibration())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert int8_convolutions(tmp_path / "int8.onnx", prepared, [])["Conv"] == 0
+    assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "work"]
