@@ -21,6 +21,7 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": Calibratio
                        "percentile": CalibrationMethod.Percentile}
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # layers the fallback search may keep in float
+FLOAT_CONVOLUTIONS = ("Conv", "FusedConv", "NhwcFusedConv")  # how ONNX Runtime's optimised graph names them
 
 
 @contextlib.contextmanager
@@ -91,7 +92,9 @@ def int8_convolutions(int8_path: Path, prepared: Path, keep_float: list[str]) ->
     kinds = [n.op_type for n in optimized.graph.node]
     meant_float = {n.name for n in onnx.load(str(prepared)).graph.node
                    if n.op_type == "Conv" and n.name in {*float_only_nodes(prepared), *keep_float}}
-    counts = {"QLinearConv": kinds.count("QLinearConv"), "Conv": kinds.count("Conv"), "float_by_design": len(meant_float)}
+    # A float convolution followed by its ReLU is fused into one FusedConv: it counts as float too.
+    floats = sum(kinds.count(kind) for kind in FLOAT_CONVOLUTIONS)
+    counts = {"QLinearConv": kinds.count("QLinearConv"), "Conv": floats, "float_by_design": len(meant_float)}
     if counts["Conv"] > len(meant_float):
         raise ExportError(f"{counts['Conv'] - len(meant_float)} convolution(s) of the int8 model would run in float in "
                           "ONNX Runtime (not fused into QLinearConv)")

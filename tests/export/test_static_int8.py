@@ -72,6 +72,7 @@ def test_qdq_with_per_channel_int8_weights_and_the_asked_activation_type(prepare
                  and init[n.input[0]].data_type == onnx.TensorProto.INT8 and len(init[n.input[0]].dims) == 4]
     assert len(weight_dq) == 2  # both convolutions' weights
     assert all(numpy_helper.to_array(init[n.input[1]]).shape == (4,) for n in weight_dq)  # one scale per channel
+    assert all(not numpy_helper.to_array(init[n.input[2]]).any() for n in weight_dq)  # symmetric: zero points 0
     activation_q = [n for n in graph.node if n.op_type == "QuantizeLinear"]
     assert activation_q and all(init[n.input[2]].data_type == zero_point_type for n in activation_q)
     if activation == "s8":  # symmetric activations: every zero point is 0
@@ -107,6 +108,9 @@ def test_a_convolution_left_in_float_unannounced_is_refused(prepared, tmp_path):
         int8_convolutions(tmp_path / "q.onnx", prepared, [])
     assert str(caught.value) == ("1 convolution(s) of the int8 model would run in float in ONNX Runtime "
                                  "(not fused into QLinearConv)")
+    quantize_int8(prepared, tmp_path / "both.onnx", calibration(), keep_float=["conv1", "conv2"])
+    with pytest.raises(ExportError, match="^1 convolution"):  # two in float, one of them announced
+        int8_convolutions(tmp_path / "both.onnx", prepared, ["conv1"])
     quantize_int8(prepared, tmp_path / "all.onnx", calibration())
     assert int8_convolutions(tmp_path / "all.onnx", prepared, []) == {"QLinearConv": 2, "Conv": 0,
                                                                        "float_by_design": 0}
