@@ -309,6 +309,8 @@ def test_an_int8_export_scores_both_models_and_records_its_calibration(small, tm
     calibration = report["calibration"]
     assert calibration["images"] == 8 and calibration["folder"] == str(root) and calibration["seed"] == 0
     assert (calibration["method"], calibration["activation_type"], calibration["format"]) == ("percentile", "u8", "QDQ")
+    assert calibration["weight_type"] == "s8 per-channel" and report["arch"] == "compact"
+    assert set(report["int8"]) >= {"f2_macro", "tumor_sensitivity", "screening"}
     assert len(calibration["first_files"]) == 3
     parity = report["parity"]
     assert parity["f2_drop"] == pytest.approx(report["fp32"]["f2_macro"] - report["int8"]["f2_macro"])
@@ -335,3 +337,10 @@ def test_the_gate_refuses_an_int8_model_that_loses_more_than_allowed(small, tmp_
                                         r"with \d+ layers in float; nothing written$"):
         run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=0.1, calibration_size=8))
     assert not (tmp_path / "e" / "model.int8.onnx").exists()
+
+
+def test_every_class_but_the_negative_one_is_a_tumor():
+    from tumor_export.pipeline import is_tumor
+
+    ckpt = {"classes": ["glioma", "meningioma", "notumor", "pituitary"], "negative_class": "notumor"}
+    assert is_tumor([0, 1, 2, 3, 2], ckpt).tolist() == [True, True, False, True, False]
