@@ -156,7 +156,10 @@ def open_image(path: "str | os.PathLike | EncodedImage", size: int | None = None
     with img:
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS})")
-        frames = getattr(img, "n_frames", 1)
+        try:
+            frames = getattr(img, "n_frames", 1)  # a TIFF walks its directories here: a damaged one raises
+        except Exception as exc:
+            raise ImageError(f"corrupt or truncated image ({exc})") from None
         if frames > 1:  # multi-page TIFF, animated GIF/APNG: classifying only the first frame would be silent
             raise ImageError(f"{img.format} with {frames} frames: save each slice as its own image")
         if img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import SAMPLES, synthetic_image
-from tests.helpers import mangled_file
+from tests.helpers import flip_bits, mangled_file, real_encodings
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.preprocess import load_gray, rescale_to_8bit, to_gray
 
@@ -315,3 +315,15 @@ def test_fuzz_loader_gives_an_image_or_an_image_error(tmp_path_factory):
         assert out.shape == (227, 227) and out.dtype == np.uint8
 
     check()
+
+
+@pytest.mark.faults
+def test_a_tiff_whose_directory_lost_its_size_is_an_image_error(tmp_path):
+    """Found by the fuzz test above: one flipped bit in a TIFF's directory made counting its frames raise
+    TypeError("Missing dimensions"), a crash instead of an error row."""
+    from tumor_runtime.preprocess import ImageError
+
+    path = tmp_path / "x.tif"
+    path.write_bytes(flip_bits(real_encodings()["tif"], [(130, 0)]))
+    with pytest.raises(ImageError, match=r"^corrupt or truncated image \(Missing dimensions\)$"):
+        load_gray(path, 227)
