@@ -57,6 +57,7 @@ declare -A TESTS=(
   [tumor_train/report.py]="$T/test_report.py"
   [tumor_train/trainer.py]="$T/test_trainer.py"
 )
+BROWSER_TEST=tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label  # never mutated against
 # Every module that is not a command-line front end (cli.py, serve_cli.py, cli_common.py).
 DEFAULT=($(printf '%s\n' "${!TESTS[@]}" | sort))
 modules=("${@:-${DEFAULT[@]}}")
@@ -79,8 +80,7 @@ for module in "${modules[@]}"; do
 source_paths = ["$module"]
 also_copy = ["tumor_runtime", "tumor_export", "tumor_train", "artifacts", "tests", "benchmarks"]
 pytest_add_cli_args_test_selection = [${quoted%, }]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",
-                       "--deselect", "tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label"]  # minutes of Chromium
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "--deselect", "$BROWSER_TEST"]  # minutes of Chromium
 process_isolation = "forkserver"  # torch and onnxruntime are not fork-safe once used
 # A mutant is a timeout (counted as killed) past 10x (its tests' clean time + 6 s) of wall time. mutmut times only a
 # test's call, not its fixtures: without the 6 s, a test whose fixture exports a model "timed out" at once.
@@ -112,7 +112,7 @@ if ':' in l]; random.seed(0); print(*random.sample(names, min(int(sys.argv[1]), 
     # the mutant. So each survivor runs once more against the module's whole selection (the mutant switched on
     # by name, as mutmut does); one that now fails or runs past 10x the clean time is killed by that selection.
     : > rechecked.txt
-    deselect=(--deselect tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label)
+    deselect=(--deselect "$BROWSER_TEST")
     started=$(date +%s)
     if [ "${RECHECK:-1}" = 1 ] && grep -q ": survived" results.txt && (cd mutants && MUTANT_UNDER_TEST= \
          timeout 3600 python -m pytest -x -q -p no:cacheprovider $selection "${deselect[@]}" > ../clean.log 2>&1); then

@@ -245,10 +245,7 @@ def test_each_actor_holds_a_classifier_built_from_the_driver_options(tmp_path):
     from tumor_runtime.model import default_model_path
 
     model = tmp_path / "copy.onnx"
-    shutil.copy(default_model_path(), model)
-    manifest = default_model_path().parent / "MANIFEST.json"
-    if manifest.exists():
-        shutil.copy(manifest, tmp_path / "MANIFEST.json")
+    shutil.copy(default_model_path(), model)  # a copy outside the artifacts folder: no manifest vouches for it
     actor = ray_batch.ClassifyPaths(str(model), threads=1, batch_size=3, tumor_threshold=0.25, backend="onnxruntime")
     classifier = actor.classifier
     assert (classifier.path, classifier.threads, classifier.batch_size) == (model, 1, 3)
