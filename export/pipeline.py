@@ -81,23 +81,37 @@ def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[lis
         if not Path(opts.eval).is_dir():
             raise DataError(f"--eval folder {opts.eval} does not exist")
         return eval_images(Path(opts.eval), classes)
-    root = Path(ckpt.get("data", {}).get("root", ""))
-    files = [root / f for f in ckpt.get("data", {}).get("val_files", [])]
+    root = recorded_folder(ckpt, "root")
+    files = [root / f for f in ckpt.get("data", {}).get("val_files", [])] if root else []
     if files and all(f.is_file() for f in files):
         return files, np.array([classes.index(f.parent.name) for f in files])
     if required:
+        where = f"recorded in the checkpoint is not under {root}" if files else "is not recorded in the checkpoint"
         raise DataError(f"--int8 needs labelled images for the parity gate and images to calibrate on; the "
-                        f"validation split recorded in the checkpoint is not under {root}: pass --eval DIR "
-                        "(DIR/<class>/...) and --calibration DIR")
+                        f"validation split {where}: pass --eval DIR (DIR/<class>/...) and --calibration DIR")
     return None
 
 
+def recorded_folder(ckpt: dict, key: str) -> Path | None:
+    """A folder the checkpoint recorded under "data" ("root", "train_dir"); None if it recorded none, as older
+    checkpoints (never Path(""), which would be the working directory)."""
+    value = ckpt.get("data", {}).get(key)
+    return Path(value) if value else None
+
+
+def calibration_folder(opts: ExportOptions, ckpt: dict) -> Path | None:
+    """--calibration, else the training folder the checkpoint recorded (also the OOD fit's training images)."""
+    return Path(opts.calibration) if opts.calibration else recorded_folder(ckpt, "train_dir")
+
+
 def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> tuple[np.ndarray, list[Path]]:
-    folder = opts.calibration or Path(ckpt.get("data", {}).get("train_dir", ""))
-    if not Path(folder).is_dir():
+    folder = calibration_folder(opts, ckpt)
+    if folder is None:
+        raise DataError("the checkpoint records no training folder to calibrate on; pass --calibration DIR")
+    if not folder.is_dir():
         raise DataError(f"calibration folder {folder} does not exist; pass --calibration DIR")
     pre = ckpt["preprocess"]
-    files = sample_files(Path(folder), opts.calibration_size, opts.seed, {p.resolve() for p in exclude})
+    files = sample_files(folder, opts.calibration_size, opts.seed, {p.resolve() for p in exclude})
     inputs = load_inputs(files, pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
     if len(inputs) == 0:
         raise CalibrationError(f"none of the {len(files)} calibration images drawn from {folder} could be read")
@@ -195,8 +209,8 @@ def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled
     without training and validation images at hand (the models then carry no flag, as older exports)."""
     from tumor_export import ood_fit
 
-    folder = Path(opts.calibration or ckpt.get("data", {}).get("train_dir", ""))
-    if labelled is None or not folder.is_dir():
+    folder = calibration_folder(opts, ckpt)
+    if labelled is None or folder is None or not folder.is_dir():
         log("No training and validation images at hand: exported without the out-of-distribution flag.")
         return None
     log("Fitting the out-of-distribution score ...")
@@ -260,7 +274,7 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
                                                  opts.calibration_method, opts.activation_type, log=log)
     report["int8_kernels"] = int8_convolutions(int8_path, prepared, kept)
     prepared.unlink()
-    report["calibration"] = {"folder": str(opts.calibration or ckpt["data"]["train_dir"]), "images": len(calib),
+    report["calibration"] = {"folder": str(calibration_folder(opts, ckpt)), "images": len(calib),
                              "seed": opts.seed, "method": opts.calibration_method,
                              "activation_type": opts.activation_type, "weight_type": "s8 per-channel",
                              "format": "QDQ", "first_files": [str(f) for f in calib_files[:3]]}

@@ -344,3 +344,48 @@ def test_every_class_but_the_negative_one_is_a_tumor():
 
     ckpt = {"classes": ["glioma", "meningioma", "notumor", "pituitary"], "negative_class": "notumor"}
     assert is_tumor([0, 1, 2, 3, 2], ckpt).tolist() == [True, True, False, True, False]
+
+
+def test_a_checkpoint_from_before_the_crop_and_the_recorded_split_exports_end_to_end(small, tmp_path):
+    """Checkpoints written before `preprocess.crop` and `data.val_files` existed keep the whole-frame transform:
+    an int8 export with --eval calibrates, gates and fits the OOD score on whole frames, and says so."""
+    path, root = small
+    ckpt = torch.load(path, weights_only=True)
+    old = ckpt | {"preprocess": {k: v for k, v in ckpt["preprocess"].items() if k != "crop"},
+                  "data": {"root": str(root), "train_dir": str(root)}}
+    save_atomic(old, path)
+    held_out = make_dataset(tmp_path / "eval", per_class=3)
+    said = []
+    report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, eval=held_out, max_f2_drop=1.0,
+                                      calibration_size=8), log=said.append)
+    assert sorted(report["files"]) == ["model.int8.onnx", "model.onnx"] and set(report["ood"]) == set(report["files"])
+    assert report["evaluation"] == {"source": str(held_out), "images": 12}
+    assert report["calibration"]["folder"] == str(root)
+    assert said[0] == "Exporting FP32 ONNX ..." and "Fitting the out-of-distribution score ..." in said
+    assert report["seconds"] > 0 and report["seconds"] == round(report["seconds"], 2)
+    for name in report["files"]:
+        assert read_metadata(tmp_path / "e" / name)["crop"] == "none"
+
+
+def test_a_checkpoint_that_recorded_no_data_exports_fp32_and_never_calibrates_on_the_working_folder(
+        small, tmp_path, monkeypatch):
+    """No "data" at all: FP32 exports unscored; int8 with --eval but no --calibration names the missing training
+    folder instead of drawing images from the current directory (Path("") is ".")."""
+    path, root = small
+    ckpt = torch.load(path, weights_only=True)
+    save_atomic({k: v for k, v in ckpt.items() if k != "data"}, path)
+    monkeypatch.chdir(root)  # a working folder full of images that must not be used
+    said = []
+    report = run_export(ExportOptions(path, out=tmp_path / "e"), log=said.append)
+    assert report["fp32"] is None and report["ood"] is None and sorted(report["files"]) == ["model.onnx"]
+    with pytest.raises(DataError) as caught:
+        run_export(ExportOptions(path, out=tmp_path / "e", int8=True))
+    assert str(caught.value) == ("--int8 needs labelled images for the parity gate and images to calibrate on; the "
+                                 "validation split is not recorded in the checkpoint: pass --eval DIR (DIR/<class>/...)"
+                                 " and --calibration DIR")
+    with pytest.raises(DataError) as caught:
+        run_export(ExportOptions(path, out=tmp_path / "e", int8=True, eval=root))
+    assert str(caught.value) == "the checkpoint records no training folder to calibrate on; pass --calibration DIR"
+    report = run_export(ExportOptions(path, out=tmp_path / "e", eval=root), log=said.append)
+    assert report["fp32"] is not None and report["ood"] is None
+    assert said[-1] == "No training and validation images at hand: exported without the out-of-distribution flag."
