@@ -12,6 +12,8 @@ import os
 import secrets
 from pathlib import Path
 
+READ_CHUNK = 1 << 20  # pragma: no mutate (equivalent: any positive size hashes the same bytes)
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike):
@@ -46,7 +48,7 @@ def create_exclusive(path: Path) -> None:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0)  # pragma: no mutate (equivalent: any probe value is restored on the next line)
     os.umask(mask)
     return mask
 
@@ -57,12 +59,12 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(target, text.encode("utf-8"))
+    atomic_write_bytes(target, text.encode())
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for chunk in iter(lambda: fh.read(READ_CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()

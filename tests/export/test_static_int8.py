@@ -150,3 +150,21 @@ def test_the_fusion_check_leaves_no_file_behind(prepared, tmp_path, monkeypatch)
     monkeypatch.chdir(work)
     assert int8_convolutions(tmp_path / "int8.onnx", prepared, [])["Conv"] == 0
     assert list(work.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "work"]
+
+
+def test_what_the_quantizer_prints_stays_off_the_users_terminal(tmp_path, monkeypatch, capsys):
+    """onnxruntime's quantization tools print progress and advice with print(): tumor-export's output (and a
+    JSON report piped from it) must not carry them."""
+    from tumor_export import static_int8
+
+    def chatty(real):
+        def call(*args, **kwargs):
+            print("quantizer chatter")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(static_int8, "quant_pre_process", chatty(static_int8.quant_pre_process))
+    monkeypatch.setattr(static_int8, "quantize_static", chatty(static_int8.quantize_static))
+    prepare_graph(conv_model(tmp_path / "m.onnx"), tmp_path / "pre.onnx")
+    quantize_int8(tmp_path / "pre.onnx", tmp_path / "int8.onnx", calibration())
+    assert (tmp_path / "int8.onnx").is_file() and "chatter" not in capsys.readouterr().out
