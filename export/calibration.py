@@ -33,16 +33,20 @@ def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = f
     return [files[i] for i in sorted(chosen)]
 
 
-def load_inputs(files: list[Path], size: int, mean: float, std: float, crop: str = "none") -> np.ndarray:
-    """float32 (N, 1, size, size) model inputs; unreadable files are left out (N may be 0)."""
+def load_slices(files: list[Path], size: int, crop: str = "none") -> np.ndarray:
+    """uint8 (N, size, size) slices as the model sees them; unreadable files are left out (N may be 0)."""
     images = []
     for path in files:
         try:
             images.append(load_gray(path, size, crop))
         except (ImageError, OSError):
             continue
-    stacked = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return normalize(stacked, mean, std)
+    return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
+
+
+def load_inputs(files: list[Path], size: int, mean: float, std: float, crop: str = "none") -> np.ndarray:
+    """float32 (N, 1, size, size) model inputs; unreadable files are left out (N may be 0)."""
+    return normalize(load_slices(files, size, crop), mean, std)
 
 
 def batch_size_for(count: int, largest: int = MAX_CALIBRATION_BATCH) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tumor_export import gate
-from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, sample_files
+from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, load_slices, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
 from tumor_export.onnx_export import check_against_torch, check_onnx, export_fp32, fixed_inputs
 from tumor_export.static_int8 import int8_convolutions, prepare_graph
@@ -28,7 +28,7 @@ from tumor_runtime.fileio import atomic_write_text, sha256_file
 from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
 from tumor_runtime.errors import KitError, OutputError
 from tumor_runtime.model import ModelError, read_manifest
-from tumor_runtime.preprocess import load_gray
+from tumor_runtime.preprocess import normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 from tumor_train.checkpoint import load_model
 from tumor_train.data import DataError
@@ -181,10 +181,11 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
                                                                                       tumor.MAX_THRESHOLD)
     else:
         eval_files, labels = labelled
-        eval_inputs = load_inputs(eval_files, pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
-        if len(eval_inputs) != len(labels):
-            raise DataError(f"{len(labels) - len(eval_inputs)} of the {len(labels)} evaluation images could not "
+        eval_slices = load_slices(eval_files, pre["size"], pre.get("crop", "none"))  # uint8, decoded once
+        if len(eval_slices) != len(labels):
+            raise DataError(f"{len(labels) - len(eval_slices)} of the {len(labels)} evaluation images could not "
                             "be read")
+        eval_inputs = normalize(eval_slices, pre["mean"], pre["std"])
         report["evaluation"] = {"source": str(opts.eval or "validation split in checkpoint"), "images": len(labels)}
         parity_inputs = eval_inputs[:PARITY_SAMPLES]
     report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
@@ -198,30 +199,31 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     report["tumor_threshold"] = threshold
     if opts.int8:
         quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
-    report["ood"] = out_of_distribution(scratch, opts, ckpt, labelled, log) if report["cam_output"] else None
+    validation = None if labelled is None else (labelled[0], eval_slices)
+    report["ood"] = out_of_distribution(scratch, opts, ckpt, validation, log) if report["cam_output"] else None
     report["files"] = {name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
                        for name in MODEL_FILES if (scratch / name).is_file()}
     return report
 
 
-def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict, labelled, log) -> dict | None:
+def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict,
+                        validation: tuple[list[Path], np.ndarray] | None, log) -> dict | None:
     """Fit the out-of-distribution score into each model file (tumor_export.ood_fit); None, said in the log,
-    without training and validation images at hand (the models then carry no flag, as older exports)."""
+    without training and validation images at hand (the models then carry no flag, as older exports).
+    `validation`: (the evaluation files, their uint8 slices (N, S, S)); the files are left out of training."""
     from tumor_export import ood_fit
 
     folder = calibration_folder(opts, ckpt)
-    if labelled is None or folder is None or not folder.is_dir():
+    if validation is None or folder is None or not folder.is_dir():
         log("No training and validation images at hand: exported without the out-of-distribution flag.")
         return None
     log("Fitting the out-of-distribution score ...")
     train = ood_fit.training_sample(folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1,
-                                    {p.resolve() for p in labelled[0]})
+                                    {p.resolve() for p in validation[0]})
     if len(train[1]) < 2 * len(ckpt["classes"]):
         log(f"Only {len(train[1])} training images under {folder}: exported without the out-of-distribution flag.")
         return None
-    validation = np.stack([load_gray(f, ckpt["preprocess"]["size"], ckpt["preprocess"].get("crop", "none"))
-                           for f in labelled[0]])
-    return {name: ood_fit.attach(scratch / name, train, validation, ckpt["preprocess"]) for name in MODEL_FILES
+    return {name: ood_fit.attach(scratch / name, train, validation[1], ckpt["preprocess"]) for name in MODEL_FILES
             if (scratch / name).is_file()}
 
 

@@ -83,3 +83,19 @@ def test_sha256_file_of_a_file_larger_than_one_chunk(tmp_path):
     data = bytes(range(256)) * ((1 << 20) // 256) + b"tail"  # one full 1 MiB chunk and a short one
     (tmp_path / "blob").write_bytes(data)
     assert fileio.sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_sha256_file_hashes_a_large_model_in_bounded_memory(tmp_path):
+    """The reference AlexNet's FP32 ONNX file is 233 MB: the manifest check must not hold a model file in memory."""
+    import tracemalloc
+
+    blob = tmp_path / "big.onnx"
+    with open(blob, "wb") as fh:
+        fh.truncate(64 << 20)  # 64 MiB of zeros, sparse on disk
+    tracemalloc.start()
+    try:
+        digest = fileio.sha256_file(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == hashlib.sha256(bytes(64 << 20)).hexdigest() and peak < 8 << 20
