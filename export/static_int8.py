@@ -22,6 +22,7 @@ CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": Calibratio
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # layers the fallback search may keep in float
 FLOAT_CONVOLUTIONS = ("Conv", "FusedConv", "NhwcFusedConv")  # how ONNX Runtime's optimised graph names them
+PROVIDERS = ["CPUExecutionProvider"]  # the fusion check reads the graph the CPU provider would run
 
 
 @contextlib.contextmanager
@@ -89,8 +90,7 @@ def int8_convolutions(int8_path: Path, prepared: Path, keep_float: list[str]) ->
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")  # pragma: no mutate (any name)
         options.log_severity_level = 3  # pragma: no mutate (warnings only)
-        ort.InferenceSession(str(int8_path), options,
-                             providers=["CPUExecutionProvider"])  # pragma: no mutate (the only provider)
+        ort.InferenceSession(str(int8_path), options, providers=PROVIDERS)
         optimized = onnx.load(options.optimized_model_filepath)
     kinds = [n.op_type for n in optimized.graph.node]
     meant_float = {n.name for n in onnx.load(str(prepared)).graph.node
