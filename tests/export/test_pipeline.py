@@ -389,3 +389,37 @@ def test_a_checkpoint_that_recorded_no_data_exports_fp32_and_never_calibrates_on
     report = run_export(ExportOptions(path, out=tmp_path / "e", eval=root), log=said.append)
     assert report["fp32"] is not None and report["ood"] is None
     assert said[-1] == "No training and validation images at hand: exported without the out-of-distribution flag."
+
+
+def test_a_brain_crop_model_is_calibrated_gated_and_thresholded_on_cropped_slices(tmp_path):
+    """The slices behind every export decision are the ones the runtime will feed this model (its crop): the
+    calibration sample, the gate's scores and the tumour threshold chosen on them."""
+    from tumor_export.calibration import load_inputs, load_slices, sample_files
+    from tumor_runtime.contract import INPUT_NAME, PROBABILITIES
+    from tumor_runtime.preprocess import normalize
+    from tumor_runtime.tumor import screening_stats, tumor_probability
+
+    root = make_dataset(tmp_path / "data", per_class=6)
+    path = model_checkpoint(tmp_path / "run" / "model.pth", size=32, crop="brain")
+    val = [f"{c}/img_00{i}.jpg" for c in ("glioma", "meningioma", "notumor", "pituitary") for i in (0, 1)]
+    ckpt = torch.load(path, weights_only=True) | {"data": {"root": str(root), "train_dir": str(root), "val_files": val}}
+    # "notumor" dominates: the threshold is then the lowest tumour probability of a tumour slice, which moves
+    # with every input pixel (not the 0.5 cap an untrained model would hit).
+    ckpt["state_dict"]["head.3.bias"][ckpt["classes"].index("notumor")] += 4.0
+    save_atomic(ckpt, path)
+    pre, excluded = ckpt["preprocess"], [root / f for f in val]
+    assert not np.array_equal(load_slices(excluded, 32, "brain"), load_slices(excluded, 32, "none"))
+
+    inputs, files = pipeline.calibration_inputs(ExportOptions(path, calibration_size=8), ckpt, excluded)
+    np.testing.assert_array_equal(inputs, load_inputs(files, 32, pre["mean"], pre["std"], "brain"))
+
+    report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=1.0, calibration_size=8))
+    chosen = sample_files(root, 8, 0, {f.resolve() for f in excluded})
+    assert report["calibration"]["first_files"] == [str(f) for f in chosen[:3]]
+    session = ort.InferenceSession(str(tmp_path / "e" / "model.onnx"))
+    slices = normalize(load_slices(excluded, 32, "brain"), pre["mean"], pre["std"])
+    probs = session.run([PROBABILITIES], {INPUT_NAME: slices})[0]
+    labels = np.repeat([0, 1, 2, 3], 2)
+    tumor_p = tumor_probability(probs, ckpt["classes"], ckpt["negative_class"])
+    assert report["tumor_threshold"] == choose_threshold(tumor_p, labels != 2) < 0.5
+    assert report["fp32"]["screening"] == screening_stats(tumor_p, labels != 2, report["tumor_threshold"])
