@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -86,7 +87,9 @@ def test_the_blend_is_the_weighted_sum_with_the_squared_temperature(teacher):
     soft = teachers.soft_targets(warped)
     kl = (soft * (soft.log() - torch.log_softmax(logits / 3.0, 1))).sum(1).mean()  # batchmean KL(soft || student)
     expected = 0.75 * 1.2 + 0.25 * 9.0 * kl
-    assert float(teachers.blend(torch.tensor(1.2), logits, warped)) == pytest.approx(float(expected), rel=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an implicit softmax dimension warns, and would break on a 1-D batch
+        assert float(teachers.blend(torch.tensor(1.2), logits, warped)) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_a_larger_batch_is_resized_with_antialiasing_to_the_teachers_side(teacher):
@@ -118,3 +121,28 @@ def test_refusals_name_the_teacher_and_the_difference(teacher):
     with pytest.raises(OptionError) as caught:
         Teachers.load([path], "brain", classes[::-1], 2.0, 0.5, torch.device("cpu"))
     assert str(caught.value) == f"teacher {path} knows the classes {classes}, not {classes[::-1]}"
+
+
+def test_a_teacher_from_before_the_brain_crop_saw_whole_frames(teacher):
+    """Checkpoints written before `preprocess.crop` existed were trained on the whole frame."""
+    from tumor_train.checkpoint import save_atomic
+
+    path = teacher / "model.pth"
+    ckpt = torch.load(path, weights_only=True)
+    save_atomic(ckpt | {"preprocess": {k: v for k, v in ckpt["preprocess"].items() if k != "crop"}}, path)
+    assert len(Teachers.load([str(path)], "none", ckpt["classes"], 2.0, 0.5, torch.device("cpu")).models) == 1
+    with pytest.raises(OptionError) as caught:
+        Teachers.load([str(path)], "brain", ckpt["classes"], 2.0, 0.5, torch.device("cpu"))
+    assert str(caught.value) == (f"teacher {path} was trained with crop 'none', this run uses 'brain': teachers must "
+                                 "see the slice as the student does")
+
+
+def test_teachers_go_to_the_training_device_in_channels_last(teacher):
+    """On the student's device (a GPU run keeps them there; "meta" stands in for one) and channels-last, the
+    memory format the student trains in (faster on CPU and GPU alike)."""
+    classes = ["glioma", "meningioma", "notumor", "pituitary"]
+    teachers = Teachers.load([str(teacher / "model.pth")], "brain", classes, 2.0, 0.5, torch.device("meta"))
+    params = list(teachers.models[0].parameters())
+    assert all(p.device.type == "meta" for p in params)
+    convolutions = [p for p in params if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
