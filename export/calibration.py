@@ -8,7 +8,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 from tumor_runtime.errors import KitError
-from tumor_runtime.inputs import images_in
+from tumor_runtime.inputs import SUPPORTED_FILES, images_in
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 
 MAX_CALIBRATION_BATCH = 16
@@ -27,7 +27,7 @@ def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = f
                                "that judge the int8 model would flatter it: pass a --calibration folder other than "
                                "--eval (for example the training images)")
     if not files:
-        raise CalibrationError(f"no calibration images (.jpg .png .bmp .tif) under {folder}; pass --calibration DIR")
+        raise CalibrationError(f"no calibration images {SUPPORTED_FILES} under {folder}; pass --calibration DIR")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(files), size=min(count, len(files)), replace=False)
     return [files[i] for i in sorted(chosen)]

@@ -30,6 +30,9 @@ class Unreadable:
         return str(self.path)
 
 
+SUPPORTED_FILES = "(.jpg .png .bmp .tif .dcm)"  # what `images_in` lists, as error messages name it
+
+
 def images_in(folder: Path, recursive: bool, errors: list | None = None) -> list[Path]:
     """Image files in `folder` (and below with `recursive`), sorted; hidden files and folders skipped.
 
@@ -85,7 +88,7 @@ def collect(paths: list[str], recursive: bool) -> list:
             found = images_in(path, recursive, errors)
             if not found and not errors:
                 hint = "" if recursive else " (use --recursive for subfolders)"
-                raise UsageError(f"no images (.jpg .png .bmp .tif .dcm) in {path}{hint}")
+                raise UsageError(f"no images {SUPPORTED_FILES} in {path}{hint}")
             items += found + errors
         else:
             items.append(path)

@@ -75,7 +75,7 @@ def class_names(train_dir: Path) -> list[str]:
 def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[list[Path], np.ndarray]:
     """Image files per class folder by the kit's one labelled-folder rule (`tumor_runtime.inputs.labelled`);
     for training every class folder must be there, readable and non-empty. At most `limit` per class."""
-    from tumor_runtime.inputs import UsageError, readable_labelled
+    from tumor_runtime.inputs import SUPPORTED_FILES, UsageError, readable_labelled
 
     try:
         files, labels = readable_labelled(split_dir, classes)
@@ -84,8 +84,7 @@ def list_images(split_dir: Path, classes: list[str], limit: int = 0) -> tuple[li
     labels = np.asarray(labels, dtype=np.int64)
     empty = [name for i, name in enumerate(classes) if not np.any(labels == i)]
     if empty:
-        raise DataError(f"class folder {split_dir / empty[0]} is missing or has no images (.jpg, .png, .bmp, .tif, "
-                        ".dcm)")
+        raise DataError(f"class folder {split_dir / empty[0]} is missing or has no images {SUPPORTED_FILES}")
     keep = np.concatenate([np.flatnonzero(labels == i)[:limit] if limit else np.flatnonzero(labels == i)
                            for i in range(len(classes))])
     return [files[i] for i in keep], labels[keep]

@@ -32,7 +32,7 @@ def test_a_folder_of_only_evaluation_images_or_no_images_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError) as caught:
         sample_files(tmp_path / "empty", 4)
-    assert str(caught.value) == (f"no calibration images (.jpg .png .bmp .tif) under {tmp_path / 'empty'}; "
+    assert str(caught.value) == (f"no calibration images (.jpg .png .bmp .tif .dcm) under {tmp_path / 'empty'}; "
                                  "pass --calibration DIR")
 
 
