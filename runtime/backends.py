@@ -10,11 +10,12 @@ the same: the tests run both backends on the same slices (same labels, probabili
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from tumor_runtime.contract import installed
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 OPENVINO_CPU_FLAGS = ("amx_int8", "avx512_vnni")  # where OpenVINO's int8 convolutions beat ONNX Runtime's
@@ -29,23 +30,16 @@ def cpu_flags() -> set[str]:
         return set()
 
 
-def openvino_installed() -> bool:
-    try:
-        return importlib.util.find_spec("openvino") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def choose(backend: str) -> str:
     """The backend `auto` stands for on this machine (or `backend` itself); ValueError for an unknown name."""
     from tumor_runtime.errors import OptionError, UsageError
 
     if backend not in BACKENDS:
         raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    if backend == "openvino" and not openvino_installed():
+    if backend == "openvino" and not installed("openvino"):
         raise UsageError(MISSING_OPENVINO)
     if backend == "auto":
-        fast = openvino_installed() and cpu_flags() & set(OPENVINO_CPU_FLAGS)
+        fast = installed("openvino") and cpu_flags() & set(OPENVINO_CPU_FLAGS)
         return "openvino" if fast else "onnxruntime"
     return backend
 

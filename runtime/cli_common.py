@@ -6,13 +6,13 @@ Exit codes of every command: 0 done, 1 a partial failure (named on stderr), 2 us
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import sys
 
 import click
 
+from tumor_runtime.contract import installed
 from tumor_runtime.validate import finite_in_range
 
 EXTRAS = {"train": ("torch", "matplotlib", "tqdm"), "export": ("torch", "onnx", "onnxscript")}
@@ -104,13 +104,6 @@ def fail(message: str, code: int = 2) -> None:
     """One line on stderr, then exit."""
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
-
-
-def installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def require_extra(extra: str, command: str) -> None:

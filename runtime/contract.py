@@ -7,6 +7,7 @@ the pixel transform in `preprocess`, the error type and exit codes in `errors`.
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 from importlib import metadata
 
@@ -36,6 +37,14 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported (an optional extra's package), without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def tool_versions(*packages: str) -> dict:

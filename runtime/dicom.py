@@ -17,12 +17,12 @@ Instance UID and Instance Number; never a patient's name or ID.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tumor_runtime.contract import installed
 from tumor_runtime.preprocess import ImageError, rescale_to_8bit
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -57,13 +57,6 @@ def is_dicom_file(path: Path) -> bool:
     return suffix in DICOM_SUFFIXES or (suffix == "" and path.is_file() and has_dicom_preamble(path))
 
 
-def available() -> bool:
-    try:
-        return importlib.util.find_spec("pydicom") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def read_header(path: Path):
     """The data set with large values (the pixels) left on disk until used."""
     import pydicom
@@ -77,7 +70,7 @@ def read_header(path: Path):
 def frames_of(path: Path) -> list[DicomFrame]:
     """The frames of a DICOM file; ImageError for a file without pixel data (SR, RT structure ...) or a
     frame count that is not one the pixel data holds."""
-    if not available():
+    if not installed("pydicom"):
         raise ImageError(MISSING_EXTRA)
     from tumor_runtime.preprocess import require_regular_file
 
@@ -231,7 +224,7 @@ def single_frame_gray(path: Path) -> np.ndarray:
 
 def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:
     """(uint8 gray (rows, cols), the row's DICOM context) for one frame; ImageError with the reason."""
-    if not available():
+    if not installed("pydicom"):
         raise ImageError(MISSING_EXTRA)
     from pydicom.pixels import pixel_array
 

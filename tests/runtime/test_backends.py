@@ -56,7 +56,7 @@ def test_the_command_takes_the_backend():
     ({"avx2"}, True, "onnxruntime"), ({"amx_int8"}, False, "onnxruntime")])
 def test_auto_takes_openvino_only_where_it_is_measured_faster(monkeypatch, flags, installed, expected):
     monkeypatch.setattr(backends, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(backends, "openvino_installed", lambda: installed)
+    monkeypatch.setattr(backends, "installed", lambda name: installed and name == "openvino")
     assert backends.choose("auto") == expected
 
 
@@ -65,7 +65,7 @@ def test_a_missing_or_unknown_backend_is_one_clear_error(monkeypatch):
 
     with pytest.raises(OptionError, match="backend must be one of"):
         backends.choose("tensorrt")
-    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    monkeypatch.setattr(backends, "installed", lambda name: False)
     with pytest.raises(UsageError, match=r"\[openvino\] extra"):
         Classifier.load(backend="openvino")
 
@@ -83,14 +83,6 @@ def test_cpu_flags_reads_the_first_flags_line_and_nothing_when_unreadable(monkey
     assert backends.cpu_flags() == set()
     monkeypatch.setattr(backends, "open", lambda *a: (_ for _ in ()).throw(PermissionError("no")), raising=False)
     assert backends.cpu_flags() == set()
-
-
-def test_openvino_installed_follows_the_import_system(monkeypatch):
-    assert backends.openvino_installed() is True  # this module is skipped without it
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
-    assert backends.openvino_installed() is False
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: (_ for _ in ()).throw(ValueError()))
-    assert backends.openvino_installed() is False
 
 
 def test_choose_names_the_backends_and_keeps_an_explicit_one():

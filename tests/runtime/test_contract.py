@@ -4,6 +4,7 @@ import platform
 from importlib import metadata
 
 import tumor_runtime
+from tumor_runtime import contract
 from tumor_runtime.contract import package_version, tool_versions
 
 
@@ -17,3 +18,13 @@ def test_tool_versions_names_the_kit_python_and_each_package_asked_for():
     assert versions == {"tumor_kit": tumor_runtime.__version__, "python": platform.python_version(),
                         "numpy": metadata.version("numpy"), "no-such-distribution-xyz": None}
     assert tool_versions() == {"tumor_kit": tumor_runtime.__version__, "python": platform.python_version()}
+
+
+def test_installed_follows_the_import_system_without_importing(monkeypatch):
+    import sys
+
+    assert contract.installed("numpy") is True and contract.installed("no_such_module_xyz") is False
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    assert contract.installed("colorsys") is True and "colorsys" not in sys.modules  # found, not imported
+    monkeypatch.setattr(contract.importlib.util, "find_spec", lambda name: (_ for _ in ()).throw(ValueError()))
+    assert contract.installed("numpy") is False  # a module whose spec is broken counts as absent
