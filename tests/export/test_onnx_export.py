@@ -136,3 +136,14 @@ def test_a_model_without_a_cam_head_exports_probabilities_and_logits_only(tmp_pa
     assert export_fp32(model, 32, tmp_path / "plain.onnx") is False
     assert [o.name for o in onnx.load(str(tmp_path / "plain.onnx")).graph.output] == ["probabilities", "logits"]
     assert check_against_torch(tmp_path / "plain.onnx", model, fixed_inputs(32, count=3)) <= 1e-5
+
+
+def test_an_export_names_its_batch_axis_and_prints_nothing(tmp_path, capsys):
+    """Any batch size, on an axis named "batch" (what Netron and ONNX tools show); the exporter's own report
+    (printed unless told otherwise) must not reach tumor-export's output."""
+    model = build_model("compact", num_classes=4, width=4).eval()
+    assert export_fp32(model, 32, tmp_path / "m.onnx") is True
+    assert capsys.readouterr().out == ""
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][0] == "batch"
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1:] == [1, 32, 32]
