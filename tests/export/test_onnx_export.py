@@ -147,3 +147,24 @@ def test_an_export_names_its_batch_axis_and_prints_nothing(tmp_path, capsys):
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
     assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][0] == "batch"
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1:] == [1, 32, 32]
+
+
+def test_the_cam_and_feature_checks_are_relative_to_their_scale(exported):
+    """Large activations (an input 1e5 times brighter than a normalised one) put ONNX Runtime and torch more
+    than 1e-4 apart in absolute terms (float32 rounding: about 1.5e-4 on features near 300) but not relatively:
+    a correct export is accepted."""
+    model, path = exported
+    assert check_against_torch(path, model, fixed_inputs(32, count=4) * np.float32(1e5)) <= 1e-4
+
+
+def test_the_checker_runs_full_shape_inference(tmp_path):
+    """A graph whose declared shapes contradict its operators passes onnx's basic check, not the full one."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])  # x + x cannot have 3 elements
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "bad.onnx"))
+    onnx.checker.check_model(onnx.load(str(tmp_path / "bad.onnx")))  # the basic check lets it through
+    with pytest.raises(ExportError, match=r"^onnx.checker rejected bad.onnx: \[ShapeInferenceError\]"):
+        check_onnx(tmp_path / "bad.onnx")
