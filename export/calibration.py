@@ -18,7 +18,7 @@ class CalibrationError(KitError):
     """No usable calibration images; reported in one line."""
 
 
-def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = frozenset()) -> list[Path]:
+def sample_files(folder: Path, count: int, seed: int, exclude: set[Path] = frozenset()) -> list[Path]:
     """`count` image files drawn with a fixed seed from the sorted recursive listing of `folder`."""
     listed = images_in(Path(folder), recursive=True)
     files = sorted(p for p in listed if p.resolve() not in exclude)
@@ -33,7 +33,7 @@ def sample_files(folder: Path, count: int, seed: int = 0, exclude: set[Path] = f
     return [files[i] for i in sorted(chosen)]
 
 
-def load_slices(files: list[Path], size: int, crop: str = "none") -> np.ndarray:
+def load_slices(files: list[Path], size: int, crop: str) -> np.ndarray:
     """uint8 (N, size, size) slices as the model sees them; unreadable files are left out (N may be 0)."""
     images = []
     for path in files:
@@ -44,7 +44,7 @@ def load_slices(files: list[Path], size: int, crop: str = "none") -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, size, size), np.uint8)
 
 
-def load_inputs(files: list[Path], size: int, mean: float, std: float, crop: str = "none") -> np.ndarray:
+def load_inputs(files: list[Path], size: int, mean: float, std: float, crop: str) -> np.ndarray:
     """float32 (N, 1, size, size) model inputs; unreadable files are left out (N may be 0)."""
     return normalize(load_slices(files, size, crop), mean, std)
 

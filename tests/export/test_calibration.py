@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import make_dataset
-from tumor_export.calibration import ArrayReader, CalibrationError, batch_size_for, load_inputs, sample_files
+from tumor_export.calibration import (ArrayReader, CalibrationError, batch_size_for, load_inputs, load_slices,
+                                      sample_files)
 from tumor_runtime.preprocess import load_gray, normalize
 
 
@@ -26,12 +27,14 @@ def test_the_sample_is_seeded_sorted_and_leaves_out_excluded_files(tmp_path):
 
 def test_a_folder_of_only_evaluation_images_or_no_images_is_refused(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=1)
-    with pytest.raises(CalibrationError, match="^every image under .* is an evaluation image, and calibrating on the "
-                                               "images that judge the int8 model would flatter it"):
-        sample_files(data, 4, exclude={p.resolve() for p in data.rglob("*.jpg")})
+    with pytest.raises(CalibrationError) as caught:
+        sample_files(data, 4, 0, exclude={p.resolve() for p in data.rglob("*.jpg")})
+    assert str(caught.value) == (f"every image under {data} is an evaluation image, and calibrating on the images that "
+                                 "judge the int8 model would flatter it: pass a --calibration folder other than --eval "
+                                 "(for example the training images)")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError) as caught:
-        sample_files(tmp_path / "empty", 4)
+        sample_files(tmp_path / "empty", 4, 0)
     assert str(caught.value) == (f"no calibration images (.jpg .png .bmp .tif .dcm) under {tmp_path / 'empty'}; "
                                  "pass --calibration DIR")
 
@@ -49,7 +52,9 @@ def test_load_inputs_are_the_runtime_transform_and_skip_unreadable_files(tmp_pat
     cropped, whole = (load_inputs([tmp_path / "framed.png"], 40, 0.3, 0.2, crop) for crop in ("brain", "none"))
     assert np.array_equal(cropped[0, 0], normalize(load_gray(tmp_path / "framed.png", 40, "brain"), 0.3, 0.2)[0])
     assert not np.array_equal(cropped, whole)  # the crop is honoured
-    assert load_inputs([tmp_path / "broken.jpg"], 40, 0.3, 0.2).shape == (0, 1, 40, 40)
+    assert load_inputs([tmp_path / "broken.jpg"], 40, 0.3, 0.2, "none").shape == (0, 1, 40, 40)
+    nothing = load_slices([tmp_path / "broken.jpg"], 40, "none")  # still the slices' type: uint8 (0, S, S)
+    assert nothing.dtype == np.uint8 and nothing.shape == (0, 40, 40)
 
 
 @given(st.integers(0, 500), st.integers(1, 64))
@@ -73,5 +78,7 @@ def test_the_reader_feeds_equal_batches_by_name_and_rewinds():
     assert [b["image"].ravel().tolist() for b in batches[:3]] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
     reader.rewind()
     assert reader.get_next()["image"].ravel().tolist() == [0, 1, 2, 3, 4]
+    exact = ArrayReader(inputs[:10], "image", batch_size=5)  # a count the batch divides: no empty third batch
+    assert [exact.get_next() is None for _ in range(3)] == [False, False, True]
     with pytest.raises(CalibrationError, match="^none of the calibration images could be read$"):
         ArrayReader(inputs[:0], "image")
