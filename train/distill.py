@@ -37,8 +37,9 @@ class Teachers:
             pre = ckpt["preprocess"]
             if ckpt["classes"] != classes:
                 raise OptionError(f"teacher {path} knows the classes {ckpt['classes']}, not {classes}")
-            if pre.get("crop", "none") != crop:
-                raise OptionError(f"teacher {path} was trained with crop {pre.get('crop', 'none')!r}, this run uses "
+            trained_crop = pre.get("crop", "none")  # checkpoints from before the brain crop saw whole frames
+            if trained_crop != crop:
+                raise OptionError(f"teacher {path} was trained with crop {trained_crop!r}, this run uses "
                                   f"{crop!r}: teachers must see the slice as the student does")
             models.append(model.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False))
             inputs.append((int(pre["size"]), float(pre["mean"]), float(pre["std"])))
