@@ -17,6 +17,7 @@ Instance UID and Instance Number; never a patient's name or ID.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +116,6 @@ def frames_held(header) -> int:
     if element is None:
         return 1
     if syntax is not None and syntax.is_compressed:
-        import io
-
         from pydicom.encaps import parse_basic_offsets, parse_fragments
 
         try:
