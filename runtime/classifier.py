@@ -1,12 +1,11 @@
-"""`Classifier`: the Python API. Decoding runs in a thread pool, a few batches ahead of inference."""
+"""`Classifier`: the Python API. Decoding runs a few batches ahead of inference (`decoding.DecodePool`)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -14,14 +13,16 @@ import numpy as np
 
 from tumor_runtime import tumor
 from tumor_runtime.inputs import Unreadable
-from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file, load_frame
+from tumor_runtime.decoding import PROCESS_MIN_ITEMS, DecodePool, decode_item, processes_available
+from tumor_runtime.dicom import DicomFrame, frames_of, is_dicom_file
 from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.heatmap import normalized_cam
 from tumor_runtime.model import ModelError, ModelInfo, available_cores, default_model_path, open_session, output_name
-from tumor_runtime.ood import descriptors_of_thumbnails, thumbnail
-from tumor_runtime.preprocess import EncodedImage, ImageError, load_gray, normalize
+from tumor_runtime.ood import descriptors_of_thumbnails
+from tumor_runtime.preprocess import EncodedImage, ImageError, normalize
 from tumor_runtime.validate import MAX_BATCH_SIZE, finite_in_range, int_in_range
 
+FILE_ITEMS = (str, Path, DicomFrame, Unreadable, EncodedImage)  # inputs still to be read and decoded
 PREFETCH_BATCHES = 2  # decoded batches waiting ahead of inference: memory stays flat with folder size
 SESSION_BATCH = 64  # images per model call: larger batches gain nothing on a CPU and cost memory
 NO_CAM = ("this model has no 'cam' output, so it cannot give heat-maps: export it again with tumor-export "
@@ -150,38 +151,36 @@ class Classifier:
                 "error": None} | ({} if cams is None else {"cam": normalized_cam(cams, best, self.info.input_size)})
 
     def _decode(self, item):
-        """item -> (uint8 image at the input size or None, error or None, DICOM context or None, image
-        thumbnail for the out-of-distribution score or None). Runs in the decode threads."""
-        if isinstance(item, Unreadable):
-            return None, item.reason, None, None
-        try:
-            dicom = None
-            if isinstance(item, DicomFrame):
-                item, dicom = load_frame(item)
-            gray = load_gray(item, self.info.input_size, self.info.crop)
-        except (ImageError, OSError, ValueError, TypeError) as exc:
-            return None, str(exc) or type(exc).__name__, None, None
-        return gray, None, dicom, thumbnail(gray) if self.info.ood is not None else None
+        """item -> `decoding.decode_item`'s (image, error, DICOM context, thumbnail) for this model."""
+        return decode_item(item, self.info.input_size, self.info.crop, self.info.ood is not None)
 
-    def iter_predict(self, items: Iterable, heatmaps: bool = False) -> Iterator[dict]:
+    def iter_predict(self, items: Iterable, heatmaps: bool = False, processes: bool | None = None) -> Iterator[dict]:
         """Stream records in input order; bad items give a record with `error` set, never an exception.
         With `heatmaps`, each record also has "cam": the predicted class's map, float32 in [0, 1] at the
         model's input resolution, and "slice": the uint8 input it was computed on (None for error rows;
-        ModelError at once if the model has no `cam` output)."""
+        ModelError at once if the model has no `cam` output). `processes`: decode in worker processes
+        rather than threads (with 2 or more threads, on Linux); None (the default) does so for inputs of more
+        than `decoding.PROCESS_MIN_ITEMS` files, and then lists that many before the first row."""
         if heatmaps and not self.has_cam:
             raise ModelError(NO_CAM)
         numbered = enumerate(expand_dicom(items))  # (position, item): arrays are named by position
+        if self.threads < 2 or not processes_available():
+            processes = False
+        elif processes is None:  # list (not decode) enough of a lazy input to tell a large one from a small one
+            head = list(islice(numbered, PROCESS_MIN_ITEMS + 1))
+            # Files only: an array is decoded already, and copying it to a process costs more than it saves.
+            processes = len(head) > PROCESS_MIN_ITEMS and all(isinstance(x, FILE_ITEMS) for _, x in head)
+            numbered = chain(head, numbered)
         chunks = iter(lambda: list(islice(numbered, self.batch_size)), [])
-        with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            pending = deque()
-            for chunk in islice(chunks, PREFETCH_BATCHES):
-                pending.append((chunk, [pool.submit(self._decode, x) for _, x in chunk]))
+        with DecodePool(self.threads, processes, self.info.input_size, self.info.crop,
+                        self.info.ood is not None) as pool:
+            pending = deque((chunk, pool.submit([x for _, x in chunk])) for chunk in islice(chunks, PREFETCH_BATCHES))
             while pending:
-                chunk, futures = pending.popleft()
+                chunk, decoded = pending.popleft()
                 following = next(chunks, None)
                 if following:
-                    pending.append((following, [pool.submit(self._decode, x) for _, x in following]))
-                yield from self._classify(chunk, [f.result() for f in futures], heatmaps)
+                    pending.append((following, pool.submit([x for _, x in following])))
+                yield from self._classify(chunk, decoded(), heatmaps)
 
     def _classify(self, chunk: list, decoded: list, heatmaps: bool) -> Iterator[dict]:
         good = [i for i, row in enumerate(decoded) if row[0] is not None]
@@ -197,8 +196,7 @@ class Classifier:
                 scores = self.info.ood.score(outputs[-1], descriptors_of_thumbnails(thumbnails))
         by_index, cam_by_index, score_by_index = dict(zip(good, probs)), dict(zip(good, cams)), dict(zip(good, scores))
         for i, (position, item) in enumerate(chunk):
-            named = (str, Path, Unreadable, DicomFrame, EncodedImage)
-            name = str(item) if isinstance(item, named) else f"<array {position}>"
+            name = str(item) if isinstance(item, FILE_ITEMS) else f"<array {position}>"
             cam = cam_by_index.get(i, np.zeros(0)) if heatmaps else None
             rec = self.record(name, by_index.get(i), decoded[i][1], cam, score_by_index.get(i))
             if heatmaps:  # the overlay is drawn on what the model saw, without decoding the file again

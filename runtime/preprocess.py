@@ -168,13 +168,17 @@ def open_image(path: "str | os.PathLike | EncodedImage", size: int | None = None
             img.draft("L", (size, size) if size is not None else img.size)
         try:
             img.load()
-            # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag.
-            upright = ImageOps.exif_transpose(img)
+            # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag. A JPEG's
+            # EXIF block is read at open, so one without it has no tag (parsing for nothing cost 30 us a slice).
+            has_exif = img.format != "JPEG" or "exif" in img.info
+            upright = ImageOps.exif_transpose(img) if has_exif else img
         except Exception as exc:
             raise ImageError(f"corrupt or truncated image ({exc})") from None
-        if upright is not img:
-            return upright if upright.mode != "P" else upright.convert("RGBA" if "transparency" in img.info else "RGB")
-        return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if upright.mode == "P":
+            return upright.convert("RGBA" if "transparency" in img.info else "RGB")
+        # Leaving `with` closes the file, not the decoded pixels; only a memory-mapped file (raw BMP, TIFF)
+        # is copied, so that a file changed later cannot change (or crash) the image.
+        return upright.copy() if upright is img and getattr(img, "map", None) is not None else upright
 
 
 def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
@@ -225,12 +229,16 @@ def checked_array(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def check_content(gray: Image.Image) -> None:
+def check_content(gray: Image.Image, histogram: list[int] | None = None) -> None:
     """Refuse what cannot be a slice: a side below MIN_SIDE, or one gray level everywhere (blank, or a
-    DICOM whose rescale or window maps every pixel to one value)."""
+    DICOM whose rescale or window maps every pixel to one value). `histogram`: `gray`'s, if at hand."""
     if min(gray.size) < MIN_SIDE:
         raise ImageError(f"image too small ({gray.width}x{gray.height} pixels; the minimum is {MIN_SIDE} on each side)")
-    low, high = gray.getextrema()
+    if histogram is None:
+        low, high = gray.getextrema()
+    else:  # the first and last level with a pixel: a quarter of the cost of a second pass over the pixels
+        levels = np.flatnonzero(histogram)
+        low, high = int(levels[0]), int(levels[-1])
     if low == high:
         raise ImageError(f"constant image (every pixel is {low}): nothing to classify")
 
@@ -251,8 +259,9 @@ def load_gray(source, size: int, crop: str = "none") -> np.ndarray:
         else:  # draft decoding shrinks by the frame; a crop needs the full frame's detail
             img = open_image(source, size if crop == "none" else None)
     gray = to_gray(img)
-    check_content(gray)
-    box = brain_box(np.asarray(gray), gray.histogram()) if crop == "brain" else None
+    histogram = gray.histogram() if crop == "brain" else None
+    check_content(gray, histogram)
+    box = brain_box(np.asarray(gray), histogram) if crop == "brain" else None
     if box is not None:
         gray = gray.crop(box)  # parts outside the frame come back black
     if gray.size != (size, size):

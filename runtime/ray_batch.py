@@ -43,8 +43,10 @@ class ClassifyPaths:
                                           tumor_threshold=tumor_threshold, backend=backend)
 
     def __call__(self, batch: dict) -> dict:
-        # A multi-frame DICOM file gives one row per frame: the row count may grow.
-        return {"row": [json.dumps(rec) for rec in self.classifier.iter_predict([str(p) for p in batch["path"]])]}
+        # A multi-frame DICOM file gives one row per frame: the row count may grow. Decoding stays in threads:
+        # Ray gives the actor its CPUs, and forking a process that runs Ray's gRPC threads is unsafe.
+        paths = [str(p) for p in batch["path"]]
+        return {"row": [json.dumps(rec) for rec in self.classifier.iter_predict(paths, processes=False)]}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:

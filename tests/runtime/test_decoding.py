@@ -1,0 +1,135 @@
+"""`runtime/decoding.py`: the same decoded inputs and rows from threads and from worker processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLES
+from tests.helpers import write_dicom
+from tumor_runtime import classifier as classifier_module
+from tumor_runtime import decoding
+from tumor_runtime.classifier import Classifier
+from tumor_runtime.dicom import DicomFrame
+from tumor_runtime.inputs import Unreadable
+from tumor_runtime.model import available_cores
+from tumor_runtime.ood import thumbnail
+from tumor_runtime.preprocess import EncodedImage, load_gray
+
+FILES = sorted(SAMPLES.rglob("*.jpg"))
+needs_fork = pytest.mark.skipif(not decoding.processes_available() or available_cores() < 2,
+                                reason="worker processes need fork (Linux) and 2 cores")
+
+
+@pytest.fixture
+def mixed_items(tmp_path):
+    """Every kind of input the CLI and the API pass: paths, a DICOM frame, bytes, an unreadable, a broken file."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(FILES[0].read_bytes()[:200])
+    dicom = write_dicom(tmp_path / "slice.dcm", load_gray(FILES[1], 96).astype(np.uint16) * 16, bits_stored=12)
+    return [str(FILES[0]), FILES[1], broken, DicomFrame(dicom, None), EncodedImage("upload.jpg", FILES[2].read_bytes()),
+            Unreadable(tmp_path / "locked", "permission denied")]
+
+
+def same_decoded(a, b) -> bool:
+    def key(row):
+        return [None if v is None else (v.tobytes() if isinstance(v, np.ndarray) else v) for v in row]
+
+    return [key(r) for r in a] == [key(r) for r in b]
+
+
+def test_decode_item_gives_the_image_its_thumbnail_or_the_reason(mixed_items):
+    gray, error, dicom, small = decoding.decode_item(mixed_items[0], 64, "brain", True)
+    assert np.array_equal(gray, load_gray(mixed_items[0], 64, "brain")) and error is None and dicom is None
+    assert np.array_equal(small, thumbnail(gray))
+    assert decoding.decode_item(mixed_items[0], 64, "brain", False)[3] is None
+    gray, error, dicom, small = decoding.decode_item(mixed_items[2], 64, "none", True)
+    assert gray is None and error == "not a readable image (OSError)" and dicom is None and small is None
+    assert decoding.decode_item(mixed_items[5], 64, "none", True) == (None, "permission denied", None, None)
+    assert decoding.decode_item(mixed_items[3], 64, "none", True)[2] is not None  # the DICOM context
+
+
+@needs_fork
+@pytest.mark.parametrize("crop", ["none", "brain"])
+def test_processes_decode_exactly_what_threads_do(mixed_items, crop):
+    results = {}
+    for processes in (False, True):
+        with decoding.DecodePool(2, processes, 64, crop, True) as pool:
+            assert pool.processes is processes
+            results[processes] = [row for part in [pool.submit(mixed_items[:3]), pool.submit(mixed_items[3:])]
+                                  for row in part()]
+    assert len(results[True]) == len(mixed_items) and same_decoded(results[False], results[True])
+
+
+def exit_at_once(*args):
+    os._exit(3)  # what the kernel's out-of-memory killer does to a worker, seen from the pool
+
+
+@needs_fork
+def test_a_worker_that_dies_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(decoding, "decode_chunk", exit_at_once)  # a forked worker inherits the patched module
+    with decoding.DecodePool(2, True, 64, "none", False) as pool:
+        waiting = pool.submit([str(FILES[0])])
+        with pytest.raises(decoding.DecodeWorkerError, match="decoding process stopped unexpectedly") as caught:
+            waiting()
+        with pytest.raises(decoding.DecodeWorkerError):  # and the broken pool refuses more work the same way
+            pool.submit([str(FILES[0])])()
+    assert caught.value.exit_code == 2 and "\n" not in str(caught.value)
+
+
+def test_without_fork_the_pool_keeps_threads(monkeypatch):
+    monkeypatch.setattr(decoding.sys, "platform", "darwin")
+    assert not decoding.processes_available()
+    with decoding.DecodePool(2, True, 64, "none", False) as pool:
+        assert not pool.processes and np.array_equal(pool.submit([FILES[0]])()[0][0], load_gray(FILES[0], 64))
+
+
+@pytest.fixture(scope="module")
+def clf2():
+    return Classifier.load(threads=2)
+
+
+@needs_fork
+def test_rows_are_the_same_from_processes_and_threads(clf2, mixed_items):
+    items = mixed_items * 3
+    by_threads = list(clf2.iter_predict(items, processes=False))
+    by_processes = list(clf2.iter_predict(items, processes=True))
+    assert by_threads == by_processes and [r["path"] for r in by_processes] == [str(x) for x in items]
+    assert sum(r["error"] is None for r in by_processes) == 12
+
+
+@needs_fork
+def test_large_file_inputs_choose_processes_and_arrays_never(clf2, monkeypatch):
+    chosen = []
+
+    class Spy(decoding.DecodePool):
+        def __init__(self, workers, processes, *args):
+            chosen.append(processes)
+            super().__init__(workers, processes, *args)
+
+    monkeypatch.setattr(classifier_module, "DecodePool", Spy)
+    monkeypatch.setattr(classifier_module, "PROCESS_MIN_ITEMS", 4)
+    arrays = [load_gray(f, 64) for f in FILES[:5]]
+    for items in (FILES[:4], FILES[:5], arrays, [Path(FILES[0])] * 4 + arrays[:1]):
+        assert len(list(clf2.iter_predict(items))) == len(items)
+    assert chosen == [False, True, False, False]
+    one = Classifier.load(threads=1)
+    list(one.iter_predict(FILES[:5], processes=True))  # one thread: no pool of processes to share it with
+    assert chosen[-1] is False
+
+
+@needs_fork
+def test_an_input_read_lazily_is_consumed_once_and_in_order(clf2, monkeypatch):
+    monkeypatch.setattr(classifier_module, "PROCESS_MIN_ITEMS", 3)
+    seen = []
+
+    def paths():
+        for f in FILES[:9]:
+            seen.append(f)
+            yield f
+
+    rows = list(clf2.iter_predict(paths()))
+    assert seen == FILES[:9] and [r["path"] for r in rows] == [str(f) for f in FILES[:9]]
