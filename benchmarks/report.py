@@ -10,6 +10,8 @@ import json
 import sys
 from collections import defaultdict
 
+from tumor_runtime.decoding import PROCESS_MIN_ITEMS
+
 ORDER = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "baseline-int8", "openvino-fp32",
          "openvino-int8"]
 
@@ -65,6 +67,30 @@ def machine_lines(machine: dict) -> list[str]:
             "AVX512-BF16 and AMX, and on the core count. Rerun the benchmarks on your machine before relying on them."]
 
 
+def large_folder_lines(rows: dict) -> list[str]:
+    """tumor-infer over a large folder, decoding in threads and in worker processes, shipped against baseline."""
+    def rate(variant: str, decode: str) -> float | None:
+        stats, extra = rows.get(variant, {}).get(f"end_to_end_large_{decode}", (None, None))
+        return extra["images"] / stats["median"] if stats else None
+
+    if rate("onnx-int8", "threads") is None:
+        return []
+    images = rows["onnx-int8"]["end_to_end_large_threads"][1]["images"]
+    lines = [f"### A large folder ({images:,} images), decoded in threads or in worker processes", "",
+             "| variant | threads img/s | processes img/s | processes ÷ threads |", "|---|---|---|---|"]
+    for variant in ("onnx-int8", "baseline-int8"):
+        t, p = rate(variant, "threads"), rate(variant, "processes")
+        if t and p:
+            lines.append(f"| {variant} | {t:,.0f} | {p:,.0f} | {p / t:.2f}x |")
+    new, old = rate("onnx-int8", "processes"), rate("baseline-int8", "threads")
+    if new and old:
+        lines += ["", f"Shipped model with worker processes (tumor-infer's choice past "
+                      f"{PROCESS_MIN_ITEMS:,} files) against the baseline as it ran before them (threads): "
+                      f"{new / old:.2f}x; against the baseline also given processes: "
+                      f"{ratio(new, rate('baseline-int8', 'processes'), '{:.2f}x')}."]
+    return lines + [""]
+
+
 def main(path: str) -> None:
     results = json.load(open(path))
     table = collect(results)
@@ -90,7 +116,7 @@ def main(path: str) -> None:
         for bench in results["benchmarks"]:
             extra = bench["extra_info"]
             if extra.get("kind") == "memory":
-                out.append(f"- peak resident memory over {extra['images']:,} images: "
+                out.append(f"- peak memory (tumor-infer and its decoding processes) over {extra['images']:,} images: "
                            f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} "
                            f"img/s); over a tenth as many: {extra.get('peak_rss_small_bytes', 0) / 2**20:.0f} MiB")
         out.append("")
@@ -114,6 +140,7 @@ def main(path: str) -> None:
         out += [f"| {e['concurrency']} | {e['requests_per_second']:,.0f} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
                 f"{plain / e['requests_per_second']:.1f}x |" for e in http]
         out.append("")
+    out += large_folder_lines(table["compact"])
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:

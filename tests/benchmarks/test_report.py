@@ -28,3 +28,19 @@ def test_24_results_name_the_cpu_and_its_features():
     assert info["cpu"] and isinstance(info["features"], list)
     text = "\n".join(machine_lines(info))
     assert info["cpu"] in text and "int8/bf16 features" in text and "depend" in text
+
+
+def test_the_large_folder_table_compares_decoding_and_the_baseline():
+    from benchmarks.report import large_folder_lines
+
+    def row(seconds):
+        return ({"median": seconds}, {"images": 4000})
+
+    rows = {"onnx-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(3.2)},
+            "baseline-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(2.0)}}
+    text = "\n".join(large_folder_lines(rows))
+    assert "(4,000 images)" in text and "| onnx-int8 | 1,000 | 1,250 | 1.25x |" in text
+    assert "| baseline-int8 | 1,000 | 2,000 | 2.00x |" in text
+    assert "against the baseline as it ran before them (threads): 1.25x" in text
+    assert "against the baseline also given processes: 0.62x" in text
+    assert large_folder_lines({"onnx-int8": {}}) == []
