@@ -33,8 +33,8 @@ FORMATS = ["table", "csv", "json", "jsonl"]
               help="Flag a tumor when P(tumor) = 1 - P(notumor) reaches this [default: stored in the model].")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, MAX_BATCH_SIZE))
 @click.option("--threads", type=click.IntRange(0), default=0,
-              help="Inference and decoding threads; 0 = the cores available (CPU affinity and container limit), "
-                   "which is also the maximum.  [default: 0]")
+              help="Inference threads and decoding workers (threads; processes for more than 1,000 files); 0 = the "
+                   "cores available (CPU affinity and container limit), which is also the maximum.  [default: 0]")
 @click.option("--heatmaps", type=click.Path(file_okay=False),
               help="Write one overlay PNG per classified input into this folder: the slice, the predicted class's "
                    "activation map, and a legend (label, confidence, P(tumor)). Needs a model with a 'cam' output.")

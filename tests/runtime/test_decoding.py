@@ -133,3 +133,12 @@ def test_an_input_read_lazily_is_consumed_once_and_in_order(clf2, monkeypatch):
 
     rows = list(clf2.iter_predict(paths()))
     assert seen == FILES[:9] and [r["path"] for r in rows] == [str(f) for f in FILES[:9]]
+
+
+def test_the_help_names_the_size_at_which_processes_start():
+    from click.testing import CliRunner
+
+    from tumor_runtime.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    assert f"processes for more than {decoding.PROCESS_MIN_ITEMS:,} files" in help_text
