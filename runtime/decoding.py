@@ -76,7 +76,8 @@ class DecodePool:
     def __init__(self, workers: int, processes: bool, size: int, crop: str, thumbnails: bool):
         self.args = (size, crop, thumbnails)
         self.processes = processes and processes_available()
-        self.executor = (ProcessPoolExecutor(workers, multiprocessing.get_context(START_METHOD))
+        context = multiprocessing.get_context(START_METHOD)  # pragma: no mutate (Linux's default before Python 3.14)
+        self.executor = (ProcessPoolExecutor(workers, context)  # pragma: no mutate (the same)
                          if self.processes else ThreadPoolExecutor(max_workers=workers))
 
     def submit(self, items: list) -> Callable[[], list]:

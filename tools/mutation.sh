@@ -20,6 +20,7 @@ declare -A TESTS=(
   [tumor_runtime/batching.py]="$R/test_batching.py"
   [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_silent_wrong_answers.py"
   [tumor_runtime/contract.py]="$R/test_contract.py"
+  [tumor_runtime/decoding.py]="$R/test_decoding.py"
   [tumor_runtime/dicom.py]="$R/test_dicom.py $R/test_dicom_pixels.py"
   [tumor_runtime/errors.py]="$R/test_cli_faults.py $R/test_cli_contract.py"
   [tumor_runtime/evaluation.py]="$R/test_evaluation.py $R/test_outputs_behaviour.py"

@@ -142,3 +142,60 @@ def test_the_help_names_the_size_at_which_processes_start():
 
     help_text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
     assert f"processes for more than {decoding.PROCESS_MIN_ITEMS:,} files" in help_text
+
+
+def test_a_chunk_is_its_items_decoded_in_order(mixed_items, monkeypatch):
+    rows = decoding.decode_chunk(mixed_items, 64, "none", False)
+    assert same_decoded(rows, [decoding.decode_item(x, 64, "none", False) for x in mixed_items])
+    monkeypatch.setattr(decoding, "load_gray", lambda *a: (_ for _ in ()).throw(OSError()))
+    assert decoding.decode_item(FILES[0], 64, "none", False) == (None, "OSError", None, None)  # a reason without text
+
+
+def test_the_whole_message_of_a_dead_worker():
+    def broken():
+        raise decoding.BrokenProcessPool("A child process terminated abruptly")
+
+    with pytest.raises(decoding.DecodeWorkerError) as caught:
+        decoding.worker_call(broken)
+    assert str(caught.value) == ("a decoding process stopped unexpectedly (killed, or out of memory): the rows before "
+                                 "it were written, the rest were not classified")
+
+
+@pytest.fixture
+def slow_decoding(monkeypatch):
+    """Each decode takes 20 ms and records the thread it ran in (in this process only)."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow(*args):
+        calls.append(threading.get_ident())
+        time.sleep(0.02)
+        return load_gray(FILES[0], 64)
+
+    monkeypatch.setattr(decoding, "load_gray", slow)
+    return calls
+
+
+def test_threads_decode_here_with_at_most_the_workers_asked(slow_decoding):
+    with decoding.DecodePool(2, False, 64, "none", False) as pool:
+        assert len(pool.submit([FILES[0]] * 12)()) == 12
+    assert len(slow_decoding) == 12 and len(set(slow_decoding)) == 2
+
+
+@needs_fork
+def test_processes_decode_elsewhere_and_are_gone_after_the_pool(slow_decoding):
+    import multiprocessing
+
+    with decoding.DecodePool(2, True, 64, "none", False) as pool:
+        assert len(pool.submit([FILES[0]] * 4)()) == 4
+    assert slow_decoding == [] and multiprocessing.active_children() == []
+
+
+def test_an_error_drops_the_chunks_still_queued(slow_decoding):
+    with pytest.raises(KeyboardInterrupt):
+        with decoding.DecodePool(1, False, 64, "none", False) as pool:
+            pool.submit([FILES[0]] * 20)
+            raise KeyboardInterrupt
+    assert 1 <= len(slow_decoding) < 20
