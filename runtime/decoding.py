@@ -92,4 +92,4 @@ class DecodePool:
 
     def __exit__(self, *exc) -> None:
         # An error or Ctrl-C leaves chunks queued: drop them rather than decode them for nothing.
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(cancel_futures=True)  # waits for the chunks already running

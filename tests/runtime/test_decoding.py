@@ -145,8 +145,9 @@ def test_the_help_names_the_size_at_which_processes_start():
 
 
 def test_a_chunk_is_its_items_decoded_in_order(mixed_items, monkeypatch):
-    rows = decoding.decode_chunk(mixed_items, 64, "none", False)
-    assert same_decoded(rows, [decoding.decode_item(x, 64, "none", False) for x in mixed_items])
+    rows = decoding.decode_chunk(mixed_items, 64, "none", True)
+    assert same_decoded(rows, [decoding.decode_item(x, 64, "none", True) for x in mixed_items])
+    assert rows[0][3] is not None  # the thumbnail asked for
     monkeypatch.setattr(decoding, "load_gray", lambda *a: (_ for _ in ()).throw(OSError()))
     assert decoding.decode_item(FILES[0], 64, "none", False) == (None, "OSError", None, None)  # a reason without text
 
