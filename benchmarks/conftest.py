@@ -105,6 +105,18 @@ def choose_bench_set(chosen: str | None, limit: int, shared: Path = SHARED):
     return files, np.asarray(labels), classes, f"{description} ({len(files)} images)"
 
 
+def seen_in_training(files: list[Path], ckpt: dict) -> float:
+    """Share of `files` the checkpoint trained on: under its training folder and not in its validation split
+    (a final fit has none, so all of them). Its F2 on those measures agreement between variants, not accuracy."""
+    data = ckpt.get("data", {})
+    if not files or not data.get("train_dir") or not data.get("root"):
+        return 0.0
+    train_dir, root = Path(data["train_dir"]).resolve(), Path(data["root"]).resolve()
+    held_out = {(root / name).resolve() for name in data.get("val_files", [])}
+    seen = [f for f in (Path(f).resolve() for f in files) if f.is_relative_to(train_dir) and f not in held_out]
+    return len(seen) / len(files)
+
+
 @pytest.fixture(scope="session")
 def bench_set(request) -> tuple[list[Path], np.ndarray, list[str]]:
     """(files, labels, classes) of the labelled bench images."""

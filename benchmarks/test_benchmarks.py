@@ -212,7 +212,8 @@ def fp32_reference(model_variants, inputs_for):
 
 
 @pytest.mark.parametrize("model, name", CASES)
-def test_f2_parity(benchmark, variant, fp32_reference, bench_set, inputs_for):
+def test_f2_parity(benchmark, variant, fp32_reference, bench_set, inputs_for, shipped_ckpt):
+    from benchmarks.conftest import seen_in_training
     from tumor_runtime.metrics import summarize
 
     _, labels, classes = bench_set
@@ -223,7 +224,9 @@ def test_f2_parity(benchmark, variant, fp32_reference, bench_set, inputs_for):
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
     record(benchmark, variant, kind="f2", images=len(labels), f2_macro=stats["f2_macro"],
            tumor_sensitivity=stats["tumor_sensitivity"], agreement_with_fp32=agreement,
-           max_probability_diff=float(np.abs(probs - reference).max()))
+           max_probability_diff=float(np.abs(probs - reference).max()),
+           seen_in_training=None if variant.name == "baseline-int8" or variant.model != "compact"
+           else seen_in_training(bench_set[0], shipped_ckpt))
     if variant.name == "baseline-int8":  # the previous model: its own answers, scored against the labels only
         assert stats["f2_macro"] > 0.9
     elif variant.model == "compact":  # trained weights: every variant must agree with FP32

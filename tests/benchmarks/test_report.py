@@ -44,3 +44,25 @@ def test_the_large_folder_table_compares_decoding_and_the_baseline():
     assert "against the baseline as it ran before them (threads): 1.25x" in text
     assert "against the baseline also given processes: 0.62x" in text
     assert large_folder_lines({"onnx-int8": {}}) == []
+
+
+def test_the_share_of_bench_images_a_model_trained_on(tmp_path):
+    from benchmarks.conftest import seen_in_training
+    from benchmarks.report import seen_line
+
+    root = tmp_path / "data"
+    files = [root / "Training" / "glioma" / f"{i}.jpg" for i in range(4)] + [tmp_path / "elsewhere.jpg"]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    data = {"train_dir": str(root / "Training"), "root": str(root)}
+    held_out = {"data": data | {"val_files": ["Training/glioma/0.jpg", "Training/glioma/1.jpg"]}}
+    assert seen_in_training(files, held_out) == 2 / 5  # two held out, one outside the training folder
+    assert seen_in_training(files[:4], {"data": data | {"val_files": []}}) == 1.0  # a final fit saw them all
+    assert seen_in_training(files, {"data": {}}) == 0.0 and seen_in_training([], held_out) == 0.0
+
+    def table(seen):
+        return {"compact": {"onnx-int8": {"f2": ({}, {"seen_in_training": seen})}}}
+
+    assert "trained on 100% of these images (a final fit)" in seen_line(table(1.0))[0]
+    assert seen_line(table(0.0)) == [] and seen_line(table(None)) == []
