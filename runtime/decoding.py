@@ -12,6 +12,7 @@ and copies every slice back, so small inputs keep the threads.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -55,6 +56,14 @@ def decode_chunk(items: list, size: int, crop: str, thumbnails: bool) -> list:
     return [decode_item(item, size, crop, thumbnails) for item in items]
 
 
+def quiet_worker() -> None:
+    """Each worker process starts here. Ctrl-C reaches the whole process group: the parent stops the run
+    (and the pool), so a worker ignores it rather than print a traceback; SIGTERM ends a worker at once (a
+    fork inherits the command's handler, which would raise inside the worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def worker_call(call: Callable):
     """`call()`, with a dead worker process (the pool is then broken) as a one-line error."""
     try:
@@ -77,7 +86,7 @@ class DecodePool:
         self.args = (size, crop, thumbnails)
         self.processes = processes and processes_available()
         context = multiprocessing.get_context(START_METHOD)  # pragma: no mutate (Linux's default before Python 3.14)
-        self.executor = (ProcessPoolExecutor(workers, context)  # pragma: no mutate (the same)
+        self.executor = (ProcessPoolExecutor(workers, context, initializer=quiet_worker)
                          if self.processes else ThreadPoolExecutor(max_workers=workers))
 
     def submit(self, items: list) -> Callable[[], list]:

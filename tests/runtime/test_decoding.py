@@ -200,3 +200,63 @@ def test_an_error_drops_the_chunks_still_queued(slow_decoding):
             pool.submit([FILES[0]] * 20)
             raise KeyboardInterrupt
     assert 1 <= len(slow_decoding) < 20
+
+
+@pytest.fixture
+def large_folder(tmp_path):
+    """More files than PROCESS_MIN_ITEMS (links to the samples), so that tumor-infer decodes in processes."""
+    folder = tmp_path / "large"
+    folder.mkdir()
+    for i in range(decoding.PROCESS_MIN_ITEMS + 200):
+        (folder / f"{i:05d}.jpg").symlink_to(FILES[i % len(FILES)])
+    return folder
+
+
+def process_group_gone(pgid: int, seconds: float = 10.0) -> bool:
+    import signal
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@needs_fork
+@pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-the-group", "sigterm-to-the-command"])
+def test_stopping_a_run_with_worker_processes_is_quiet_and_leaves_none(large_folder, to_group):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tumor_runtime", str(large_folder), "--format", "jsonl",
+                             "--threads", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal gives a command
+    assert proc.stdout.readline().startswith("{")  # classifying, so the workers are running
+    if to_group:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
+    else:
+        proc.send_signal(signal.SIGTERM)  # what `kill PID` does: the command only
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == (130 if to_group else 143), stderr
+    assert "Traceback" not in stderr and stderr.strip().startswith("Stopped: interrupted"), stderr
+    assert process_group_gone(proc.pid)  # no worker left behind
+
+
+def signal_handlers(*args):
+    import signal
+
+    return [(signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))]
+
+
+@needs_fork
+def test_workers_leave_ctrl_c_to_the_command_and_die_on_sigterm(monkeypatch):
+    import signal
+
+    monkeypatch.setattr(decoding, "decode_chunk", signal_handlers)  # reports the worker's own handlers
+    with decoding.DecodePool(2, True, 64, "none", False) as pool:
+        assert pool.submit([str(FILES[0])])() == [(signal.SIG_IGN, signal.SIG_DFL)]
