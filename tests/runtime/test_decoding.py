@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,8 +171,6 @@ def test_the_whole_message_of_a_dead_worker():
 @pytest.fixture
 def slow_decoding(monkeypatch):
     """Each decode takes 20 ms and records the thread it ran in (in this process only)."""
-    import threading
-    import time
 
     calls = []
 
@@ -187,7 +191,6 @@ def test_threads_decode_here_with_at_most_the_workers_asked(slow_decoding):
 
 @needs_fork
 def test_processes_decode_elsewhere_and_are_gone_after_the_pool(slow_decoding):
-    import multiprocessing
 
     with decoding.DecodePool(2, True, 64, "none", False) as pool:
         assert len(pool.submit([FILES[0]] * 4)()) == 4
@@ -213,8 +216,6 @@ def large_folder(tmp_path):
 
 
 def process_group_gone(pgid: int, seconds: float = 10.0) -> bool:
-    import signal
-    import time
 
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -229,9 +230,6 @@ def process_group_gone(pgid: int, seconds: float = 10.0) -> bool:
 @needs_fork
 @pytest.mark.parametrize("to_group", [True, False], ids=["ctrl-c-to-the-group", "sigterm-to-the-command"])
 def test_stopping_a_run_with_worker_processes_is_quiet_and_leaves_none(large_folder, to_group):
-    import signal
-    import subprocess
-    import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "tumor_runtime", str(large_folder), "--format", "jsonl",
                              "--threads", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -248,14 +246,11 @@ def test_stopping_a_run_with_worker_processes_is_quiet_and_leaves_none(large_fol
 
 
 def signal_handlers(*args):
-    import signal
-
     return [(signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))]
 
 
 @needs_fork
 def test_workers_leave_ctrl_c_to_the_command_and_die_on_sigterm(monkeypatch):
-    import signal
 
     monkeypatch.setattr(decoding, "decode_chunk", signal_handlers)  # reports the worker's own handlers
     with decoding.DecodePool(2, True, 64, "none", False) as pool:
