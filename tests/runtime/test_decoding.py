@@ -255,3 +255,17 @@ def test_workers_leave_ctrl_c_to_the_command_and_die_on_sigterm(monkeypatch):
     monkeypatch.setattr(decoding, "decode_chunk", signal_handlers)  # reports the worker's own handlers
     with decoding.DecodePool(2, True, 64, "none", False) as pool:
         assert pool.submit([str(FILES[0])])() == [(signal.SIG_IGN, signal.SIG_DFL)]
+
+
+@needs_fork
+def test_a_worker_killed_during_a_run_stops_it_with_one_line(large_folder):
+    proc = subprocess.Popen([sys.executable, "-m", "tumor_runtime", str(large_folder), "--format", "jsonl", "-q",
+                             "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("{")
+    workers = [pid for name in Path(f"/proc/{proc.pid}/task").glob("*/children") for pid in name.read_text().split()]
+    os.kill(int(workers[0]), signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    rest, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and stderr.strip().splitlines() == [
+        "Error: a decoding process stopped unexpectedly (killed, or out of memory): the rows before it were "
+        "written, the rest were not classified"], stderr
+    assert 0 < len(rest.splitlines()) + 1 < decoding.PROCESS_MIN_ITEMS + 200  # the rows before it, not all
