@@ -269,3 +269,27 @@ def test_a_worker_killed_during_a_run_stops_it_with_one_line(large_folder):
         "Error: a decoding process stopped unexpectedly (killed, or out of memory): the rows before it were "
         "written, the rest were not classified"], stderr
     assert 0 < len(rest.splitlines()) + 1 < decoding.PROCESS_MIN_ITEMS + 200  # the rows before it, not all
+
+
+def test_quiet_worker_sets_the_handlers_it_promises():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        decoding.quiet_worker()
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def worker_pid(*args):
+    time.sleep(0.05)  # long enough that a second worker, if there were one, would take the next chunk
+    return [os.getpid()]
+
+
+@needs_fork
+def test_processes_are_as_many_as_the_workers_asked(monkeypatch):
+    monkeypatch.setattr(decoding, "decode_chunk", worker_pid)
+    for workers in (1, 2):
+        with decoding.DecodePool(workers, True, 64, "none", False) as pool:
+            waiting = [pool.submit([str(FILES[0])]) for _ in range(6)]
+            assert len({pid for result in waiting for pid in result()}) == workers
