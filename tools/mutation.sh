@@ -18,7 +18,7 @@ R=tests/runtime; E=tests/export; T=tests/train
 declare -A TESTS=(
   [tumor_runtime/backends.py]="$R/test_backends.py"
   [tumor_runtime/batching.py]="$R/test_batching.py"
-  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_silent_wrong_answers.py"
+  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_silent_wrong_answers.py $R/test_decoding.py"
   [tumor_runtime/contract.py]="$R/test_contract.py"
   [tumor_runtime/decoding.py]="$R/test_decoding.py"
   [tumor_runtime/dicom.py]="$R/test_dicom.py $R/test_dicom_pixels.py"
