@@ -215,6 +215,17 @@ def large_folder(tmp_path):
     return folder
 
 
+def finish(proc: subprocess.Popen, seconds: float = 60.0) -> tuple[str, str]:
+    """The rest of a command's output once it ends; if it hangs, it and its workers are killed and the test
+    fails (a hung command left running would outlive the test run)."""
+    try:
+        return proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers: started in a session of their own
+        proc.communicate()
+        pytest.fail("the command did not end within 60 s")
+
+
 def process_group_gone(pgid: int, seconds: float = 10.0) -> bool:
 
     deadline = time.time() + seconds
@@ -239,7 +250,7 @@ def test_stopping_a_run_with_worker_processes_is_quiet_and_leaves_none(large_fol
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
     else:
         proc.send_signal(signal.SIGTERM)  # what `kill PID` does: the command only
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = finish(proc)
     assert proc.returncode == (130 if to_group else 143), stderr
     assert "Traceback" not in stderr and stderr.strip().startswith("Stopped: interrupted"), stderr
     assert process_group_gone(proc.pid)  # no worker left behind
@@ -260,11 +271,12 @@ def test_workers_leave_ctrl_c_to_the_command_and_die_on_sigterm(monkeypatch):
 @needs_fork
 def test_a_worker_killed_during_a_run_stops_it_with_one_line(large_folder):
     proc = subprocess.Popen([sys.executable, "-m", "tumor_runtime", str(large_folder), "--format", "jsonl", "-q",
-                             "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     assert proc.stdout.readline().startswith("{")
     workers = [pid for name in Path(f"/proc/{proc.pid}/task").glob("*/children") for pid in name.read_text().split()]
     os.kill(int(workers[0]), signal.SIGKILL)  # what the kernel's out-of-memory killer does
-    rest, stderr = proc.communicate(timeout=60)
+    rest, stderr = finish(proc)
     assert proc.returncode == 2 and stderr.strip().splitlines() == [
         "Error: a decoding process stopped unexpectedly (killed, or out of memory): the rows before it were "
         "written, the rest were not classified"], stderr
