@@ -223,7 +223,7 @@ def finish(proc: subprocess.Popen, seconds: float = 60.0) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers: started in a session of their own
         proc.communicate()
-        pytest.fail("the command did not end within 60 s")
+        pytest.fail(f"the command did not end within {seconds:g} s")
 
 
 def process_group_gone(pgid: int, seconds: float = 10.0) -> bool:
