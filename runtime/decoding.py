@@ -85,9 +85,11 @@ class DecodePool:
     def __init__(self, workers: int, processes: bool, size: int, crop: str, thumbnails: bool):
         self.args = (size, crop, thumbnails)
         self.processes = processes and processes_available()
-        context = multiprocessing.get_context(START_METHOD)  # pragma: no mutate (Linux's default before Python 3.14)
-        self.executor = (ProcessPoolExecutor(workers, context, initializer=quiet_worker)
-                         if self.processes else ThreadPoolExecutor(max_workers=workers))
+        if self.processes:  # asked only then: where there is no fork (Windows), get_context("fork") raises
+            context = multiprocessing.get_context(START_METHOD)  # pragma: no mutate (Linux's default before 3.14)
+            self.executor = ProcessPoolExecutor(workers, context, initializer=quiet_worker)
+        else:
+            self.executor = ThreadPoolExecutor(max_workers=workers)
 
     def submit(self, items: list) -> Callable[[], list]:
         if not self.processes:

@@ -93,6 +93,18 @@ def test_without_fork_the_pool_keeps_threads(monkeypatch):
         assert not pool.processes and np.array_equal(pool.submit([FILES[0]])()[0][0], load_gray(FILES[0], 64))
 
 
+def test_where_there_is_no_fork_threads_need_no_fork_context(monkeypatch):
+    def no_fork(method=None):
+        raise ValueError(f"cannot find context for {method!r}")  # what Windows says
+
+    monkeypatch.setattr(decoding.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(decoding.multiprocessing, "get_context", no_fork)
+    assert not decoding.processes_available()
+    for processes in (False, True):
+        with decoding.DecodePool(2, processes, 64, "none", False) as pool:
+            assert not pool.processes and np.array_equal(pool.submit([FILES[0]])()[0][0], load_gray(FILES[0], 64))
+
+
 @pytest.fixture(scope="module")
 def clf2():
     return Classifier.load(threads=2)
