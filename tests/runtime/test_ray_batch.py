@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from tests.conftest import SAMPLES
-from tests.helpers import block_imports, one_line_error, run_infer, write_dicom
+from tests.helpers import assert_same_rows, block_imports, one_line_error, run_infer, write_dicom
 from tumor_runtime.classifier import Classifier
 from tumor_runtime import ray_batch
 from tumor_runtime.errors import UsageError
@@ -41,7 +41,7 @@ def test_ray_run_writes_the_same_file_and_exit_code_as_a_local_run(folder, tmp_p
     on_ray = run_infer([folder, "--ray", "auto", "--format", "csv", "-q", "-o", tmp_path / "ray.csv"])
     assert on_ray.returncode == local.returncode == 1, on_ray.stderr  # two unreadable inputs: exit 1 both ways
     local_text, ray_text = (tmp_path / "local.csv").read_text(), (tmp_path / "ray.csv").read_text()
-    assert ray_text == local_text
+    assert_same_rows(ray_text, local_text)  # other actor batches: numbers equal within ACROSS_BATCHES
     rows = local_text.splitlines()[1:]
     assert len(rows) == len(list(folder.iterdir())) + 1  # the DICOM file gives one row per frame
     assert sum(",true," in r or ",false," in r for r in rows) == len(rows) - 2  # classified rows
@@ -60,7 +60,7 @@ def test_ray_records_with_two_actors_keep_input_order(folder):
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     expected = json.loads(json.dumps(Classifier.load(threads=1).predict(files)))
-    assert json.loads(result.stdout.splitlines()[-1]) == expected
+    assert_same_rows(json.loads(result.stdout.splitlines()[-1]), expected)
 
 
 @pytest.mark.parametrize("extra", [["--heatmaps", "maps"], ["--evaluate"]])

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLES
-from tests.helpers import free_port, run_infer, wait_until_healthy, write_dicom
+from tests.helpers import assert_same_probabilities, free_port, run_infer, wait_until_healthy, write_dicom
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.dicom import DicomFrame, load_frame
 from tumor_runtime.preprocess import MIN_SIDE, load_gray
@@ -241,7 +241,7 @@ def test_17_a_huge_batch_size_runs_the_model_in_bounded_slices(tmp_path):
     assert len(records) == 150 and all(r["error"] is None for r in records)
     assert max(seen) <= SESSION_BATCH and sum(seen) == 150
     single = Classifier.load(threads=1, batch_size=1).predict(images[:3])
-    assert [r["probabilities"] for r in single] == pytest.approx([r["probabilities"] for r in records[:3]])
+    assert_same_probabilities(single, records[:3])  # batch 1 against batch 64: within ACROSS_BATCHES
 
 
 def test_10_sigterm_stops_the_server_even_with_a_client_holding_a_request(tmp_path):
