@@ -14,6 +14,7 @@ from tumor_runtime import __version__
 from tumor_runtime.cli_common import FiniteFloat, fail
 from tumor_runtime.errors import UsageError
 from tumor_train.config import TrainConfig
+from tumor_train.models import ARCHITECTURES
 
 DEFAULTS = TrainConfig()
 
@@ -27,6 +28,7 @@ def float_range(field: str) -> FiniteFloat:
     return FiniteFloat(low, high, low_open=low_open)
 # Options that may differ when a run is resumed: where the data and the threads are on this machine.
 RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
+RESUME_OPTIONS_TEXT = "--data, --threads and --device"  # --out names the run; --help and errors say this
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,8 +38,17 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 @click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
               help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots "
                    "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.")
-@click.option("--arch", default=DEFAULTS.arch, show_default=True, type=click.Choice(["compact", "alexnet"]),
-              help="Architecture: compact (~0.9M parameters at width 40) or alexnet (the ~58M reference).")
+@click.option("--arch", default=DEFAULTS.arch, show_default=True, type=click.Choice(list(ARCHITECTURES)),
+              help="Architecture: " + "; ".join(f"{k}: {a.summary}" for k, a in ARCHITECTURES.items()) + ".")
+@click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default=None,
+              help="Start from torchvision's ImageNet weights (read from the torch hub cache, never downloaded) "
+                   "[default: imagenet for mobilenet_v2, none for the others].")
+@click.option("--pretrained-file", default=None, type=click.Path(dir_okay=False),
+              help="A downloaded mobilenet_v2-b0353104.pth to place in the torch hub cache first (its hash is "
+                   "checked), for machines without network.")
+@click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Start from the weights of a model.pth, e.g. artifacts/model.pth, to fine-tune the shipped model on "
+                   "your images (same --arch, --width and class folders).")
 @click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=int_range("epochs"))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=int_range("batch_size"))
 @click.option("--lr", default=DEFAULTS.lr, show_default=True, type=float_range("lr"),
@@ -45,7 +56,7 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 @click.option("--width", default=DEFAULTS.width, show_default=True, type=int_range("width"),
               help="Channels of the compact model's stem.")
 @click.option("--size", "image_size", default=DEFAULTS.image_size, show_default=True, type=int_range("image_size"),
-              help="Square input side in pixels; stored with the model, which the runtime reads.")
+              help="Square input side in pixels; stored with the model, which the runtime reads (alexnet: 227).")
 @click.option("--crop", default=DEFAULTS.crop, show_default=True, type=click.Choice(["none", "brain"]),
               help="brain: cut each slice to the square around the head before resizing (the runtime does the "
                    "same, from the model's metadata); none: the whole frame.")
@@ -104,11 +115,16 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
     require_extra("train", "tumor-train")
     raise_on_sigterm()
     from tumor_train.distributed import launched_by_torchrun
-    from tumor_train.models import ARCHITECTURES
     from tumor_train.trainer import Interrupted, run
 
-    if options["arch"] not in ARCHITECTURES:
-        fail(f"unknown --arch {options['arch']!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    pretrained_file = options.pop("pretrained_file")
+    options["init"] = os.path.abspath(options["init"]) if options["init"] else ""
+    if not resume:
+        architecture_defaults(options)
+    if pretrained_file:
+        from tumor_train.pretrained import place
+
+        click.echo(f"ImageNet weights placed at {place(pretrained_file)}", err=True)
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     if folds == 1:
         fail("--cv needs at least 2 folds")
@@ -136,6 +152,25 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
     click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "
                f"{val['accuracy']:.4f}, tumor sensitivity "
                f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}. Outputs in {cfg.out}/")
+
+
+def architecture_defaults(options: dict) -> None:
+    """Fill in what the architecture decides (its fixed input side, whether it starts from ImageNet), and
+    refuse a --size it cannot take or --pretrained imagenet where there are no weights, before any data is read."""
+    from tumor_train.models import check_input_size
+
+    ctx = click.get_current_context()
+    arch = ARCHITECTURES[options["arch"]]
+    if arch.input_size and ctx.get_parameter_source("image_size") != ParameterSource.COMMANDLINE:
+        options["image_size"] = arch.input_size
+    check_input_size(options["arch"], options["image_size"])
+    if options["pretrained"] is None:
+        options["pretrained"] = "imagenet" if arch.pretrained and not options["init"] else "none"
+    if options["pretrained"] == "imagenet" and not arch.pretrained:
+        raise UsageError(f"--pretrained imagenet: there are no ImageNet weights for --arch {options['arch']} "
+                         f"(only for {', '.join(k for k, a in ARCHITECTURES.items() if a.pretrained)})")
+    if options["pretrained"] == "imagenet" and options["init"]:
+        raise UsageError("--init and --pretrained imagenet both set the starting weights: give one")
 
 
 def cross_validate(options: dict, folds: int) -> None:

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, fields
 class TrainConfig:
     data: str = "Data"  # dataset root: DIR/Train (or Training), optional Validation, Testing; or DIR/<class>/
     out: str = ""  # where model.pth, metrics.json, plots and the resumable checkpoint go; "" = runs/<time>/
-    arch: str = "compact"  # model registry key: "compact" (default, ~0.9M params at width 40) or "alexnet" (reference, ~58M)
+    arch: str = "compact"  # registry key (train/models.py): "compact" (default), "alexnet" (reference), "mobilenet_v2"
+    pretrained: str = "none"  # "imagenet": start from torchvision's ImageNet weights (mobilenet_v2 only); "none"
+    init: str = ""  # a model.pth to start from (same arch, width and classes), e.g. artifacts/model.pth; "" = none
     width: int = 40  # compact only: channels of the stem; later stages use 2x, 4x, 8x (40: ~0.9M parameters)
     dropout: float = 0.3  # dropout before the classifier (alexnet uses 0.5 as the original)
     epochs: int = 60  # passes over the training split (about 16 minutes for the default model here)
@@ -56,6 +58,8 @@ class TrainConfig:
         from tumor_runtime.preprocess import CROPS
         from tumor_runtime.validate import finite_in_range, int_in_range
 
+        if self.pretrained not in ("imagenet", "none"):
+            raise OptionError(f"pretrained must be imagenet or none, not {self.pretrained!r}")
         if self.crop not in CROPS:
             raise OptionError(f"crop must be one of {', '.join(CROPS)}, not {self.crop!r}")
 

@@ -8,6 +8,7 @@ the saved int8 weights.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +25,12 @@ def quantize_linear(model: nn.Module) -> nn.Module:
     frozen = copy.deepcopy(model).eval()  # the caller's model keeps its mode (it may be mid-training)
     # Restates quantize_dynamic's defaults on purpose (Linear layers, int8 weights: the reference's recipe);
     # mutating them cannot change a model without RNN layers.
-    return quantize_dynamic(frozen, {nn.Linear}, dtype=torch.qint8)  # pragma: no mutate (defaults)
+    # torch 2.14 warns on every call that eager-mode quantization (the reference's recipe, kept for the comparison)
+    # and the tensor functions it uses are deprecated: advice for torch's maintainers, not for a user of the kit.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions", category=UserWarning)
+        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
+        return quantize_dynamic(frozen, {nn.Linear}, dtype=torch.qint8)  # pragma: no mutate (defaults)
 
 
 def save_quantized(model: nn.Module, arch: str, model_args: dict, path: Path) -> None:

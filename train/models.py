@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -63,20 +65,97 @@ class AlexNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-ARCHITECTURES = {"compact": CompactNet, "alexnet": AlexNet}
+class MobileNetV2Trunk(nn.Module):
+    """torchvision's MobileNetV2 (Sandler et al., 2018) cut after inverted-residual block `blocks` and the
+    next block's 1x1 expansion: at 160 px, (N, 1, 160, 160) -> features (N, 576, 10, 10) for blocks=13.
+
+    The cut keeps the int8 file under 1 MB (about 0.6 M parameters) and the stride at 16, so heat-maps have
+    a 10x10 grid. The stem takes one grayscale channel: `from_imagenet` sums the RGB stem's filters, which
+    is the RGB network's response to a gray image (the three channels equal), not a new random layer. The
+    head is global average pooling and a linear layer, as the compact model's, so CAM and `features` work.
+    """
+
+    def __init__(self, num_classes: int = 4, dropout: float = 0.2, blocks: int = 13):
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        if not 1 <= blocks <= 16:
+            raise OptionError(f"blocks must be 1-16, not {blocks}")
+        full = mobilenet_v2()  # random weights; from_imagenet loads the pretrained ones
+        full.features[0][0] = nn.Conv2d(1, 32, 3, stride=2, padding=1, bias=False)
+        expansion = full.features[blocks + 1].conv[0]  # Conv2dNormActivation 1x1, stride 1
+        self.features = nn.Sequential(*full.features[:blocks + 1], expansion)
+        width = expansion[0].out_channels
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)
+        )
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W) -> logits (N, classes)
+        return self.head(self.features(x))
+
+    def from_imagenet(self) -> None:
+        """Load torchvision's ImageNet weights into the trunk (the head stays random); see `pretrained`."""
+        from tumor_train.pretrained import imagenet_mobilenet_v2
+
+        state = imagenet_mobilenet_v2()
+        state["features.0.0.weight"] = state["features.0.0.weight"].sum(1, keepdim=True)  # RGB -> gray stem
+        cut = self.blocks + 1
+        mine = {}
+        for key, value in state.items():
+            parts = key.split(".")
+            if parts[0] != "features":
+                continue
+            index = int(parts[1])
+            if index < cut:
+                mine[key] = value
+            elif index == cut and parts[2:4] == ["conv", "0"]:  # the next block's expansion
+                mine[".".join(["features", str(cut), *parts[4:]])] = value
+        missing = [k for k in self.features.state_dict() if f"features.{k}" not in mine]
+        if missing:
+            raise RuntimeError(f"ImageNet weights lack {len(missing)} trunk tensors, e.g. {missing[0]}")
+        self.load_state_dict(mine, strict=False)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registry entry: how to build the model and what input it takes."""
+
+    build: type[nn.Module]
+    summary: str  # for --help
+    input_size: int | None = None  # the only input side it accepts (its flatten layer fixes it); None: any
+    pretrained: bool = False  # ImageNet weights exist for it (--pretrained imagenet)
+
+
+ARCHITECTURES = {
+    "compact": Architecture(CompactNet, "~0.9M parameters at width 40, from scratch"),
+    "alexnet": Architecture(AlexNet, "the ~58M reference; 227 px only", input_size=227),
+    "mobilenet_v2": Architecture(MobileNetV2Trunk, "ImageNet MobileNetV2 to block 13, ~0.6M parameters",
+                                 pretrained=True),
+}
 
 
 def model_args_for(arch: str, num_classes: int, width: int, dropout: float) -> dict:
     """The constructor arguments stored in checkpoints (alexnet has no width; its dropout is the original 0.5)."""
     if arch == "alexnet":
         return {"num_classes": num_classes}
+    if arch == "mobilenet_v2":
+        return {"num_classes": num_classes, "dropout": dropout, "blocks": 13}
     return {"num_classes": num_classes, "width": width, "dropout": dropout}
+
+
+def check_input_size(arch: str, size: int) -> None:
+    """OptionError when `arch` takes only one input side and `size` is another (before any training)."""
+    fixed = ARCHITECTURES[arch].input_size if arch in ARCHITECTURES else None
+    if fixed is not None and size != fixed:
+        raise OptionError(f"--arch {arch} takes {fixed} px inputs only (its classifier's input is fixed), "
+                          f"not --size {size}: leave --size out or give --size {fixed}")
 
 
 def build_model(arch: str, **model_args) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise OptionError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](**model_args)
+    return ARCHITECTURES[arch].build(**model_args)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -182,7 +182,8 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
     bf16 = use_bf16(cfg, place)
     stats = pixel_stats(data.train.images)
     args = model_args_for(cfg.arch, len(data.classes), cfg.width, cfg.dropout)
-    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place)
+    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place,
+                                 fresh=not resume, classes=data.classes)
     if cfg.teachers:
         from tumor_train.distill import Teachers
 

@@ -55,7 +55,7 @@ def test_model_args_are_what_each_constructor_takes():
 def test_an_unknown_architecture_lists_the_known_ones():
     with pytest.raises(OptionError) as caught:
         build_model("resnet")
-    assert str(caught.value) == "unknown architecture 'resnet'; choose one of compact, alexnet"
+    assert str(caught.value) == "unknown architecture 'resnet'; choose one of compact, alexnet, mobilenet_v2"
 
 
 def reference_compact(model, x):

@@ -148,7 +148,7 @@ def test_reference_layout_with_validation_and_testing(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--arch", "resnet"], "'resnet' is not one of 'compact', 'alexnet'"),
+    (["--arch", "resnet"], "'resnet' is not one of 'compact', 'alexnet', 'mobilenet_v2'"),
     (["--data", "/no/such/folder"], "does not exist"),
     ([], "Data does not exist"),
     (["--epochs", "0"], "--epochs"),
