@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tumor_runtime import __version__
+from tumor_runtime import __version__, tumor
 from tumor_runtime.cli_common import FiniteFloat
 
 
@@ -28,8 +28,9 @@ from tumor_runtime.cli_common import FiniteFloat
                    "Runtime's 128-bin default, entropy often equals minmax).")
 @click.option("--activation-type", default="u8", show_default=True, type=click.Choice(["u8", "s8"]))
 @click.option("--evaluate", "--eval", "eval_dir", type=click.Path(file_okay=False),
-              help="Labelled folder DIR/<class>/ for the parity gate and the tumor threshold [default: the "
-                   "checkpoint's validation split, if its images are at hand; FP32-only exports need none].")
+              help="Labelled folder DIR/<class>/ for the parity gate and the tumor threshold, which is "
+                   f"{tumor.THRESHOLD_RULE} [default: the checkpoint's validation split, if its images are at "
+                   "hand; FP32-only exports need none].")
 @click.option("--max-f2-drop", default=0.005, show_default=True, type=FiniteFloat(0, 1),
               help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration sample.")
@@ -68,6 +69,7 @@ def export_command(checkpoint, out, int8, calibration, calibration_size, calibra
     except OSError as exc:
         fail(f"could not write the export: {exc.strerror or exc}", 1)
     click.echo(format_report(report))
+    click.echo(written_line(report, opts), err=True)
 
 
 def format_report(report: dict) -> str:
@@ -81,10 +83,25 @@ def format_report(report: dict) -> str:
         p = report["parity"]
         lines.append(f"int8 macro F2 {report['int8']['f2_macro']:.4f}, top-1 agreement {p['top1_agreement']:.4f}, "
                      f"max probability difference {p['max_probability_diff']:.4f}, layers kept in float: "
-                     f"{', '.join(p['nodes_kept_float']) or 'none'}")
+                     f"{'; '.join(p.get('layers_kept_float', p['nodes_kept_float'])) or 'none'}")
     if report["fp32"] is not None:
-        sensitivity = report["fp32"]["screening"]["sensitivity"]
-        lines.append(f"Tumor threshold {report['tumor_threshold']:.4f} (flag sensitivity "
-                     f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')})")
-    lines.append(f"{report['seconds']:.1f}s")
+        stats = report["fp32"]["screening"]
+        lines.append(f"Tumor threshold {report['tumor_threshold']:.4f} ({tumor.THRESHOLD_RULE}): flags "
+                     f"{percent(stats['sensitivity'])} of tumor slices and {percent(stats['false_alarm_rate'])} of "
+                     "no-tumor slices (false alarms)")
+        warning = tumor.threshold_warning(stats)
+        if warning:
+            lines.append(warning)
     return "\n".join(lines)
+
+
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.1%}"
+
+
+def written_line(report: dict, opts) -> str:
+    """What was written, where, in how long, and the command that uses it."""
+    folder = opts.out or opts.checkpoint.parent
+    model = "model.int8.onnx" if "model.int8.onnx" in report["files"] else "model.onnx"
+    return (f"Wrote {', '.join(report['files'])}, export_report.json and manifest.json to {folder}/ in "
+            f"{report['seconds']:.1f}s. Next: tumor-infer -m {folder / model} FOLDER/")

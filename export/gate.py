@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from tumor_export.static_int8 import quantizable_nodes, quantize_int8
+from tumor_export.static_int8 import describe_nodes, quantizable_nodes, quantize_int8
 from tumor_runtime.metrics import summarize
 from tumor_runtime.model import create_session, output_name
 
@@ -62,17 +62,24 @@ def search(trial: Callable[[frozenset[str]], Scored], candidates: list[str], ref
 def quantize_with_gate(prepared: Path, out_path: Path, reader, fp32: Scored, eval_inputs: np.ndarray,
                        labels: np.ndarray, classes: list[str], max_drop: float, method: str, activation: str,
                        max_float_nodes: int = 3, log=print) -> tuple[Scored, list[str], list[dict]]:
-    """Quantize `prepared` into `out_path` behind the gate; the file left there is the chosen one."""
+    """Quantize `prepared` into `out_path` behind the gate; the file left there is the chosen one. Each retry
+    is logged with its round, its count within the round and the layer in words (`describe_nodes`)."""
     written: list[frozenset] = []
+    candidates, labels_of = quantizable_nodes(prepared), describe_nodes(prepared)
+    tried: dict[int, int] = {}
 
     def trial(keep: frozenset) -> Scored:
         if keep:
-            log(f"int8 F2 below FP32 {fp32.f2:.4f} by more than {max_drop}: trying {', '.join(sorted(keep))} in float")
+            round_ = len(keep)
+            tried[round_] = tried.get(round_, 0) + 1
+            log(f"Parity gate round {round_} of at most {max_float_nodes} (int8 F2 more than {max_drop} below FP32 "
+                f"{fp32.f2:.4f}), try {tried[round_]}/{len(candidates) - round_ + 1}: "
+                f"{'; '.join(labels_of[n] for n in sorted(keep, key=candidates.index))} in float")
         quantize_int8(prepared, out_path, reader, method, activation, sorted(keep))
         written.append(keep)
         return score(out_path, eval_inputs, labels, classes)
 
-    best, kept, trials = search(trial, quantizable_nodes(prepared), fp32.f2, max_drop, max_float_nodes)
+    best, kept, trials = search(trial, candidates, fp32.f2, max_drop, max_float_nodes)
     if written[-1] != frozenset(kept):  # later trials overwrote the file: write the chosen one again
         quantize_int8(prepared, out_path, reader, method, activation, kept)
     return best, kept, trials

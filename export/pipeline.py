@@ -22,7 +22,7 @@ from tumor_export import gate
 from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, load_slices, sample_files
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
 from tumor_export.onnx_export import check_against_torch, check_onnx, export_fp32, fixed_inputs
-from tumor_export.static_int8 import int8_convolutions, prepare_graph
+from tumor_export.static_int8 import describe_nodes, int8_convolutions, prepare_graph
 from tumor_runtime import tumor
 from tumor_runtime.fileio import atomic_write_text, sha256_file
 from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
@@ -275,6 +275,7 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
                                                  eval_inputs, labels, ckpt["classes"], opts.max_f2_drop,
                                                  opts.calibration_method, opts.activation_type, log=log)
     report["int8_kernels"] = int8_convolutions(int8_path, prepared, kept)
+    kept_labels = [describe_nodes(prepared)[n] for n in kept]
     prepared.unlink()
     report["calibration"] = {"folder": str(calibration_folder(opts, ckpt)), "images": len(calib),
                              "seed": opts.seed, "method": opts.calibration_method,
@@ -284,7 +285,7 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
     report["parity"] = {"f2_drop": fp32.f2 - int8.f2, "max_f2_drop": opts.max_f2_drop,
                         "top1_agreement": gate.agreement(fp32, int8),
                         "max_probability_diff": float(np.abs(fp32.probabilities - int8.probabilities).max()),
-                        "nodes_kept_float": kept, "trials": trials}
+                        "nodes_kept_float": kept, "layers_kept_float": kept_labels, "trials": trials}
     if fp32.f2 - int8.f2 > opts.max_f2_drop:
         int8_path.unlink()
         raise GateError(f"int8 macro F2 {int8.f2:.4f} is {fp32.f2 - int8.f2:.4f} below FP32 {fp32.f2:.4f} "

@@ -50,6 +50,29 @@ def quantizable_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE and n.name not in always_float]
 
 
+def describe_nodes(path: Path) -> dict[str, str]:
+    """A readable name for each candidate node, for messages: 'layer 3 of 12 (Conv 5x5, 40->80 channels)'
+    instead of the exporter's 'node_Conv_92'. The report keeps the node names too (they reproduce a run)."""
+    graph = onnx.load(str(path)).graph
+    weights = {w.name: list(w.dims) for w in graph.initializer}
+    names = quantizable_nodes(path)
+    by_name = {n.name: n for n in graph.node}
+    labels = {}
+    for i, name in enumerate(names, 1):
+        node = by_name[name]
+        dims = weights.get(node.input[1], []) if len(node.input) > 1 else []
+        if node.op_type == "Conv" and len(dims) == 4:  # (out, in / groups, kh, kw)
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            kind = "depthwise " if group > 1 and group == dims[0] else ""
+            shape = f"{kind}{node.op_type} {dims[2]}x{dims[3]}, {dims[1] * group}->{dims[0]} channels"
+        elif len(dims) == 2:
+            shape = f"{node.op_type}, {dims[1] if node.op_type == 'Gemm' else dims[0]} inputs"
+        else:
+            shape = node.op_type
+        labels[name] = f"layer {i} of {len(names)} ({shape})"
+    return labels
+
+
 def float_only_nodes(path: Path) -> list[str]:
     """Softmax, and the node that makes the `cam` output: a heat-map has signed values that u8
     activations would clip, and its 1x1 convolution costs next to nothing in float."""

@@ -13,6 +13,9 @@ import numpy as np
 NEGATIVE_CLASS = "notumor"
 TARGET_SENSITIVITY = 0.995
 MAX_THRESHOLD = 0.5
+DEGENERATE_FALSE_ALARMS = 0.25  # a flag raised on more no-tumor slices than this screens nothing out
+THRESHOLD_RULE = (f"the highest P(tumor) threshold that still flags {TARGET_SENSITIVITY:.1%} of the evaluation "
+                  f"images' tumor slices, at most {MAX_THRESHOLD}")  # --help, the export's report and the README
 
 
 def tumor_probability(probabilities: np.ndarray, classes: list[str], negative: str = NEGATIVE_CLASS):
@@ -53,3 +56,13 @@ def screening_stats(tumor_p: np.ndarray, is_tumor: np.ndarray, threshold: float)
     return {"threshold": float(threshold),
             "sensitivity": float(flagged[is_tumor].mean()) if is_tumor.any() else None,
             "false_alarm_rate": float(flagged[~is_tumor].mean()) if (~is_tumor).any() else None}
+
+
+def threshold_warning(stats: dict) -> str | None:
+    """A warning when the chosen threshold makes a useless flag (most no-tumor slices flagged), else None."""
+    alarms = stats.get("false_alarm_rate")
+    if alarms is None or alarms <= DEGENERATE_FALSE_ALARMS:
+        return None
+    return (f"Warning: at tumor threshold {stats['threshold']:.4f} the flag is raised on {alarms:.0%} of no-tumor "
+            "slices: the model does not separate tumor from no tumor on these images (train longer, or check "
+            "the labels); tumor-infer --tumor-threshold overrides it")

@@ -119,6 +119,7 @@ def test_gate_requantizes_only_when_needed(monkeypatch, tmp_path, scores, expect
         calls.append(tuple(keep))
 
     monkeypatch.setattr(gate, "quantizable_nodes", nodes)
+    monkeypatch.setattr(gate, "describe_nodes", lambda path: {n: n for n in nodes(path)})
     monkeypatch.setattr(gate, "quantize_int8", quantize)
 
     def fake_score(path, got_inputs, got_labels, classes):
@@ -135,14 +136,17 @@ def test_gate_gives_up_after_three_layers_by_default(monkeypatch, tmp_path):
     import tumor_export.gate as gate
 
     monkeypatch.setattr(gate, "quantizable_nodes", lambda path: list("abcde"))
+    monkeypatch.setattr(gate, "describe_nodes", lambda path: {n: f"layer {n}" for n in "abcde"})
     monkeypatch.setattr(gate, "quantize_int8", lambda *args: None)
     monkeypatch.setattr(gate, "score", lambda *args: Scored(np.zeros((1, 4)), 0.5))
     messages = []
     _, kept, _ = gate.quantize_with_gate(tmp_path / "p", tmp_path / "q", None, Scored(np.zeros((1, 4)), 1.0),
                                          np.zeros(1), np.zeros(1), CLASSES, 0.005, "minmax", "u8", log=messages.append)
-    import re
-
-    assert len(kept) == 3 and any(re.search(r"trying \w, \w in float", m) for m in messages)
+    assert len(kept) == 3 and len(messages) == 5 + 4 + 3  # every retry is announced, with its count
+    assert messages[0].startswith("Parity gate round 1 of at most 3 (int8 F2 more than 0.005 below FP32 1.0000), "
+                                  "try 1/5: layer a in float")
+    assert [m.split("try ")[1].split(":")[0] for m in messages[5:9]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert messages[-1].endswith("try 3/3: layer c; layer d; layer e in float")  # in graph order
 
 
 def test_search_records_trials_and_uses_its_defaults():
@@ -165,3 +169,24 @@ def test_score_reads_the_probabilities_output_by_name(tmp_path):
     got = score(model, x, np.zeros(5, int), CLASSES)
     np.testing.assert_allclose(got.probabilities, create_session(model).run(["probabilities"], {"image": x})[0])
     np.testing.assert_allclose(got.probabilities.sum(1), 1, atol=1e-5)
+
+
+def test_layers_are_described_from_the_graph_itself(exported):
+    """Messages name a layer by position, kind and width, read from its weights, not 'node_Conv_92'."""
+    import onnx
+
+    from tumor_export.static_int8 import describe_nodes, quantizable_nodes
+
+    path = exported / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    weights = {w.name: list(w.dims) for w in graph.initializer}
+    names = quantizable_nodes(path)
+    labels = describe_nodes(path)
+    assert list(labels) == names
+    for i, node in enumerate(n for n in graph.node if n.name in names):
+        dims = weights[node.input[1]]
+        if node.op_type == "Conv":
+            expected = f"layer {i + 1} of {len(names)} (Conv {dims[2]}x{dims[3]}, {dims[1]}->{dims[0]} channels)"
+        else:
+            expected = f"layer {i + 1} of {len(names)} (Gemm, {dims[1]} inputs)"
+        assert labels[node.name] == expected

@@ -65,3 +65,12 @@ def test_threshold_counts_allowed_misses_exactly():
     assert stats["sensitivity"] == 0.5 and stats["false_alarm_rate"] == 0.0
     assert tumor.screening_stats(np.array([0.9]), np.array([0]), 0.5)["sensitivity"] is None
     assert tumor.tumor_probability(np.array([[0.25, 0.25, 0.5, 0.0]], np.float32), CLASSES).dtype == np.float64
+
+
+@pytest.mark.parametrize("alarms, warned", [(None, False), (0.0, False), (0.25, False), (0.26, True), (0.96, True)])
+def test_a_flag_raised_on_most_no_tumor_slices_is_warned_about(alarms, warned):
+    stats = {"threshold": 0.0017, "sensitivity": 1.0, "false_alarm_rate": alarms}
+    warning = tumor.threshold_warning(stats)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith(f"Warning: at tumor threshold 0.0017 the flag is raised on {alarms:.0%}")

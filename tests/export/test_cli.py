@@ -1,0 +1,42 @@
+"""tumor-export's closing lines: the report, how the tumor threshold was chosen, and what was written."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from tumor_export.cli import format_report, main
+from tumor_runtime import tumor
+
+
+def report(threshold, sensitivity, alarms):
+    return {"files": {"model.onnx": {"bytes": 2_000_000}}, "seconds": 3.0, "tumor_threshold": threshold,
+            "fp32": {"f2_macro": 0.5, "screening": {"threshold": threshold, "sensitivity": sensitivity,
+                                                    "false_alarm_rate": alarms}}}
+
+
+def test_the_threshold_is_printed_with_its_rule_and_its_false_alarm_rate():
+    text = format_report(report(0.31, 0.996, 0.02))
+    assert (f"Tumor threshold 0.3100 ({tumor.THRESHOLD_RULE}): flags 99.6% of tumor slices and 2.0% of no-tumor "
+            "slices (false alarms)") in text
+    assert "Warning" not in text
+
+
+def test_a_degenerate_threshold_is_warned_about_on_the_terminal():
+    """A weak model chose 0.0017 (96 % false alarms) and only export_report.json said so."""
+    text = format_report(report(0.0017, 1.0, 0.96))
+    assert text.splitlines()[-1] == tumor.threshold_warning(report(0.0017, 1.0, 0.96)["fp32"]["screening"])
+
+
+def test_help_says_how_the_threshold_is_chosen():
+    text = " ".join(CliRunner().invoke(main, ["--help"]).output.split())
+    assert " ".join(tumor.THRESHOLD_RULE.split()) in text
+
+
+def test_the_export_says_what_it_wrote_and_what_comes_next(trained, tmp_path):
+    result = CliRunner().invoke(main, ["--checkpoint", trained / "model.pth", "--out", tmp_path / "e"])
+    assert result.exit_code == 0, result.output
+    written = [line for line in result.output.splitlines() if line.startswith("Wrote ")]
+    assert written == [f"Wrote model.onnx, export_report.json and manifest.json to {tmp_path / 'e'}/ in "
+                       f"{written[0].split(' in ')[1].split('s.')[0]}s. Next: tumor-infer -m "
+                       f"{tmp_path / 'e' / 'model.onnx'} FOLDER/"]
+    assert (tmp_path / "e" / "model.onnx").is_file()
