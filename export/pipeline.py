@@ -104,6 +104,14 @@ def calibration_folder(opts: ExportOptions, ckpt: dict) -> Path | None:
     return Path(opts.calibration) if opts.calibration else recorded_folder(ckpt, "train_dir")
 
 
+def relative_name(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` (POSIX separators), or its name alone when it lies elsewhere."""
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return Path(path).name
+
+
 def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> tuple[np.ndarray, list[Path]]:
     folder = calibration_folder(opts, ckpt)
     if folder is None:
@@ -277,10 +285,12 @@ def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, 
     report["int8_kernels"] = int8_convolutions(int8_path, prepared, kept)
     kept_labels = [describe_nodes(prepared)[n] for n in kept]
     prepared.unlink()
-    report["calibration"] = {"folder": str(calibration_folder(opts, ckpt)), "images": len(calib),
+    folder = calibration_folder(opts, ckpt)
+    # Names only, relative to the calibration folder: the model's metadata travels, the build machine's paths do not.
+    report["calibration"] = {"folder": folder.name, "images": len(calib),
                              "seed": opts.seed, "method": opts.calibration_method,
                              "activation_type": opts.activation_type, "weight_type": "s8 per-channel",
-                             "format": "QDQ", "first_files": [str(f) for f in calib_files[:3]]}
+                             "format": "QDQ", "first_files": [relative_name(f, folder) for f in calib_files[:3]]}
     report["int8"] = summary(int8, labels, report["tumor_threshold"], ckpt)
     report["parity"] = {"f2_drop": fp32.f2 - int8.f2, "max_f2_drop": opts.max_f2_drop,
                         "top1_agreement": gate.agreement(fp32, int8),

@@ -45,8 +45,9 @@ FORMATS = ["table", "csv", "json", "jsonl"]
               help="Inference engine for the same ONNX file: openvino needs the [openvino] extra; auto takes it where "
                    "it is installed and the CPU has AMX or AVX-512 VNNI, else onnxruntime.")
 @click.option("--ray", "ray_address", metavar="auto|ADDRESS",
-              help="Classify on a Ray cluster ([ray] extra): auto joins the running cluster or starts one on this "
-                   "machine; ADDRESS is a cluster's (e.g. ray://head:10001). Same rows as a local run; --threads is "
+              help="Classify on a Ray cluster ([ray] extra): auto joins the cluster in RAY_ADDRESS, else starts a "
+                   "private one on this machine for the run; ADDRESS is a cluster's HOST:PORT or ray://HOST:10001 "
+                   "(e.g. 127.0.0.1:6379 for a local `ray start --head`). Same rows as a local run; --threads is "
                    "then the CPUs of each Ray actor [0 = 2]. Inputs must be readable at the same path on every node.")
 @click.version_option(__version__, "--version", prog_name="tumor-infer")
 def main(paths, model, recursive, fmt, output, evaluate, tumor_threshold, batch_size, threads, heatmaps, model_info,
@@ -80,7 +81,7 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
                 model_info, quiet, backend="onnxruntime", ray_address=None) -> int:
     from tumor_runtime.cli_common import fail
     from tumor_runtime.classifier import Classifier
-    from tumor_runtime.errors import KitError, UsageError
+    from tumor_runtime.errors import KitError, RunStopped, UsageError
     from tumor_runtime.inputs import collect, labelled
     from tumor_runtime.ray_batch import ray_records
 
@@ -105,15 +106,49 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
             ray_records(files, model, ray_address, threads or 2, batch_size, tumor_threshold, backend)
     except KitError as exc:
         fail(str(exc), exc.exit_code)
-    with contextlib.ExitStack() as stack:
-        try:  # the output file is created before any work, so an unwritable target costs nothing
-            stream = stack.enter_context(destination(target))
-        except OSError as exc:
-            fail(f"cannot write {output}: {exc.strerror or exc}")
-        records = progress(classifier, files, rows, quiet, heatmaps)
-        if evaluate:
-            return write_evaluation(classifier, records, labels, fmt, stream)
-        return write_records(classifier, records, fmt, stream)
+    try:
+        with contextlib.ExitStack() as stack:
+            try:  # the output file is created before any work, so an unwritable target costs nothing
+                stream = stack.enter_context(destination(target))
+            except OSError as exc:
+                fail(f"cannot write {output}: {exc.strerror or exc}")
+            counted = Counted(progress(classifier, files, rows, quiet, heatmaps))
+            if evaluate:
+                code = write_evaluation(classifier, counted, labels, fmt, stream)
+            else:
+                code = write_records(classifier, counted, fmt, stream)
+    except RunStopped as exc:  # the atomic file was discarded: say so, rather than "the rows were written"
+        kept = f"nothing was written to {output}" if target is not None else \
+            "the rows before it were printed, the rest were not classified"
+        fail(f"{exc}: {kept}", exc.exit_code)
+    if not quiet:
+        say_written(counted, target, heatmaps, evaluate)
+    return code
+
+
+class Counted:
+    """The rows as they pass, counted: what the closing line reports."""
+
+    def __init__(self, rows):
+        self.rows, self.count, self.heatmaps = rows, 0, 0
+
+    def __iter__(self):
+        for rec in self.rows:
+            self.count += 1
+            self.heatmaps += bool(rec.get("heatmap"))
+            yield rec
+
+
+def say_written(counted: Counted, target: Path | None, heatmaps: str | None, evaluate: bool) -> None:
+    """One line on stderr naming what was written where, when it went to files (stdout speaks for itself)."""
+    parts = []
+    if target is not None:
+        parts.append(f"the evaluation of {counted.count} row(s) to {target}" if evaluate else
+                     f"{counted.count} row(s) to {target}")
+    if heatmaps:
+        parts.append(f"{counted.heatmaps} heat-map(s) to {heatmaps.rstrip('/')}/ (<file name>.<hash>.heatmap.png)")
+    if parts:
+        click.echo(f"Wrote {' and '.join(parts)}.", err=True)
 
 
 def frames_with_labels(files: list, labels: list[int]) -> tuple[list, list[int]]:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Callable
 
-from tumor_runtime.errors import KitError
+from tumor_runtime.errors import RunStopped
 from tumor_runtime.inputs import Unreadable
 from tumor_runtime.dicom import DicomFrame, load_frame
 from tumor_runtime.ood import thumbnail
@@ -32,7 +32,7 @@ PROCESS_MIN_ITEMS = 1000
 START_METHOD = "fork"
 
 
-class DecodeWorkerError(KitError):
+class DecodeWorkerError(RunStopped):
     """A decoding process died (killed, or out of memory): the rows it held are lost, so the run stops."""
 
 
@@ -69,8 +69,7 @@ def worker_call(call: Callable):
     try:
         return call()
     except BrokenProcessPool:
-        raise DecodeWorkerError("a decoding process stopped unexpectedly (killed, or out of memory): "
-                                "the rows before it were written, the rest were not classified") from None
+        raise DecodeWorkerError("a decoding process stopped unexpectedly (killed, or out of memory)") from None
 
 
 def processes_available() -> bool:

@@ -31,4 +31,9 @@ class OutputError(KitError):
     """The outputs cannot be written (checked before the work where possible)."""
 
 
+class RunStopped(KitError):
+    """A run that stopped midway (a decoding process died, the Ray cluster was lost): the command that ran it
+    adds what was written (rows on stdout, or no file at all with -o)."""
+
+
 EXIT_BUG = 70  # EX_SOFTWARE: an internal error

@@ -206,6 +206,19 @@ def check_graph(session, info: ModelInfo) -> None:
         raise ModelError("the model gives non-finite outputs on a blank image")
 
 
+TORCH_FILE_STARTS = (b"PK\x03\x04", b"\x80\x02")  # torch.save's zip container; its older pickle format
+
+
+def refuse_torch_file(path: Path) -> None:
+    """ModelError pointing to tumor-export when `path` is a torch file (model.pth, checkpoint.pth) rather than
+    ONNX: the manifest or the ONNX parser would otherwise give a message that does not say what to do."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start.startswith(TORCH_FILE_STARTS):
+        raise ModelError(f"{path} is a torch checkpoint, not an ONNX model: export it with tumor-export "
+                         f"--checkpoint {path} --int8, then pass the model.int8.onnx it writes")
+
+
 def open_session(path: str | os.PathLike | None = None, threads: int | None = None, verify: bool = True,
                  backend: str = "onnxruntime"):
     """(session, ModelInfo) for a checked, vouched-for tumor-kit model; the session is ONNX Runtime's, or
@@ -215,6 +228,7 @@ def open_session(path: str | os.PathLike | None = None, threads: int | None = No
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
         raise ModelError(f"model {path} does not exist; pass --model or export one with tumor-export")
+    refuse_torch_file(path)
     if verify:
         verify_manifest(path)
     chosen = choose(backend)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Iterator
 
-from tumor_runtime.errors import UsageError
+from tumor_runtime.errors import RunStopped, UsageError
 
 RAY_MISSING = "--ray needs the [ray] extra: pip install 'tumor-kit[ray]'"
 PATHS_PER_BATCH = 64  # inputs per actor call: enough to keep its decode threads and the model busy
@@ -63,19 +65,24 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def connect(address: str, cores: int) -> None:
-    """`auto`: the running cluster (RAY_ADDRESS or `ray start` on this machine), else a local Ray with
-    `cores` CPUs; anything else: the cluster at that address. UsageError if it cannot be reached."""
+    """`auto`: the cluster named by RAY_ADDRESS, else a private Ray on this machine with `cores` CPUs that
+    lives as long as the run; anything else: the cluster at that address. UsageError if it cannot be reached.
+
+    `auto` never joins a Ray instance that merely happens to run on this machine: one that another program
+    started and stops mid-run took the run down with it (Ray ends its driver process with exit 1). To use a
+    local `ray start` cluster, name it: --ray 127.0.0.1:6379."""
     ray = require_ray()
     if ray.is_initialized():
         return
-    options = {"logging_level": logging.WARNING, "log_to_driver": False}
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines would bury tumor-infer's own
+    # Ray's notices (token authentication, actor restarts, progress bars off) would bury tumor-infer's own
+    # lines on every run; its errors still reach the kit, which reports them in one line.
+    options = {"logging_level": logging.ERROR, "log_to_driver": False}
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failures are reported as RayRunError
     try:
-        if address == "auto":
-            try:
-                ray.init(address="auto", **options)
-            except ConnectionError:  # no cluster is running: start one on this machine
-                ray.init(num_cpus=cores, include_dashboard=False, **options)
+        if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+            ray.init(address="local", num_cpus=cores, include_dashboard=False, **options)
+        elif address == "auto":
+            ray.init(address=os.environ["RAY_ADDRESS"], **options)
         else:
             check_reachable(address)
             ray.init(address=address, **options)
@@ -107,9 +114,37 @@ def ray_records(paths: list, model: str | Path | None = None, address: str = "au
     context.execution_options.preserve_order = True  # rows in input order, as tumor-infer writes them
     context.enable_progress_bars = False  # the driver shows one bar of its own
     dataset = ray.data.from_items([{"path": str(p)} for p in paths])
-    rows = dataset.map_batches(
-        ClassifyPaths, batch_size=PATHS_PER_BATCH, num_cpus=threads,
-        compute=ray.data.ActorPoolStrategy(size=actors or actor_count(threads)), udf_modifying_row_count=True,
-        fn_constructor_kwargs={"model": None if model is None else str(Path(model).resolve()), "threads": threads,
-                               "batch_size": batch_size, "tumor_threshold": tumor_threshold, "backend": backend})
-    return (json.loads(row["row"]) for row in rows.iter_rows())
+    with warnings.catch_warnings():  # Ray 2.60 calls its own documented max_restarts=0 deprecated (removed in 2.64)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+        rows = dataset.map_batches(
+            ClassifyPaths, batch_size=PATHS_PER_BATCH, num_cpus=threads,
+            compute=ray.data.ActorPoolStrategy(size=actors or actor_count(threads)), udf_modifying_row_count=True,
+            # An actor that fails to start is an error to report (a model missing on a node), not one to retry;
+            # with restarts on, Ray's core worker also prints a line about restartable actors on every run.
+            max_restarts=0,
+            fn_constructor_kwargs={"model": None if model is None else str(Path(model).resolve()),
+                                   "threads": threads, "batch_size": batch_size,
+                                   "tumor_threshold": tumor_threshold, "backend": backend})
+    return rows_of(ray, rows)
+
+
+class RayRunError(RunStopped):
+    """The Ray run failed midway: an actor could not start or died, or the cluster went away."""
+
+
+def rows_of(ray, rows) -> Iterator[dict]:
+    """The rows in input order; Ray's failures as one RayRunError naming their cause."""
+    try:
+        for row in rows.iter_rows():
+            yield json.loads(row["row"])
+    except ray.exceptions.RayError as exc:
+        raise RayRunError(f"the Ray run failed: {ray_failure(exc)}") from None
+
+
+def ray_failure(exc: Exception) -> str:
+    """The kit's own error inside a Ray error (a model missing on a node), else Ray's first line."""
+    text = str(exc)
+    for line in text.splitlines():
+        if line.startswith("tumor_runtime.") and "Error: " in line:
+            return line.split("Error: ", 1)[1]
+    return (text.splitlines() or [type(exc).__name__])[0][:300]

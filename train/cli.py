@@ -14,7 +14,7 @@ from tumor_runtime import __version__
 from tumor_runtime.cli_common import FiniteFloat, fail
 from tumor_runtime.errors import UsageError
 from tumor_train.config import TrainConfig
-from tumor_train.models import ARCHITECTURES
+from tumor_train.architectures import ARCHITECTURES
 
 DEFAULTS = TrainConfig()
 
@@ -157,7 +157,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
 def architecture_defaults(options: dict) -> None:
     """Fill in what the architecture decides (its fixed input side, whether it starts from ImageNet), and
     refuse a --size it cannot take or --pretrained imagenet where there are no weights, before any data is read."""
-    from tumor_train.models import check_input_size
+    from tumor_train.architectures import check_input_size
 
     ctx = click.get_current_context()
     arch = ARCHITECTURES[options["arch"]]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from tumor_runtime.errors import OptionError
+from tumor_train import architectures
 
 
 def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Sequential:
@@ -117,24 +116,6 @@ class MobileNetV2Trunk(nn.Module):
         self.load_state_dict(mine, strict=False)
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """A registry entry: how to build the model and what input it takes."""
-
-    build: type[nn.Module]
-    summary: str  # for --help
-    input_size: int | None = None  # the only input side it accepts (its flatten layer fixes it); None: any
-    pretrained: bool = False  # ImageNet weights exist for it (--pretrained imagenet)
-
-
-ARCHITECTURES = {
-    "compact": Architecture(CompactNet, "~0.9M parameters at width 40, from scratch"),
-    "alexnet": Architecture(AlexNet, "the ~58M reference; 227 px only", input_size=227),
-    "mobilenet_v2": Architecture(MobileNetV2Trunk, "ImageNet MobileNetV2 to block 13, ~0.6M parameters",
-                                 pretrained=True),
-}
-
-
 def model_args_for(arch: str, num_classes: int, width: int, dropout: float) -> dict:
     """The constructor arguments stored in checkpoints (alexnet has no width; its dropout is the original 0.5)."""
     if arch == "alexnet":
@@ -144,18 +125,8 @@ def model_args_for(arch: str, num_classes: int, width: int, dropout: float) -> d
     return {"num_classes": num_classes, "width": width, "dropout": dropout}
 
 
-def check_input_size(arch: str, size: int) -> None:
-    """OptionError when `arch` takes only one input side and `size` is another (before any training)."""
-    fixed = ARCHITECTURES[arch].input_size if arch in ARCHITECTURES else None
-    if fixed is not None and size != fixed:
-        raise OptionError(f"--arch {arch} takes {fixed} px inputs only (its classifier's input is fixed), "
-                          f"not --size {size}: leave --size out or give --size {fixed}")
-
-
 def build_model(arch: str, **model_args) -> nn.Module:
-    if arch not in ARCHITECTURES:
-        raise OptionError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch].build(**model_args)
+    return globals()[architectures.architecture(arch).module](**model_args)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -51,7 +51,8 @@ def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tm
 
     ckpt = torch.load(trained / "model.pth", weights_only=True)
     excluded = {(Path(ckpt["data"]["root"]) / f).resolve() for f in ckpt["data"]["val_files"]}
-    files = sample_files(Path(report["calibration"]["folder"]), 32, 0, excluded)  # as the export drew them
+    files = sample_files(Path(ckpt["data"]["train_dir"]), 32, 0, excluded)  # as the export drew them
+    assert report["calibration"]["folder"] == Path(ckpt["data"]["train_dir"]).name
     info = Classifier.load(exported / "model.int8.onnx").info
     calib = load_inputs(files, info.input_size, info.mean, info.std, info.crop)
     quantize_int8(tmp_path / "nocam.pre.onnx", tmp_path / "nocam.int8.onnx", ArrayReader(calib, "image"), "percentile")

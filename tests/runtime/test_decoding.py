@@ -20,6 +20,7 @@ from tumor_runtime import classifier as classifier_module
 from tumor_runtime import decoding
 from tumor_runtime.classifier import Classifier
 from tumor_runtime.dicom import DicomFrame
+from tumor_runtime.errors import RunStopped
 from tumor_runtime.inputs import Unreadable
 from tumor_runtime.model import available_cores
 from tumor_runtime.ood import thumbnail
@@ -176,8 +177,9 @@ def test_the_whole_message_of_a_dead_worker():
 
     with pytest.raises(decoding.DecodeWorkerError) as caught:
         decoding.worker_call(broken)
-    assert str(caught.value) == ("a decoding process stopped unexpectedly (killed, or out of memory): the rows before "
-                                 "it were written, the rest were not classified")
+    # The command adds what was written (it alone knows: stdout, or an -o file that is then discarded).
+    assert str(caught.value) == "a decoding process stopped unexpectedly (killed, or out of memory)"
+    assert isinstance(caught.value, RunStopped)
 
 
 @pytest.fixture
@@ -291,7 +293,7 @@ def test_a_worker_killed_during_a_run_stops_it_with_one_line(large_folder):
     rest, stderr = finish(proc)
     assert proc.returncode == 2 and stderr.strip().splitlines() == [
         "Error: a decoding process stopped unexpectedly (killed, or out of memory): the rows before it were "
-        "written, the rest were not classified"], stderr
+        "printed, the rest were not classified"], stderr
     assert 0 < len(rest.splitlines()) + 1 < decoding.PROCESS_MIN_ITEMS + 200  # the rows before it, not all
 
 
@@ -317,3 +319,26 @@ def test_processes_are_as_many_as_the_workers_asked(monkeypatch):
         with decoding.DecodePool(workers, True, 64, "none", False) as pool:
             waiting = [pool.submit([str(FILES[0])]) for _ in range(6)]
             assert len({pid for result in waiting for pid in result()}) == workers
+
+
+@needs_fork
+def test_a_worker_killed_during_a_run_with_output_says_nothing_was_written(large_folder, tmp_path):
+    """With -o the atomic file is discarded: the message said 'the rows before it were written' (none were)."""
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "results.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "tumor_runtime", str(large_folder), "--format", "jsonl", "-q",
+                             "--threads", "2", "-o", str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    workers = []
+    for _ in range(600):  # until the pool has started its processes (at most 30 s)
+        workers = [pid for name in Path(f"/proc/{proc.pid}/task").glob("*/children") for pid in name.read_text().split()]
+        if workers or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert workers, "no decoding process started"
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = finish(proc)
+    assert proc.returncode == 2 and stderr.strip().splitlines() == [
+        "Error: a decoding process stopped unexpectedly (killed, or out of memory): nothing was written to "
+        f"{target}"], stderr
+    assert list(target.parent.iterdir()) == []  # neither the file nor a temporary one

@@ -46,6 +46,9 @@ def test_ray_run_writes_the_same_file_and_exit_code_as_a_local_run(folder, tmp_p
     assert len(rows) == len(list(folder.iterdir())) + 1  # the DICOM file gives one row per frame
     assert sum(",true," in r or ",false," in r for r in rows) == len(rows) - 2  # classified rows
     assert "Traceback" not in on_ray.stderr and "broken.jpg" in on_ray.stderr  # errors reported as locally
+    # Only the kit's own lines: Ray's notices (token authentication, restartable actors, progress bars) are not
+    lines = on_ray.stderr.splitlines()
+    assert lines and all(line.startswith(("error: ", "Wrote ")) for line in lines), on_ray.stderr
 
 
 def test_ray_records_with_two_actors_keep_input_order(folder):
@@ -168,15 +171,16 @@ def test_without_the_extra_the_message_says_how_to_install_it(monkeypatch):
     assert str(caught.value) == "--ray needs the [ray] extra: pip install 'tumor-kit[ray]'"
 
 
-def test_auto_joins_a_running_cluster_or_starts_one_with_the_cores_given(fake_ray):
+def test_auto_starts_a_private_ray_with_the_cores_given_and_connects_once(fake_ray, monkeypatch):
+    import logging
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ray = fake_ray()
     ray_batch.connect("auto", 3)
-    assert [c.get("address") for c in ray.inits] == ["auto"] and ray.inits[0]["log_to_driver"] is False
-    ray = fake_ray(fail_auto=True)
-    ray_batch.connect("auto", 3)
-    assert ray.inits[1] == {"num_cpus": 3, "include_dashboard": False, "logging_level": 30, "log_to_driver": False}
+    assert ray.inits == [{"address": "local", "num_cpus": 3, "include_dashboard": False, "logging_level": logging.ERROR,
+                          "log_to_driver": False}]
     ray_batch.connect("auto", 3)  # already connected: nothing more
-    assert len(ray.inits) == 2
+    assert len(ray.inits) == 1
 
 
 def test_an_address_is_checked_then_joined_and_failures_are_one_line(fake_ray, monkeypatch):
@@ -281,8 +285,8 @@ def test_connecting_quietens_ray_data_and_passes_the_options_to_a_named_cluster(
     logging.getLogger("ray.data").setLevel(logging.NOTSET)
     ray = fake_ray()
     ray_batch.connect("10.0.0.1:6379", 2)
-    assert ray.inits == [{"address": "10.0.0.1:6379", "logging_level": logging.WARNING, "log_to_driver": False}]
-    assert logging.getLogger("ray.data").level == logging.WARNING
+    assert ray.inits == [{"address": "10.0.0.1:6379", "logging_level": logging.ERROR, "log_to_driver": False}]
+    assert logging.getLogger("ray.data").level == logging.CRITICAL  # its failures come back as RayRunError
 
 
 def test_a_cluster_without_cpus_fits_no_actor(fake_ray):
@@ -302,3 +306,47 @@ def test_ray_records_defaults_and_a_local_ray_sized_to_this_machine(fake_ray, fo
     _, kwargs = ray.mapped
     assert kwargs["fn_constructor_kwargs"] == {"model": None, "threads": 2, "batch_size": 32, "tumor_threshold": None,
                                                "backend": "onnxruntime"}
+
+
+class RecordingRay:
+    """Stands in for the ray module: records how connect() initialises it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.calls.append(kwargs)
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({}, {"address": "local", "num_cpus": 2}),  # a private instance: never whatever Ray runs on this machine
+    ({"RAY_ADDRESS": "10.0.0.5:6379"}, {"address": "10.0.0.5:6379"}),
+])
+def test_auto_joins_only_the_cluster_it_is_told_of(monkeypatch, environment, expected):
+    """`--ray auto` joined a Ray instance another program had started; when it stopped, so did the run
+    (exit 1, no line, no file)."""
+    fake = RecordingRay()
+    monkeypatch.setattr(ray_batch, "require_ray", lambda: fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    ray_batch.connect("auto", 2)
+    assert len(fake.calls) == 1 and {k: fake.calls[0][k] for k in expected} == expected
+
+
+def test_an_actor_that_cannot_start_is_one_line_naming_the_cause(folder, tmp_path):
+    """A model missing on a node: Ray's traceback and exit 70 before; now the kit's own message."""
+    pytest.importorskip("ray")
+    program = ("import sys\nfrom tumor_runtime.ray_batch import ray_records\n"
+               "from tumor_runtime.errors import RunStopped\n"
+               f"rows = ray_records({[str(p) for p in sorted(folder.glob('*.jpg'))][:3]!r}, "
+               f"model={str(tmp_path / 'gone.onnx')!r}, threads=1)\n"
+               "try:\n    list(rows)\nexcept RunStopped as exc:\n    print(exc)\n    sys.exit(3)\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == f"the Ray run failed: model {tmp_path / 'gone.onnx'} does not exist; pass --model or " \
+                            "export one with tumor-export\n"
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
