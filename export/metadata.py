@@ -7,6 +7,9 @@ from pathlib import Path
 
 import onnx
 
+from tumor_runtime import provenance
+from tumor_runtime.inputs import collect
+
 
 def tool_versions() -> dict:
     from tumor_runtime.contract import tool_versions as versions
@@ -14,9 +17,26 @@ def tool_versions() -> dict:
     return versions("torch", "onnx", "onnxruntime")
 
 
+def training_names(ckpt: dict) -> list[str] | None:
+    """The keys (`provenance.key`) of the images the checkpoint trained on: recorded by tumor-train, or (older
+    checkpoints) the images of its training folder minus its validation files when that folder is at hand."""
+    data = ckpt.get("data") or {}
+    if isinstance(data.get("train_files"), list):
+        return [str(n) for n in data["train_files"]]
+    folder = Path(str(data.get("train_dir", "")))
+    if not data.get("train_dir") or not folder.is_dir():
+        return None
+    root = Path(str(data.get("root", folder)))
+    held_out = {(root / str(f)).resolve() for f in data.get("val_files") or []}
+    files = [Path(p) for p in collect([str(folder)], recursive=True) if isinstance(p, (str, Path))]
+    return [provenance.key(f.relative_to(folder).parts[0], f) for f in files
+            if len(f.relative_to(folder).parts) > 1 and f.resolve() not in held_out]
+
+
 def model_metadata(ckpt: dict, threshold: float) -> dict[str, str]:
     """String key/values for metadata_props, from a model.pth checkpoint dict."""
     pre, classes, negative = ckpt["preprocess"], ckpt["classes"], ckpt["negative_class"]
+    names = training_names(ckpt)
     return {
         "classes": json.dumps(classes),
         "input_size": str(pre["size"]),
@@ -30,6 +50,7 @@ def model_metadata(ckpt: dict, threshold: float) -> dict[str, str]:
         "tumor_classes": json.dumps([c for c in classes if c != negative]),
         "tumor_threshold": repr(float(threshold)),
         "trained_with": json.dumps(ckpt.get("versions", {})),
+        **({} if names is None else {provenance.METADATA_KEY: provenance.encode(names)}),
         "exported_with": json.dumps(tool_versions()),
     }
 

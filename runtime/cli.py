@@ -275,8 +275,16 @@ def write_records(classifier, records, fmt: str, stream) -> int:
 def write_evaluation(classifier, records, labels, fmt: str, stream) -> int:
     from tumor_runtime.evaluation import evaluate_records
     from tumor_runtime.output import evaluation_output
+    from tumor_runtime.provenance import seen_in_training
 
-    info = classifier.info
+    info, paths = classifier.info, []
+    records = (paths.append(rec["path"]) or rec for rec in records)
     result = evaluate_records(records, labels, info.classes, info.negative_class, classifier.tumor_threshold)
+    if info.training_names is not None:
+        result["seen_in_training"] = seen_in_training(paths, labels, info.classes, info.training_names)
     stream.write(evaluation_output(result, fmt))
+    if result.get("seen_in_training"):
+        click.echo(f"note: {result['seen_in_training']} of the {len(paths)} images scored have the class and file "
+                   "name of images this model was trained on: on those the score measures what it remembers, not "
+                   "how it does on new slices", err=True)
     return 1 if result["n_errors"] else 0

@@ -8,6 +8,7 @@ at load, never used with probabilities under the wrong names.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -55,6 +56,19 @@ class ModelInfo:
         info.check()
         return info
 
+    @functools.cached_property
+    def training_names(self) -> frozenset[str] | None:
+        """The names of the images the model trained on (`tumor_runtime.provenance`); None if not recorded."""
+        from tumor_runtime import provenance
+
+        value = self.metadata.get(provenance.METADATA_KEY)
+        if value is None:
+            return None
+        try:
+            return provenance.decode(value)
+        except ValueError as exc:
+            raise ModelError(f"model metadata: {exc}") from None
+
     def check(self) -> None:
         """Refuse metadata that would give silently wrong inputs or labels."""
         if (not isinstance(self.classes, list) or len(self.classes) < 2
@@ -74,6 +88,7 @@ class ModelInfo:
             finite_in_range("model metadata tumor_threshold", self.tumor_threshold, 0.0, 1.0)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
+        self.training_names  # a damaged record is refused at load, not at the first --evaluate
 
 
 def ood_of(meta: dict):

@@ -98,6 +98,9 @@ def evaluation_text(result: dict) -> str:
         s = result["screening"]
         lines.append(f"tumor flag at threshold {s['threshold']:.4f}: sensitivity {_fmt(s['sensitivity'])}, "
                      f"false alarms {_fmt(s['false_alarm_rate'])}")
+    if "seen_in_training" in result:
+        lines.append(f"images the model trained on {result['seen_in_training']} of "
+                     f"{result['n_images'] + result['n_errors']} (by class and file name)")
     lines += ["", "confusion matrix (rows true, columns predicted)",
               " " * width + "".join(f"{c:>{width}}" for c in classes)]
     lines += [f"{c:<{width}}" + "".join(f"{v:>{width}}" for v in row) for c, row in zip(classes, cm)]

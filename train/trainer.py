@@ -31,6 +31,7 @@ from tumor_train.config import TrainConfig
 from tumor_train.data import ImageSet, PreparedData, pixel_stats, prepare_data
 from tumor_train.distributed import Placement, setup, teardown
 from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, evaluate, train_one_epoch
+from tumor_runtime import provenance
 from tumor_train.models import count_parameters, model_args_for
 from tumor_train.dynamic_int8 import save_quantized
 
@@ -245,7 +246,9 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
                  "classes": classes, "negative_class": NEGATIVE_CLASS,
                  "preprocess": {"size": cfg.image_size, "mean": mean, "std": std, "grayscale": True,
                                 "resize": RESIZE_METHOD, "crop": cfg.crop},
-                 "data": {"root": str(data.root), "train_dir": str(data.train_dir), "val_files": data.val_files},
+                 "data": {"root": str(data.root), "train_dir": str(data.train_dir), "val_files": data.val_files,
+                          "train_files": [provenance.key(classes[label], path) for path, label
+                                          in zip(data.train.paths, data.train.labels)]},
                  "best_epoch": best["epoch"], "val_f2": best["f2"], "versions": versions()}, out / "model.pth")
     remove_stale_exports(out)
     save_quantized(model, cfg.arch, args, out / "model_quantized.pth")
