@@ -21,7 +21,7 @@ OUTPUT_NAMES = (PROBABILITIES, LOGITS)  # always there; CAM_OUTPUT where the arc
 
 # metadata_props: written by tumor_export.metadata, read by tumor_runtime.model.ModelInfo.
 REQUIRED_METADATA = ("classes", "input_size", "mean", "std", "negative_class", "tumor_threshold")
-OPTIONAL_METADATA = ("arch", "grayscale", "resize", "crop", "tumor_classes", "precision", "trained_with",
+OPTIONAL_METADATA = ("training_files", "arch", "grayscale", "resize", "crop", "tumor_classes", "precision", "trained_with",
                      "exported_with", "calibration", "ood")
 
 # The files of an exported model folder.

@@ -16,7 +16,7 @@ import lzma
 from pathlib import Path
 from typing import Iterable
 
-METADATA_KEY = "training_files"
+METADATA_KEY = "training_files"  # listed in contract.OPTIONAL_METADATA
 
 
 def key(class_name: str, path) -> str:
