@@ -28,7 +28,6 @@ def float_range(field: str) -> FiniteFloat:
     return FiniteFloat(low, high, low_open=low_open)
 # Options that may differ when a run is resumed: where the data and the threads are on this machine.
 RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
-RESUME_OPTIONS_TEXT = "--data, --threads and --device"  # --out names the run; --help and errors say this
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

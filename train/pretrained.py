@@ -12,7 +12,6 @@ non-commercial research and education).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from tumor_runtime.errors import OptionError
+from tumor_runtime.fileio import sha256_file
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")  # torchvision's rule: the sha256 prefix after the last '-'
 
@@ -41,17 +41,9 @@ def expected_prefix(name: str) -> str:
     return found.group(1)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_hash(path: Path) -> None:
     prefix = expected_prefix(cache_file().name)
-    if not sha256_of(path).startswith(prefix):
+    if not sha256_file(path).startswith(prefix):
         raise OptionError(f"{path} is not torchvision's {cache_file().name}: its sha256 does not start {prefix}")
 
 
@@ -62,7 +54,7 @@ def place(source: str | Path) -> Path:
     if not source.is_file():
         raise OptionError(f"--pretrained-file {source}: no such file")
     check_hash(source)
-    if target.is_file() and sha256_of(target) == sha256_of(source):
+    if target.is_file() and sha256_file(target) == sha256_file(source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from tests.conftest import make_dataset
 from tumor_runtime.errors import OptionError
+from tumor_runtime.fileio import sha256_file
 from tumor_train import pretrained
 from tumor_train.checkpoint import load_model
 from tumor_train.cli import main
@@ -109,7 +110,7 @@ def test_pretrained_file_places_the_weights_and_mobilenet_trains_from_them(empty
     result = train(["--data", data, "--arch", "mobilenet_v2", "--pretrained-file", REAL_WEIGHTS, "--size", "64",
                     "--epochs", "1", "--out", tmp_path / "m"])
     assert result.exit_code == 0, result.output
-    assert pretrained.sha256_of(empty_hub / REAL_WEIGHTS.name) == pretrained.sha256_of(REAL_WEIGHTS)
+    assert sha256_file(empty_hub / REAL_WEIGHTS.name) == sha256_file(REAL_WEIGHTS)
     model, ckpt = load_model(tmp_path / "m" / "model.pth")
     assert ckpt["arch"] == "mobilenet_v2" and model(torch.zeros(1, 1, 64, 64)).shape == (1, 4)
     assert "ImageNet weights placed at" in result.output
