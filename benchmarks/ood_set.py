@@ -180,8 +180,21 @@ def evaluate(classifier, in_distribution: list, slices_for_breaking: list[np.nda
     return result
 
 
+def table(result: dict) -> str:
+    """The evaluation as the Markdown table the model card shows: the slices flagged, then what each source
+    of non-slices has caught and its ROC area against the slices."""
+    inside = result["in_distribution"]
+    lines = [f"In distribution: {inside['images']} slices, {inside['flagged']:.2%} flagged "
+             f"({result.get('in_distribution_set', 'given')}).", "",
+             "| source | images | caught | ROC area |", "|---|---|---|---|"]
+    for name, row in [*result["sources"].items(), ("all", result["all"])]:
+        lines.append(f"| {name} | {row['images']} | {row['caught']:.1%} | {row['auroc']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """python -m benchmarks.ood_eval [MODEL]: the table for the model card (needs ../shared for the real slices)."""
+    """python -m benchmarks.ood_set [MODEL] [--json]: the table for the model card (needs ../shared for the real
+    slices); --json prints every figure and the thresholds instead."""
     import json
     import sys
 
@@ -189,12 +202,13 @@ def main() -> None:
     from tumor_runtime.classifier import Classifier
     from tumor_runtime.preprocess import load_gray
 
-    clf = Classifier.load(sys.argv[1] if len(sys.argv) > 1 else None)
+    args = [a for a in sys.argv[1:] if a != "--json"]
+    clf = Classifier.load(args[0] if args else None)
     files, _, _, description = choose_bench_set(None, 100_000)
     breakable = [load_gray(f, SIZE) for f in files[::max(1, len(files) // 20)][:20]]
     result = evaluate(clf, files, breakable) | {"in_distribution_set": description,
                                                  "thresholds": clf.card()["out_of_distribution"]["thresholds"]}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2) if "--json" in sys.argv[1:] else table(result))
 
 
 if __name__ == "__main__":

@@ -141,16 +141,33 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
     except KeyboardInterrupt as exc:  # during data preparation: nothing to keep
         click.echo("Stopped: interrupted before training started", err=True)
         sys.exit(interrupted_exit_code(exc))
-    if "validation" not in metrics:  # another rank of a torchrun: rank 0 reports
-        return
-    val = metrics["validation"]
+    if "validation" in metrics:  # absent on the other ranks of a torchrun: rank 0 reports
+        for line in finished_lines(metrics, cfg):
+            click.echo(line)
+
+
+def split_line(name: str, scores: dict) -> str:
+    sensitivity = scores["tumor_sensitivity"]
+    return (f"{name} macro F2 {scores['f2_macro']:.4f}, accuracy {scores['accuracy']:.4f}, tumor sensitivity "
+            f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}")
+
+
+def finished_lines(metrics: dict, cfg: TrainConfig) -> list[str]:
+    """What a finished run prints: its scores (validation, and Testing/ when the data has one), where the
+    outputs are, and the command that comes next."""
+    val, test = metrics["validation"], metrics.get("test")
     if val is None:
-        click.echo(f"Final fit: {cfg.epochs} epochs on every image, no validation split. Outputs in {cfg.out}/")
-        return
-    sensitivity = val["tumor_sensitivity"]
-    click.echo(f"Best epoch {metrics['best_epoch']}: validation macro F2 {val['f2_macro']:.4f}, accuracy "
-               f"{val['accuracy']:.4f}, tumor sensitivity "
-               f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}. Outputs in {cfg.out}/")
+        epochs = f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}"
+        lines = [f"Final fit: {epochs} on every image, no validation split."]
+    else:
+        lines = [f"Best epoch {metrics['best_epoch']}: {split_line('validation', val)}."]
+    if test is not None:
+        lines.append(f"Testing/ ({metrics['data']['test_images']} images): {split_line('test', test)}.")
+    model = os.path.join(cfg.out, "model.pth")
+    evaluate = "" if val is not None else " --evaluate LABELLED_DIR"  # a final fit records no validation split
+    lines.append(f"Wrote model.pth, metrics.json and plots to {cfg.out}/. "
+                 f"Next: tumor-export --checkpoint {model} --int8{evaluate}")
+    return lines
 
 
 def architecture_defaults(options: dict) -> None:

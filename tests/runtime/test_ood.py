@@ -296,3 +296,20 @@ def test_thresholds_sit_just_above_the_chosen_quantile():
     assert fitted.image.threshold == pytest.approx(expected, rel=1e-9)
     assert (distances < fitted.image.threshold).mean() == pytest.approx(0.905, abs=0.006)
     assert ood.PASS_SHARE == 0.9975 and ood.COMPONENTS == {"features": 24, "image": 16}
+
+
+def test_the_ood_benchmark_prints_a_table_of_what_each_source_caught():
+    """`python -m benchmarks.ood_set` promises a table: one row per source with its count, catch rate and ROC area."""
+    from benchmarks.ood_set import evaluate, table
+
+    clf = Classifier.load()
+    real = sorted(SAMPLES.rglob("*.jpg"))
+    from tumor_runtime.preprocess import load_gray
+
+    result = evaluate(clf, real, [load_gray(f, 256) for f in real[:4]])
+    lines = table(result).splitlines()
+    assert lines[0].startswith(f"In distribution: {len(real)} slices, ")
+    rows = [line.split(" | ") for line in lines[4:]]
+    assert [r[0].lstrip("| ") for r in rows] == [*result["sources"], "all"]
+    assert sum(int(r[1]) for r in rows[:-1]) == int(rows[-1][1]) == result["all"]["images"]
+    assert all(r[2].endswith("%") and 0 <= float(r[3].rstrip(" |")) <= 1 for r in rows)
