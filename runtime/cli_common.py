@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 
 import click
 
@@ -36,6 +37,16 @@ class FiniteFloat(click.ParamType):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every `finally` (temporary files) runs."""
+
+
+# Pillow and pydicom warn (UserWarning) about the damaged files they still read or refuse; the kit reports each
+# such file itself (an error row, or a skipped-file line), so their warnings are noise on the user's stderr.
+READER_WARNINGS = r"(PIL|pydicom)(\.|$)"
+
+
+def silence_reader_warnings() -> None:
+    """Every command calls this first; the Python API leaves warnings to its caller."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=READER_WARNINGS)
 
 
 def raise_on_sigterm() -> None:
@@ -82,6 +93,7 @@ def guarded(body, *args, passthrough: tuple = (), **kwargs):
     the caller handles itself."""
     from tumor_runtime.errors import EXIT_BUG, KitError
 
+    silence_reader_warnings()
     try:
         return body(*args, **kwargs)
     except passthrough:

@@ -12,13 +12,11 @@ and copies every slice back, so small inputs keep the threads.
 from __future__ import annotations
 
 import multiprocessing
-import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from typing import Callable
 
-from tumor_runtime.errors import RunStopped
+from tumor_runtime.decode_processes import DecodeWorkerError, WorkerProcesses
 from tumor_runtime.inputs import Unreadable
 from tumor_runtime.dicom import DicomFrame, load_frame
 from tumor_runtime.ood import thumbnail
@@ -32,8 +30,7 @@ PROCESS_MIN_ITEMS = 1000
 START_METHOD = "fork"
 
 
-class DecodeWorkerError(RunStopped):
-    """A decoding process died (killed, or out of memory): the rows it held are lost, so the run stops."""
+__all__ = ["DecodePool", "DecodeWorkerError", "decode_chunk", "decode_item", "processes_available"]
 
 
 def decode_item(item, size: int, crop: str, thumbnails: bool):
@@ -56,22 +53,6 @@ def decode_chunk(items: list, size: int, crop: str, thumbnails: bool) -> list:
     return [decode_item(item, size, crop, thumbnails) for item in items]
 
 
-def quiet_worker() -> None:
-    """Each worker process starts here. Ctrl-C reaches the whole process group: the parent stops the run
-    (and the pool), so a worker ignores it rather than print a traceback; SIGTERM ends a worker at once (a
-    fork inherits the command's handler, which would raise inside the worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def worker_call(call: Callable):
-    """`call()`, with a dead worker process (the pool is then broken) as a one-line error."""
-    try:
-        return call()
-    except BrokenProcessPool:
-        raise DecodeWorkerError("a decoding process stopped unexpectedly (killed, or out of memory)") from None
-
-
 def processes_available() -> bool:
     return sys.platform.startswith("linux") and START_METHOD in multiprocessing.get_all_start_methods()
 
@@ -85,21 +66,23 @@ class DecodePool:
         self.args = (size, crop, thumbnails)
         self.processes = processes and processes_available()
         if self.processes:  # asked only then: where there is no fork (Windows), get_context("fork") raises
-            context = multiprocessing.get_context(START_METHOD)  # pragma: no mutate (Linux's default before 3.14)
-            self.executor = ProcessPoolExecutor(workers, context, initializer=quiet_worker)
+            # decode_chunk is looked up when a worker calls it (a forked worker sees the module as it was then)
+            self.workers = WorkerProcesses(workers, lambda items: decode_chunk(items, *self.args), START_METHOD)
         else:
             self.executor = ThreadPoolExecutor(max_workers=workers)
 
     def submit(self, items: list) -> Callable[[], list]:
-        if not self.processes:
-            futures = [self.executor.submit(decode_item, item, *self.args) for item in items]
-            return lambda: [f.result() for f in futures]
-        future = worker_call(lambda: self.executor.submit(decode_chunk, items, *self.args))
-        return lambda: worker_call(future.result)
+        if self.processes:
+            return self.workers.submit(items)
+        futures = [self.executor.submit(decode_item, item, *self.args) for item in items]
+        return lambda: [f.result() for f in futures]
 
     def __enter__(self) -> "DecodePool":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error_type, *exc) -> None:
         # An error or Ctrl-C leaves chunks queued: drop them rather than decode them for nothing.
-        self.executor.shutdown(cancel_futures=True)  # waits for the chunks already running
+        if self.processes:
+            self.workers.close(at_once=error_type is not None)
+        else:
+            self.executor.shutdown(cancel_futures=True)  # waits for the chunks already running

@@ -110,6 +110,8 @@ def ray_records(paths: list, model: str | Path | None = None, address: str = "au
 
     ray = require_ray()
     connect(address, available_cores())
+    # Ray Data copies its context with settings it calls deprecated itself (use_polars, ...): not the user's
+    warnings.filterwarnings("ignore", message=r"`\w+` is deprecated", module=r"ray(\.|$)")
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, as tumor-infer writes them
     context.enable_progress_bars = False  # the driver shows one bar of its own

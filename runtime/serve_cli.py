@@ -49,8 +49,9 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
     POST /predictions/tumor with an image body (or a multipart form with files), GET /ping,
     GET /models/tumor. Research and education only: not a medical device.
     """
-    from tumor_runtime.cli_common import fail, install_hint, installed
+    from tumor_runtime.cli_common import fail, install_hint, installed, silence_reader_warnings
 
+    silence_reader_warnings()
     missing = [m for m in ("starlette", "uvicorn", "multipart") if not installed(m)]
     if missing:
         fail(f'tumor-serve needs the [serve] extra ({", ".join(missing)} not installed): '

@@ -132,7 +132,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
         fail("under torchrun, give --out: every process must write to (and resume from) the same folder")
     try:
         if folds:
-            return cross_validate(options, folds)
+            return cross_validate(options, folds, overwrite)
         cfg = resumed_config(options) if resume else new_config(options, overwrite)
         metrics = run(cfg, resume=resume)
     except Interrupted as exc:
@@ -189,11 +189,13 @@ def architecture_defaults(options: dict) -> None:
         raise UsageError("--init and --pretrained imagenet both set the starting weights: give one")
 
 
-def cross_validate(options: dict, folds: int) -> None:
+def cross_validate(options: dict, folds: int, overwrite: bool) -> None:
     from tumor_train.cv import run_cv
 
+    if options["val_list"]:
+        raise UsageError("--val-list with --cv: the folds choose the validation images; give one of them")
     cfg = TrainConfig(**TrainConfig.known(options | {"out": options["out"] or f"runs/cv-{time.strftime('%Y%m%d-%H%M%S')}"}))
-    summary = run_cv(cfg, folds)["summary"]
+    summary = run_cv(cfg, folds, overwrite)["summary"]
     f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
     click.echo(f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
                f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json")
@@ -218,6 +220,13 @@ def resumed_config(options: dict) -> TrainConfig:
 
     if not options["out"]:
         raise UsageError("--resume needs --out: the run folder that holds checkpoint.pth")
+    from tumor_train.cv import FOLD_RECORD
+
+    fold = Path(options["out"]) / FOLD_RECORD
+    if fold.is_file():
+        raise UsageError(f"{options['out']} is a fold of a --cv run: resumed alone it would train on a new split "
+                         f"of its own validation images; run the same tumor-train --cv command with --out "
+                         f"{Path(options['out']).parent} again, which continues it")
     saved = TrainConfig.known(read_checkpoint(Path(options["out"]) / CHECKPOINT)["config"])
     ctx = click.get_current_context()
     explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}

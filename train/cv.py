@@ -3,12 +3,15 @@
 The training images are decoded and grouped once (duplicates and near-duplicates stay in
 one fold, each class spread evenly); then one ordinary run per fold (`trainer.train_on`)
 writes OUT/fold-<k>/. cv.json holds per-fold and mean ± std macro F2, accuracy, tumor
-sensitivity and best epoch; cv.png plots them. A fold whose metrics.json exists is
-reused, so an interrupted cross-validation continues where it stopped.
+sensitivity and best epoch; cv.png plots them. Each fold folder holds fold.json, what the
+fold is (its number, K, the recipe, its files); run again, a finished fold with the same record
+is reused and an interrupted one resumes from its checkpoint, and a folder whose record differs
+is refused (or, with --overwrite, trained again): never a fold of another split or recipe.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,9 +24,39 @@ from tumor_train.config import TrainConfig
 from tumor_train.data import PreparedData, class_names, find_splits, grouping_images, load_split, relative_to_root
 from tumor_train.dedup import duplicate_groups, grouped_kfold
 from tumor_train.distributed import launched_by_torchrun, setup
-from tumor_train.trainer import check_writable, train_on
+from tumor_train.trainer import CHECKPOINT, Interrupted, check_writable, train_on
 
 FIELDS = ("f2_macro", "accuracy", "tumor_sensitivity")
+FOLD_RECORD = "fold.json"  # in each OUT/fold-<k>/: what the fold is, so a rerun reuses only the same fold
+PER_MACHINE = ("out", "data", "threads", "device")  # options that may change between reruns of one --cv
+
+
+def fold_identity(cfg: TrainConfig, folds: int, k: int, train_files: list[str], val_files: list[str]) -> dict:
+    """The fold as a JSON-ready record: its place among K, the recipe, and which files train and validate."""
+    recipe = {key: value for key, value in asdict(cfg).items() if key not in PER_MACHINE}
+    names = hashlib.sha256("\n".join(sorted(train_files)).encode()).hexdigest()
+    return json.loads(json.dumps({"fold": k, "folds": folds, "recipe": recipe, "train_files_sha256": names,
+                                  "val_files": sorted(val_files)}))
+
+
+def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
+    """"reuse" a finished fold, "resume" an interrupted one, or "train" it; UsageError for a folder that holds
+    another fold (other K, recipe or files), which reusing would mix into this cross-validation."""
+    if overwrite or not folder.is_dir() or not any(folder.iterdir()):
+        return "train"
+    record = folder / FOLD_RECORD
+    saved = json.loads(record.read_text()) if record.is_file() else {}
+    if saved != identity:
+        what = ("a fold of an older run (it has no fold record)" if not saved else
+                f"a fold of a {saved.get('folds')}-fold run" if saved.get("folds") != identity["folds"] else
+                "a fold trained with other options: " + ", ".join(
+                    f"--{key.replace('_', '-')} {saved['recipe'].get(key)}" for key in identity["recipe"]
+                    if saved.get("recipe", {}).get(key) != identity["recipe"][key])
+                if saved.get("recipe") != identity["recipe"] else "a fold of other images")
+        raise UsageError(f"{folder} holds {what}: --overwrite trains every fold again, or choose another --out")
+    if (folder / "metrics.json").is_file():
+        return "reuse"
+    return "resume" if (folder / CHECKPOINT).is_file() else "train"
 
 
 def fold_record(fold: int, metrics: dict) -> dict:
@@ -54,7 +87,7 @@ def check_folds(splits: list, labels: np.ndarray, classes: list[str]) -> None:
                                                                    if missing else "") + "; use fewer folds")
 
 
-def run_cv(cfg: TrainConfig, folds: int) -> dict:
+def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
     """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
     cfg.check()
     if launched_by_torchrun():
@@ -72,23 +105,38 @@ def run_cv(cfg: TrainConfig, folds: int) -> dict:
     records = []
     for k, (train_idx, val_idx) in enumerate(splits, start=1):
         fold_cfg = replace(cfg, out=str(out / f"fold-{k}"))
-        done = Path(fold_cfg.out) / "metrics.json"
-        if done.is_file():
-            metrics = json.loads(done.read_text())
-            print(f"fold {k}/{folds}: reusing {done}")
-        else:
-            print(f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images")
-            val = everything.subset(val_idx)
-            data = PreparedData(classes, everything.subset(train_idx), val, None, root, train_dir,
-                                [relative_to_root(p, root) for p in val.paths],
-                                {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []})
-            metrics = train_on(fold_cfg, data, place=place)
-        records.append(fold_record(k, metrics))
+        records.append(fold_record(k, run_fold(fold_cfg, everything, (train_idx, val_idx), (k, folds), overwrite,
+                                               place, root, train_dir, classes)))
         report = {"folds": records, "summary": summarize_folds(records), "k": folds, "config": asdict(cfg),
                   "complete": len(records) == folds}
         atomic_write_text(out / "cv.json", json.dumps(report, indent=2))
     plot_cv(records, out / "cv.png")
     return report
+
+
+def run_fold(cfg: TrainConfig, everything, split: tuple, position: tuple[int, int], overwrite: bool, place,
+             root: Path, train_dir: Path, classes: list[str]) -> dict:
+    """Reuse, resume or train fold k of K (`position`) into cfg.out; returns its metrics."""
+    (train_idx, val_idx), (k, folds) = split, position
+    folder, train, val = Path(cfg.out), everything.subset(train_idx), everything.subset(val_idx)
+    val_files = [relative_to_root(p, root) for p in val.paths]
+    identity = fold_identity(cfg, folds, k, [relative_to_root(p, root) for p in train.paths], val_files)
+    plan = fold_plan(folder, identity, overwrite)
+    if plan == "reuse":
+        print(f"fold {k}/{folds}: reusing {folder / 'metrics.json'}")
+        return json.loads((folder / "metrics.json").read_text())
+    print(f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images"
+          + (" (resuming its checkpoint)" if plan == "resume" else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / FOLD_RECORD, json.dumps(identity, indent=1))
+    data = PreparedData(classes, train, val, None, root, train_dir, val_files,
+                        {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []})
+    try:
+        return train_on(cfg, data, resume=plan == "resume", place=place)
+    except Interrupted as exc:
+        raise Interrupted(f"fold {k} of {folds}: {str(exc).split(';')[0]}; run the same tumor-train --cv {folds} "
+                          f"command again: finished folds are reused and fold {k} continues from its last "
+                          "checkpoint, if one was saved", terminated=exc.terminated) from None
 
 
 def plot_cv(records: list[dict], path: Path) -> None:

@@ -126,17 +126,21 @@ class TrainingState:
                    optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
                    torch.Generator().manual_seed(cfg.seed), trainer, place)
 
-    def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict) -> dict:
+    def checkpoint(self, cfg: TrainConfig, epoch: int, history: list, best: dict, classes: list[str]) -> dict:
         return {"epoch": epoch, "config": asdict(cfg), "arch": cfg.arch, "model_args": self.model_args,
+                "classes": classes,  # the class folders the output rows mean: a resume must see the same
                 "model": cpu_state(self.model.state_dict()), "ema": cpu_state(self.ema.state_dict()),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history, "best": best, "world_size": self.place.world}
 
-    def restore(self, path: Path, cfg: TrainConfig) -> tuple[int, list, dict]:
+    def restore(self, path: Path, cfg: TrainConfig, classes: list[str]) -> tuple[int, list, dict]:
         """Load the resumable checkpoint; returns (epochs done, history, best). CheckpointError if it
-        is missing, corrupt, or was trained with another architecture or other model arguments."""
+        is missing, corrupt, or was trained with another architecture, other model arguments or other classes."""
         state = read_checkpoint(path)
+        if state.get("classes", classes) != classes:  # a renamed or added class folder would permute the labels
+            raise CheckpointError(f"{path} was trained on the classes {state['classes']}, but --data has {classes}: "
+                                  "resume with the class folders the run started with")
         saved_arch = state.get("arch", state["config"].get("arch"))
         saved_args = state.get("model_args")
         if saved_arch != cfg.arch or (saved_args is not None and saved_args != self.model_args):

@@ -126,7 +126,7 @@ def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, sta
                 weights = cpu_state(state.ema.module.state_dict())
                 best = {"epoch": epoch, "f2": history[-1]["val_f2"] or -1.0, "state_dict": weights}
             if state.place.is_main:
-                save_checkpoint(state.checkpoint(cfg, epoch, history, best), out / CHECKPOINT, epoch)
+                save_checkpoint(state.checkpoint(cfg, epoch, history, best, data.classes), out / CHECKPOINT, epoch)
     except KeyboardInterrupt as exc:
         saved = (f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
                  f"tumor-train --out {out} --resume") if epoch > 1 else "no checkpoint was written yet (none is " \
@@ -192,7 +192,7 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
                                        cfg.distill_weight, place.device)
     start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
     if resume:
-        start, history, best = state.restore(out / CHECKPOINT, cfg)
+        start, history, best = state.restore(out / CHECKPOINT, cfg, data.classes)
         print(f"Resuming after epoch {start} of {cfg.epochs}." if start < cfg.epochs else
               f"All {cfg.epochs} epochs are done: writing the outputs of the best epoch.")
     if place.is_main:

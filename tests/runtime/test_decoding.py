@@ -171,15 +171,69 @@ def test_a_chunk_is_its_items_decoded_in_order(mixed_items, monkeypatch):
     assert decoding.decode_item(FILES[0], 64, "none", False) == (None, "OSError", None, None)  # a reason without text
 
 
-def test_the_whole_message_of_a_dead_worker():
-    def broken():
-        raise decoding.BrokenProcessPool("A child process terminated abruptly")
+@needs_fork
+def test_a_worker_killed_while_it_sends_its_chunk_back_ends_the_run_in_bounded_time(monkeypatch):
+    """Round four, item 1: half a result in the pipe, the other worker alive: an error, never a hang."""
+    import struct
+    from concurrent.futures import ThreadPoolExecutor
+    from multiprocessing.connection import Connection
 
-    with pytest.raises(decoding.DecodeWorkerError) as caught:
-        decoding.worker_call(broken)
-    # The command adds what was written (it alone knows: stdout, or an -o file that is then discarded).
-    assert str(caught.value) == "a decoding process stopped unexpectedly (killed, or out of memory)"
-    assert isinstance(caught.value, RunStopped)
+    parent, real = os.getpid(), Connection._send_bytes
+
+    def half_then_die(self, buf):
+        if os.getpid() == parent:
+            return real(self, buf)
+        data = bytes(buf)
+        self._send(struct.pack("!i", len(data)) + data[:len(data) // 2])
+        os._exit(9)
+
+    monkeypatch.setattr(Connection, "_send_bytes", half_then_die)
+    with ThreadPoolExecutor(1) as watchdog, decoding.DecodePool(2, True, 64, "none", False) as pool:
+        first, second = pool.submit([str(FILES[0])] * 4), pool.submit([str(FILES[1])])
+        with pytest.raises(decoding.DecodeWorkerError, match="^a decoding process stopped unexpectedly"):
+            watchdog.submit(first).result(timeout=30)
+        with pytest.raises(decoding.DecodeWorkerError):
+            watchdog.submit(second).result(timeout=30)
+
+
+@needs_fork
+def test_workers_hold_no_inherited_socket_and_die_with_their_parent(tmp_path):
+    """Round four, items 2 and 9: a server's listening socket is not kept open by its decoding workers, and a
+    parent killed outright (OOM killer, container timeout) takes its workers with it."""
+    program = ("import os, socket, sys, time\n"
+               "from tumor_runtime.decoding import DecodePool\n"
+               "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen()\n"
+               "pool = DecodePool(2, True, 64, 'none', False).__enter__()\n"
+               "pids = [p.pid for p, _, _ in pool.workers.links]\n"
+               "print(os.readlink(f'/proc/self/fd/{server.fileno()}'), *pids, flush=True)\n"
+               "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        listening, *pids = parent.stdout.readline().split()
+        assert len(pids) == 2
+        deadline = time.monotonic() + 10  # a worker closes them as it starts, a moment after the fork
+        while any(listening in descriptors_of(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a decoding worker kept the listening socket open"
+            time.sleep(0.05)
+        assert not any(link.startswith("socket:") for pid in pids for link in descriptors_of(pid))
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in state_of(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a decoding worker outlived its killed parent"
+        time.sleep(0.05)
+
+
+def descriptors_of(pid: str) -> list[str]:
+    return [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+
+
+def state_of(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 @pytest.fixture
@@ -297,14 +351,18 @@ def test_a_worker_killed_during_a_run_stops_it_with_one_line(large_folder):
     assert 0 < len(rest.splitlines()) + 1 < decoding.PROCESS_MIN_ITEMS + 200  # the rows before it, not all
 
 
-def test_quiet_worker_sets_the_handlers_it_promises():
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    try:
-        decoding.quiet_worker()
-        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (signal.SIG_IGN, signal.SIG_DFL)
-    finally:
-        signal.signal(signal.SIGINT, before[0])
-        signal.signal(signal.SIGTERM, before[1])
+@needs_fork
+def test_a_worker_ignores_ctrl_c_and_ends_on_sigterm():
+    """Ctrl-C reaches the whole process group: the parent stops the run; a worker must not print a traceback."""
+    with decoding.DecodePool(1, True, 64, "none", False) as pool:
+        assert pool.submit([str(FILES[0])])()[0][1] is None  # started and working
+        worker = pool.workers.links[0][0]
+        os.kill(worker.pid, signal.SIGINT)
+        worker.join(0.5)
+        assert worker.is_alive()
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGTERM
 
 
 def worker_pid(*args):

@@ -327,3 +327,18 @@ def test_a_tiff_whose_directory_lost_its_size_is_an_image_error(tmp_path):
     path.write_bytes(flip_bits(real_encodings()["tif"], [(130, 0)]))
     with pytest.raises(ImageError, match=r"^corrupt or truncated image \(Missing dimensions\)$"):
         load_gray(path, 227)
+
+
+@pytest.mark.faults
+def test_the_command_reports_a_damaged_file_without_the_readers_own_warnings(tmp_path):
+    """Pillow warns about the damaged TIFF above ("Tag data larger than file"); tumor-infer's error row and its
+    count already say what is wrong, so stderr has the kit's lines only."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "x.tif"
+    path.write_bytes(flip_bits(real_encodings()["tif"], [(130, 0)]))
+    result = subprocess.run([sys.executable, "-m", "tumor_runtime", str(path), "--format", "csv"],
+                            capture_output=True, text=True)  # a process of its own: pytest catches warnings
+    assert result.returncode == 1 and "corrupt or truncated image" in result.stdout
+    assert "Warning" not in result.stderr and "warn" not in result.stderr, result.stderr

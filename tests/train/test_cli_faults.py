@@ -164,3 +164,26 @@ def test_22_summaries_have_no_raw_floats(dataset, int8, tmp_path):
     evaluation = infer([make_dataset(tmp_path / "e", per_class=2), "--evaluate", "--model", int8]).stdout
     for text in (trained_line, evaluation):
         assert not re.search(r"\d\.\d{5,}", text), text
+
+
+def test_an_interrupted_fold_continues_through_the_cv_command_never_alone(tmp_path, monkeypatch):
+    """Round four, item 4: resuming a --cv fold as a plain run would train it on a new split of its own
+    validation images; the message names the --cv command, and --resume of a fold folder is refused."""
+    data = make_dataset(tmp_path / "d", per_class=6)
+    cv_args = ["--data", str(data), "--out", str(tmp_path / "cv"), "--cv", "2", "--epochs", "2", "--width", "8",
+               "--size", "32"]
+    interrupt_in_epoch(monkeypatch, 4)  # fold 2, epoch 2: fold 2 has the checkpoint of its epoch 1
+    stopped = CliRunner().invoke(trainer_cli(), cv_args)
+    assert stopped.exit_code == 130
+    assert ("Stopped: fold 2 of 2: interrupted in epoch 2; run the same tumor-train --cv 2 command again: finished "
+            "folds are reused and fold 2 continues from its last checkpoint, if one was saved") in stopped.output
+    alone = CliRunner().invoke(trainer_cli(), ["--out", str(tmp_path / "cv" / "fold-2"), "--resume"])
+    assert alone.exit_code == 2 and "is a fold of a --cv run" in alone.output
+    monkeypatch.undo()
+    again = CliRunner().invoke(trainer_cli(), cv_args)
+    assert again.exit_code == 0, again.output
+    assert "fold 1/2: reusing" in again.output and "(resuming its checkpoint)" in again.output
+    assert "Resuming after epoch 1 of 2." in again.output
+    (tmp_path / "list.txt").write_text("glioma/img_000.jpg\n")
+    listed = CliRunner().invoke(trainer_cli(), cv_args + ["--val-list", str(tmp_path / "list.txt")])
+    assert listed.exit_code == 2 and "--val-list with --cv" in listed.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -78,8 +79,9 @@ def fake_training(monkeypatch):
     it was called with."""
     calls = []
 
-    def fake_train_on(cfg, prepared, place=None, **kwargs):
+    def fake_train_on(cfg, prepared, place=None, resume=False):
         calls.append((cfg, prepared, place))
+        assert resume == (Path(cfg.out) / "checkpoint.pth").is_file()
         labels = prepared.val.labels
         return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
                 "best_epoch": len(calls)}
@@ -111,16 +113,37 @@ def test_run_cv_trains_each_fold_into_its_folder_and_writes_the_report(tmp_path,
     assert (tmp_path / "cv" / "cv.png").stat().st_size > 1000
 
 
-def test_run_cv_reuses_a_finished_fold(tmp_path, fake_training, capsys):
+def test_run_cv_reuses_only_the_same_fold_and_resumes_an_interrupted_one(tmp_path, fake_training, capsys):
     data = make_dataset(tmp_path / "data", per_class=6)
-    fold1 = tmp_path / "cv" / "fold-1"
-    fold1.mkdir(parents=True)
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8)
+    cv.run_cv(cfg, 2)
+    fold1, fold2 = tmp_path / "cv" / "fold-1", tmp_path / "cv" / "fold-2"
+    assert json.loads((fold1 / cv.FOLD_RECORD).read_text())["val_files"] == sorted(fake_training[0][1].val_files)
     (fold1 / "metrics.json").write_text(json.dumps({"best_epoch": 42, "validation": {
         "n_images": 8, "f2_macro": 0.5, "accuracy": 0.5, "tumor_sensitivity": 0.5}}))
-    report = cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8), 2)
+    (fold2 / "checkpoint.pth").write_bytes(b"an interrupted fold's checkpoint")
+    fake_training.clear()
+    report = cv.run_cv(replace(cfg, threads=1), 2)  # the machine's options may change
     assert len(fake_training) == 1 and fake_training[0][0].out.endswith("fold-2")
     assert report["folds"][0]["best_epoch"] == 42 and report["folds"][0]["f2_macro"] == 0.5
-    assert f"fold 1/2: reusing {fold1 / 'metrics.json'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"fold 1/2: reusing {fold1 / 'metrics.json'}" in printed and "(resuming its checkpoint)" in printed
+    with pytest.raises(UsageError, match=r"fold-1 holds a fold trained with other options: --epochs 60: "):
+        cv.run_cv(replace(cfg, epochs=3), 2)
+    with pytest.raises(UsageError, match=r"fold-1 holds a fold of a 2-fold run: --overwrite"):
+        cv.run_cv(cfg, 3)  # 3-fold folds overlap 2-fold ones: reusing them would leak
+    fake_training.clear()
+    (fold2 / "checkpoint.pth").unlink()  # the fake asserts resume exactly when a checkpoint is there
+    assert cv.run_cv(cfg, 3, overwrite=True)["k"] == 3 and len(fake_training) == 3
+
+
+def test_a_fold_folder_without_a_record_is_refused(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    (tmp_path / "cv" / "fold-1").mkdir(parents=True)
+    (tmp_path / "cv" / "fold-1" / "metrics.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"holds a fold of an older run \(it has no fold record\)"):
+        cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8), 2)
+    assert fake_training == []
 
 
 def test_run_cv_refuses_torchrun_and_bad_options_before_reading_data(tmp_path, monkeypatch, fake_training):

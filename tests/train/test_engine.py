@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import make_dataset
+from tests.conftest import CLASSES, make_dataset
 from tumor_runtime.metrics import summarize
 from tumor_train import cv
 from tumor_train.config import TrainConfig
@@ -270,12 +270,12 @@ def test_a_resume_restores_everything_and_refuses_other_model_options(tmp_path):
     cfg, args, state = tiny_state()
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 32, 32), dtype=np.uint8))
     train_one_epoch_of(state, images, torch.tensor([0, 1, 2, 3] * 2), cfg)
-    save_atomic(state.checkpoint(cfg, 1, [{"epoch": 1}], {"epoch": 1, "f2": 0.5, "state_dict": None}),
+    save_atomic(state.checkpoint(cfg, 1, [{"epoch": 1}], {"epoch": 1, "f2": 0.5, "state_dict": None}, CLASSES),
                 tmp_path / "checkpoint.pth")
     saved = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert saved["arch"] == "compact" and saved["model_args"] == args and saved["world_size"] == 1
     _, _, fresh = tiny_state()
-    epoch, history, best = fresh.restore(tmp_path / "checkpoint.pth", cfg)
+    epoch, history, best = fresh.restore(tmp_path / "checkpoint.pth", cfg, CLASSES)
     assert (epoch, history, best["f2"]) == (1, [{"epoch": 1}], 0.5)
     assert torch.equal(fresh.model.features[0][0].weight, state.model.features[0][0].weight)
     assert fresh.scheduler.last_epoch == state.scheduler.last_epoch
@@ -283,13 +283,16 @@ def test_a_resume_restores_everything_and_refuses_other_model_options(tmp_path):
     wider = model_args_for("compact", 4, 8, 0.1)
     other = TrainingState.create(replace(cfg, width=8), wider, 2)
     with pytest.raises(CheckpointError) as caught:
-        other.restore(tmp_path / "checkpoint.pth", replace(cfg, width=8))
+        other.restore(tmp_path / "checkpoint.pth", replace(cfg, width=8), CLASSES)
     assert str(caught.value) == (f"{tmp_path / 'checkpoint.pth'} was trained as compact {args}, not compact {wider}: "
                                  "resume with the same model options")
+    renamed = ["astrocytoma", *CLASSES[1:]]  # a class folder renamed between the start and the resume
+    with pytest.raises(CheckpointError, match="was trained on the classes .*but --data has .*astrocytoma"):
+        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg, renamed)
     broken = saved | {"optimizer": {"state": {}, "param_groups": []}}
     save_atomic(broken, tmp_path / "checkpoint.pth")
     with pytest.raises(CheckpointError, match="does not match this model: "):
-        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)
+        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg, CLASSES)
 
 
 def test_predict_of_nothing_is_empty_and_batches_do_not_change_answers():
@@ -327,14 +330,14 @@ def test_an_epoch_feeds_the_normalised_batches_and_reports_the_mean_loss_per_ima
 def test_a_checkpoint_without_its_arch_field_is_judged_by_its_config(tmp_path):
     """Older checkpoints keep the architecture only inside their config: a resume reads it from there."""
     cfg, _, state = tiny_state()
-    saved = state.checkpoint(cfg, 1, [], {"epoch": 1, "f2": 0.5, "state_dict": None})
+    saved = state.checkpoint(cfg, 1, [], {"epoch": 1, "f2": 0.5, "state_dict": None}, CLASSES)
     del saved["arch"]
     save_atomic(saved, tmp_path / "checkpoint.pth")
-    assert tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)[0] == 1
+    assert tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg, CLASSES)[0] == 1
     saved["config"]["arch"] = "alexnet"
     save_atomic(saved, tmp_path / "checkpoint.pth")
     with pytest.raises(CheckpointError, match=r"was trained as alexnet "):
-        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg)
+        tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg, CLASSES)
 
 
 def test_the_state_s_average_is_the_warmed_up_ema():
