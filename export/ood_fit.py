@@ -14,6 +14,7 @@ import numpy as np
 from tumor_export.calibration import sample_files
 from tumor_export.metadata import read_metadata, write_metadata
 from tumor_runtime.contract import FEATURES_OUTPUT, INPUT_NAME
+from tumor_runtime.inputs import class_of
 from tumor_runtime.ood import fit, image_descriptors, with_thresholds
 from tumor_runtime.preprocess import ImageError, load_gray, normalize
 
@@ -24,13 +25,14 @@ def training_sample(folder: Path, classes: list[str], pre: dict, seed: int, excl
     """(uint8 model inputs (N, S, S), labels (N,)) of up to SAMPLE training images of a known class folder."""
     images, labels = [], []
     for path in sample_files(folder, SAMPLE, seed, exclude):
-        if path.parent.name not in classes:
+        name = class_of(path.relative_to(folder), classes)
+        if name is None:
             continue
         try:
             images.append(load_gray(path, pre["size"], pre.get("crop", "none")))
         except (ImageError, OSError):
             continue
-        labels.append(classes.index(path.parent.name))
+        labels.append(classes.index(name))
     size = pre["size"]
     return (np.stack(images) if images else np.zeros((0, size, size), np.uint8)), np.asarray(labels)
 

@@ -28,6 +28,7 @@ from tumor_runtime.fileio import atomic_write_text, sha256_file
 from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
 from tumor_runtime.errors import KitError, OutputError
 from tumor_runtime.model import ModelError, read_manifest
+from tumor_runtime.inputs import class_of
 from tumor_runtime.preprocess import normalize
 from tumor_runtime.validate import finite_in_range, int_in_range
 from tumor_train.checkpoint import load_model
@@ -83,8 +84,9 @@ def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[lis
         return eval_images(Path(opts.eval), classes)
     root = recorded_folder(ckpt, "root")
     files = [root / f for f in ckpt.get("data", {}).get("val_files", [])] if root else []
-    if files and all(f.is_file() for f in files):
-        return files, np.array([classes.index(f.parent.name) for f in files])
+    named = [class_of(f, classes) for f in ckpt.get("data", {}).get("val_files", [])]
+    if files and all(f.is_file() for f in files) and None not in named:
+        return files, np.array([classes.index(name) for name in named])
     if required:
         where = f"recorded in the checkpoint is not under {root}" if files else "is not recorded in the checkpoint"
         raise DataError(f"--int8 needs labelled images for the parity gate and images to calibrate on; the "

@@ -187,6 +187,15 @@ def voi_to_8bit(values: np.ndarray, ds) -> np.ndarray:
     return np.rint((out - low) * (255.0 / (high - low))).clip(0, 255).astype(np.uint8)
 
 
+def voi_gray(values: np.ndarray, ds) -> np.ndarray:
+    try:
+        return voi_to_8bit(values, ds)
+    except ImageError:
+        raise
+    except Exception as exc:  # a damaged VOI LUT Sequence, as for the Modality LUT
+        raise ImageError(f"DICOM VOI LUT cannot be applied ({type(exc).__name__})") from None
+
+
 def to_8bit(ds, pixels: np.ndarray) -> np.ndarray:
     """One frame's stored values (rows, cols) or (rows, cols, 3) -> uint8 gray, by the module's rule."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
@@ -202,10 +211,13 @@ def to_8bit(ds, pixels: np.ndarray) -> np.ndarray:
     slope = first(getattr(ds, "RescaleSlope", None))
     if slope is not None and not (np.isfinite(slope) and slope != 0):
         raise ImageError(f"DICOM RescaleSlope is {slope}: every pixel would map to one value")
-    values = apply_modality_lut(pixels, ds)
+    try:
+        values = apply_modality_lut(pixels, ds)
+    except Exception as exc:  # a damaged Modality LUT Sequence (an item without LUTDescriptor or LUTData)
+        raise ImageError(f"DICOM Modality LUT cannot be applied ({type(exc).__name__})") from None
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
         raise ImageError("DICOM rescale gives values that are not finite")
-    gray = voi_to_8bit(values, ds) if has_voi(ds) else rescale_to_8bit(values)
+    gray = voi_gray(values, ds) if has_voi(ds) else rescale_to_8bit(values)
     if photometric == "MONOCHROME1":
         gray = 255 - gray  # MONOCHROME1: low values are white
     return gray

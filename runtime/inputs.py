@@ -127,6 +127,12 @@ def labelled(folder: str | os.PathLike, classes: list[str]) -> tuple[list, list[
     return files, labels
 
 
+def class_of(relative: str | os.PathLike, classes: list[str]) -> str | None:
+    """The class of a file named relative to a dataset root or a split (`Training/glioma/patient1/x.jpg`, or
+    `glioma/x.jpg`): its outermost folder that is a class, since class folders may hold sub-folders."""
+    return next((part for part in Path(relative).parts[:-1] if part in classes), None)
+
+
 def readable_labelled(folder: str | os.PathLike, classes: list[str]) -> tuple[list[Path], list[int]]:
     """`labelled`, for the stages that need every file (training, export's evaluation): UsageError naming the
     first file or folder that cannot be read, instead of an error row."""

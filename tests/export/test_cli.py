@@ -40,3 +40,33 @@ def test_the_export_says_what_it_wrote_and_what_comes_next(trained, tmp_path):
                        f"{written[0].split(' in ')[1].split('s.')[0]}s. Next: tumor-infer -m "
                        f"{tmp_path / 'e' / 'model.onnx'} FOLDER/"]
     assert (tmp_path / "e" / "model.onnx").is_file()
+
+
+def test_class_folders_with_sub_folders_export_with_the_flag(tmp_path):
+    """Round four, item 8: training accepts Training/glioma/patient1/x.jpg; export labelled validation files by
+    their parent folder ('patient1' is not in list, exit 70) and the OOD fit found 0 training images."""
+    import json
+
+    from click.testing import CliRunner
+
+    from tests.conftest import make_dataset
+    from tumor_export.cli import main as export
+    from tumor_runtime.inputs import class_of
+    from tumor_train.cli import main as train
+
+    flat = make_dataset(tmp_path / "flat", per_class=12)
+    nested = tmp_path / "nested" / "Training"
+    for image in sorted(flat.rglob("*.jpg")):
+        patient = f"patient{int(image.stem[-3:]) % 3}"
+        (nested / image.parent.name / patient).mkdir(parents=True, exist_ok=True)
+        image.rename(nested / image.parent.name / patient / image.name)
+    out = tmp_path / "run"
+    trained = CliRunner().invoke(train, ["--data", str(tmp_path / "nested"), "--out", str(out), "--epochs", "1",
+                                         "--width", "8", "--size", "64"])
+    assert trained.exit_code == 0, trained.output
+    exported = CliRunner().invoke(export, ["--checkpoint", str(out / "model.pth"), "--int8", "--calibration-size", "16"])
+    assert exported.exit_code == 0, exported.output
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["ood"] is not None, exported.output
+    assert class_of("Training/glioma/patient1/x.jpg", ["glioma", "notumor"]) == "glioma"
+    assert class_of("x.jpg", ["glioma"]) is None

@@ -324,3 +324,23 @@ def test_undecodable_pixels_without_a_transfer_syntax_say_unknown(tmp_path):
     with pytest.raises(ImageError) as caught:
         load_frame(DicomFrame(tmp_path / "bare.dcm", None))
     assert str(caught.value).startswith("cannot decode the DICOM pixels (transfer syntax unknown: ")
+
+
+def test_a_damaged_modality_lut_sequence_is_that_files_error_row(tmp_path):
+    """Round four, item 6: an item without LUTDescriptor or LUTData aborted the whole run with exit 70."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    from tests.helpers import infer, write_dicom
+
+    path = write_dicom(tmp_path / "lut.dcm", np.tile(np.arange(64, dtype=np.uint16) * 40, (64, 1)))
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.ModalityLUTType = "HU"
+    ds.ModalityLUTSequence = [item]
+    ds.save_as(path)
+    good = write_dicom(tmp_path / "good.dcm", np.tile(np.arange(64, dtype=np.uint16) * 40, (64, 1)))
+    result = infer([path, good, "--format", "csv"])
+    assert result.returncode == 1, result.stderr
+    rows = result.stdout.strip().splitlines()[1:]
+    assert len(rows) == 2 and "LUT cannot be applied" in rows[0] and rows[1].split(",")[1], rows
