@@ -22,6 +22,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_token(token: str) -> None:
+    """Refuse at start a token no client can send: every API call would then be 401."""
+    from tumor_runtime.cli_common import fail
+
+    if not token.strip():
+        fail("--token is empty or blank: give a real secret, or leave --token out")
+    if token != token.strip():
+        fail("--token starts or ends with white space, which HTTP strips from the header: remove it")
+    if not (token.isascii() and token.isprintable()):
+        fail("--token has characters outside printable ASCII, which an Authorization header cannot carry "
+             "alike from every client: use letters, digits and punctuation")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "-m", type=click.Path(dir_okay=False),
               help="ONNX model exported by tumor-export [default: the shipped int8 model].")
@@ -58,8 +71,8 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
              f"{install_hint('serve')}")
     if model and not os.path.isfile(model):
         fail(f"model {model} does not exist")
-    if token is not None and not token.strip():
-        fail("--token is empty or blank: give a real secret, or leave --token out")
+    if token is not None:
+        check_token(token)
     if not token and not is_loopback(host):
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can use the model",
                    err=True)

@@ -562,3 +562,17 @@ def test_a_form_without_a_file_and_several_unsupported_files_are_named(client):
     response = client.post("/predictions/tumor", files=files)
     assert response.status_code == 415
     assert response.json()["message"] == "a.gif, b.txt: not a JPEG, PNG, TIFF, BMP or DICOM file"
+
+
+@pytest.mark.parametrize("token, says", [("   ", "empty or blank"), ("s3cret ", "white space"),
+                                         ("\tsecret", "white space"), ("geheimnis-ä", "printable ASCII"),
+                                         ("se\x01cret", "printable ASCII")])
+def test_a_token_no_client_can_send_is_refused_at_start(token, says):
+    """Round four, item 10: Starlette compares headers as latin-1 and HTTP strips white space, so these tokens
+    started a server whose every API call was 401."""
+    from click.testing import CliRunner
+
+    from tumor_runtime.serve_cli import main
+
+    refused = CliRunner().invoke(main, ["--token", token])
+    assert refused.exit_code == 2 and says in refused.output and "tumor-serve:" not in refused.output
