@@ -271,6 +271,7 @@ def test_16_training_calibration_and_eval_read_a_dicom_as_the_runtime_does(tmp_p
 
     single = write_dicom(tmp_path / "one.dcm", slice8.astype(np.uint16), bits_stored=8)
     multi = write_dicom(tmp_path / "multi.dcm", np.stack([slice8] * 2).astype(np.uint16), bits_stored=8)
-    decoded = decode_images([single, multi], np.zeros(2, np.int64), clf.info.input_size, crop=clf.info.crop)
+    with pytest.warns(UserWarning, match="^skipping .*multi.dcm: multi-frame DICOM"):
+        decoded = decode_images([single, multi], np.zeros(2, np.int64), clf.info.input_size, crop=clf.info.crop)
     assert len(decoded.images) == 1 and "multi-frame DICOM" in decoded.skipped[0][1]
     assert np.array_equal(decoded.images[0], clf._decode(DicomFrame(single, None))[0])

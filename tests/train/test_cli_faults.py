@@ -48,7 +48,8 @@ def test_05_class_with_no_readable_image_is_refused(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=4)
     for f in (data / "pituitary").iterdir():
         f.write_bytes(b"\xff\xd8\xff garbage")
-    result = run("tumor_train", ["--data", data, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
+    with pytest.warns(UserWarning, match="^skipping .*pituitary"):
+        result = run("tumor_train", ["--data", data, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"])
     one_line_error(result)
     assert "pituitary" in result.stderr.splitlines()[-1]
     assert not (tmp_path / "o" / "model.pth").exists()

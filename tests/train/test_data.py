@@ -83,7 +83,8 @@ def test_decoding_skips_and_names_unreadable_files_and_counts_progress(tmp_path)
     assert split.skipped == [(str(tmp_path / "bad.jpg"), "not a readable image (UnidentifiedImageError)")]
     assert [str(w.message) for w in caught] == [f"skipping {tmp_path / 'bad.jpg'}: not a readable image "
                                                 "(UnidentifiedImageError)"]
-    empty = data.decode_images([tmp_path / "bad.jpg"], np.array([0]), 40)
+    with pytest.warns(UserWarning, match="^skipping .*bad.jpg: not a readable image"):
+        empty = data.decode_images([tmp_path / "bad.jpg"], np.array([0]), 40)
     assert empty.images.shape == (0, 40, 40) and empty.images.dtype == np.uint8
 
 
