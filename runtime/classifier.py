@@ -58,6 +58,9 @@ def metadata_json(text: str):
         return text
 
 
+OOD_SCORE_CAP = 1e30  # the ood_score written for one too far out to be a finite float (or NaN): flagged
+
+
 class Classifier:
     """Load once, then `predict` paths or arrays; each result is a dict as tumor-infer's JSON rows."""
 
@@ -76,6 +79,25 @@ class Classifier:
         if info.ood is not None and FEATURES_OUTPUT not in outputs:
             raise ModelError("the model's metadata has an out-of-distribution score but its graph has no "
                              f"'{FEATURES_OUTPUT}' output: export it again")
+        if info.ood is not None:
+            self.check_ood_record()
+
+    def check_ood_record(self) -> None:
+        """ModelError unless the 'ood' record fits this graph: its feature length is the graph's, and a plain
+        image scores a finite number (a denormal variance or a tiny threshold would make every score infinite)."""
+        from tumor_runtime.ood import thumbnail
+
+        size = self.info.input_size
+        gray = np.tile(np.linspace(0, 255, size, dtype=np.float32), (size, 1)).astype(np.uint8)  # (S, S) ramp
+        features = self._run(gray[None], [FEATURES_OUTPUT])[0]  # (1, D)
+        expected = self.info.ood.features.mean.shape[0]
+        if features.shape[-1] != expected:
+            raise ModelError(f"the model's 'ood' metadata describes {expected} features but its graph gives "
+                             f"{features.shape[-1]}: export it again")
+        score = self.info.ood.score(features, descriptors_of_thumbnails(thumbnail(gray)[None]))
+        if not np.isfinite(score).all():
+            raise ModelError("the model's 'ood' metadata gives non-finite scores (a variance or threshold too "
+                             "small to divide by): export it again")
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, threads: int | None = None, batch_size: int = 32,
@@ -142,6 +164,8 @@ class Classifier:
             return rec | ({"cam": None} if cams is not None else {})
         best = int(np.argmax(probs))
         tumor_p = tumor.tumor_probability(probs, self.info.classes, self.info.negative_class)
+        if ood_score is not None and not np.isfinite(ood_score):  # overflowed far outside: JSON has no Infinity
+            ood_score = OOD_SCORE_CAP
         inside = None if ood_score is None else not bool(self.info.ood.flags(ood_score))
         return {"path": path, "label": self.info.classes[best], "confidence": float(probs[best]),
                 "probabilities": {c: float(p) for c, p in zip(self.info.classes, probs)},

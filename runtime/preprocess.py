@@ -23,6 +23,14 @@ from tumor_runtime.errors import KitError, OptionError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 50_000_000
+# Refuse images whose decoding would take more memory than this (an upload's bytes do not bound it: a 343 KB
+# deflated 7000x7000 float TIFF took 2.3 GB), counted before the pixels are decoded (`decode_cost`).
+MAX_DECODE_BYTES = 256 * 2**20
+# Bytes per pixel of each PIL mode once decoded, and what the conversion to 8-bit gray adds per pixel: deep
+# images are rescaled through float64 (`rescale_to_8bit`: the values and a temporary), the others in place.
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "RGB": 3,
+              "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBX": 4, "RGBa": 4, "CMYK": 4, "I": 4, "F": 4}
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # Refuse images whose short side is below this: a 1x5000 strip or a 4x4 icon is not a slice (the data is 224 px).
 MIN_SIDE = 32
 RESIZE_METHOD = "pil-bilinear"
@@ -129,6 +137,11 @@ class EncodedImage:
         return self.name
 
 
+def decode_cost(mode: str, pixels: int) -> int:
+    """Bytes that decoding an image of this PIL mode and size and turning it into 8-bit gray takes at its peak."""
+    return pixels * (MODE_BYTES.get(mode, 8) + (16 if mode in DEEP_MODES else 1))
+
+
 def open_image(path: "str | os.PathLike | EncodedImage", size: int | None = None) -> Image.Image:
     """Open and fully decode an image file (or its bytes in memory), refusing empty files, non-images,
     bombs and multi-frame files.
@@ -166,6 +179,10 @@ def open_image(path: "str | os.PathLike | EncodedImage", size: int | None = None
             # Decode straight to gray (the luma channel: within 2 levels of converting the RGB, 40 % faster),
             # at the smallest DCT scale still at least `size` when one is given (PIL's draft mode).
             img.draft("L", (size, size) if size is not None else img.size)
+        cost = decode_cost(img.mode, img.width * img.height)
+        if cost > MAX_DECODE_BYTES:
+            raise ImageError(f"image too large to decode ({img.width}x{img.height} {img.mode} pixels need about "
+                             f"{cost / 2**20:,.0f} MB, limit {MAX_DECODE_BYTES / 2**20:,.0f} MB)")
         try:
             img.load()
             # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag. A JPEG's

@@ -313,3 +313,41 @@ def test_the_ood_benchmark_prints_a_table_of_what_each_source_caught():
     assert [r[0].lstrip("| ") for r in rows] == [*result["sources"], "all"]
     assert sum(int(r[1]) for r in rows[:-1]) == int(rows[-1][1]) == result["all"]["images"]
     assert all(r[2].endswith("%") and 0 <= float(r[3].rstrip(" |")) <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("change, says", [
+    ("features", r"^the model's 'ood' metadata describes 319 features but its graph gives 320: export it again$"),
+    ("threshold", r"^the model's 'ood' metadata gives non-finite scores"),
+])
+def test_an_ood_record_that_does_not_fit_the_graph_is_refused_at_load(tmp_path, change, says):
+    """Round four, item 12: a record checked only against itself loaded, then failed on the first batch (exit 70)
+    or wrote Infinity into JSON."""
+    from dataclasses import replace
+
+    import onnx
+
+    from tests.conftest import REPO
+    from tumor_runtime.model import ModelError
+
+    model = onnx.load(REPO / "artifacts" / "model.int8.onnx")
+    entry = next(p for p in model.metadata_props if p.key == "ood")
+    record = ood.OodModel.from_metadata(entry.value)
+    f = record.features
+    changed = (replace(record, features=replace(f, mean=f.mean[:-1], directions=f.directions[:-1]))
+               if change == "features" else replace(record, image=replace(record.image, threshold=1e-45)))
+    entry.value = changed.to_metadata()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelError, match=says):
+        Classifier.load(path, verify=False)
+
+
+def test_a_score_that_overflows_is_written_as_a_finite_flagged_number():
+    import json
+
+    clf = Classifier.load()
+    probs = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    for score in (np.inf, np.nan):
+        row = clf.record("x.png", probs, ood_score=score)
+        assert row["in_distribution"] is False and np.isfinite(row["ood_score"])
+        json.dumps(row, allow_nan=False)  # what --format json writes: never Infinity or NaN

@@ -342,3 +342,25 @@ def test_the_command_reports_a_damaged_file_without_the_readers_own_warnings(tmp
                             capture_output=True, text=True)  # a process of its own: pytest catches warnings
     assert result.returncode == 1 and "corrupt or truncated image" in result.stdout
     assert "Warning" not in result.stderr and "warn" not in result.stderr, result.stderr
+
+
+@pytest.mark.faults
+def test_decoded_memory_is_bounded_before_decoding_whatever_the_file_size(tmp_path):
+    """Round four, item 7: a 343 KB deflated 7000x7000 float32 TIFF cost 2.3 GB to decode. The bound counts the
+    decoded bytes (mode included) before decoding; a float slice of ordinary size still loads."""
+    import resource
+
+    from tumor_runtime.preprocess import MAX_DECODE_BYTES, ImageError, decode_cost
+
+    bomb = tmp_path / "bomb.tif"
+    Image.new("F", (4000, 4000), 1.5).save(bomb, compression="tiff_deflate")
+    assert bomb.stat().st_size < 2_000_000 and decode_cost("F", 4000 * 4000) > MAX_DECODE_BYTES
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match=r"^image too large to decode \(4000x4000 F pixels need about 305 MB, "
+                                         r"limit 256 MB\)$"):
+        load_gray(bomb, 160)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 * 1024  # KB: not decoded
+    ordinary = tmp_path / "slice.tif"
+    Image.fromarray((np.indices((512, 512)).sum(0) * 7.5).astype(np.float32), "F").save(ordinary)
+    assert load_gray(ordinary, 160).shape == (160, 160)
+    assert decode_cost("L", 50_000_000) <= MAX_DECODE_BYTES  # an 8-bit image up to the pixel limit still loads
