@@ -9,6 +9,7 @@ temperature T (Hinton et al., 2015). Teachers are frozen and run in evaluation m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,12 @@ class Teachers:
             if trained_crop != crop:
                 raise OptionError(f"teacher {path} was trained with crop {trained_crop!r}, this run uses "
                                   f"{crop!r}: teachers must see the slice as the student does")
+            bad = next((name for name, t in model.state_dict().items()
+                        if t.is_floating_point() and not torch.isfinite(t).all()), None)
+            if bad is not None:  # the student would learn NaN from it and the run would still end "done"
+                raise OptionError(f"teacher {path} has non-finite weights ({bad}): it cannot teach")
+            if not all(math.isfinite(float(pre[k])) for k in ("mean", "std")) or float(pre["std"]) <= 0:
+                raise OptionError(f"teacher {path} has an unusable normalisation (mean {pre['mean']}, std {pre['std']})")
             models.append(model.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False))
             inputs.append((int(pre["size"]), float(pre["mean"]), float(pre["std"])))
         return cls(models, inputs, temperature, weight)

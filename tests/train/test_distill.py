@@ -146,3 +146,15 @@ def test_teachers_go_to_the_training_device_in_channels_last(teacher):
     assert all(p.device.type == "meta" for p in params)
     convolutions = [p for p in params if p.dim() == 4]
     assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+
+
+def test_a_teacher_with_non_finite_weights_is_refused(teacher, tmp_path):
+    """Round four, item 18: such a teacher made the student all NaN, and tumor-train still exited 0."""
+    ckpt = torch.load(teacher / "model.pth", weights_only=True)
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.numel() > 1)
+    ckpt["state_dict"][name] = ckpt["state_dict"][name].clone()
+    ckpt["state_dict"][name].view(-1)[0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pth")
+    with pytest.raises(OptionError, match=rf"^teacher .*nan.pth has non-finite weights \({name}\): it cannot teach$"):
+        Teachers.load([str(tmp_path / "nan.pth")], ckpt["preprocess"].get("crop", "none"), ckpt["classes"], 2.0, 0.5,
+                      torch.device("cpu"))
