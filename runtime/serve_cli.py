@@ -22,6 +22,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One line before the banner when the port is taken (uvicorn would print the banner, then exit 3)."""
+    from tumor_runtime.cli_common import fail
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+            probe.bind((host, port))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror or exc}): stop what uses it or pass --port")
+
+
 def check_token(token: str) -> None:
     """Refuse at start a token no client can send: every API call would then be 401."""
     from tumor_runtime.cli_common import fail
@@ -76,6 +89,7 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
     if not token and not is_loopback(host):
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can use the model",
                    err=True)
+    check_port_free(host, port)
     import uvicorn
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",

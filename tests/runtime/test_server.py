@@ -576,3 +576,20 @@ def test_a_token_no_client_can_send_is_refused_at_start(token, says):
 
     refused = CliRunner().invoke(main, ["--token", token])
     assert refused.exit_code == 2 and says in refused.output and "tumor-serve:" not in refused.output
+
+
+def test_a_port_in_use_is_one_line_before_the_banner():
+    """Round four, item 18: uvicorn printed the banner, then exited 3."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from tumor_runtime.serve_cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["--port", str(port)])
+    assert result.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "tumor-serve: http" not in result.output
