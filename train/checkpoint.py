@@ -70,6 +70,26 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict]:
     return model, ckpt
 
 
+def check_preprocess(path: Path, pre: dict, classes: list[str], negative: str) -> None:
+    """The preprocessing record by the runtime's own rules for the metadata it becomes (ModelInfo.check), so that
+    an export never writes a model the runtime refuses; a record without resize/grayscale is an older one."""
+    from tumor_runtime.model import ModelError, ModelInfo
+    from tumor_runtime.preprocess import RESIZE_METHOD
+
+    size, mean, std = pre["size"], pre["mean"], pre["std"]
+    if not (type(size) is int and type(mean) in (int, float) and type(std) in (int, float)):
+        raise CheckpointError(f"{path}: its preprocessing record has size {size!r}, mean {mean!r}, std {std!r}: "
+                              "numbers expected")
+    if pre.get("resize", RESIZE_METHOD) != RESIZE_METHOD or pre.get("grayscale", True) is not True:
+        raise CheckpointError(f"{path}: its preprocessing (resize {pre.get('resize')!r}, grayscale "
+                              f"{pre.get('grayscale')!r}) is not the runtime's ({RESIZE_METHOD!r}, grayscale)")
+    try:
+        ModelInfo(classes=classes, input_size=size, mean=float(mean), std=float(std), negative_class=negative,
+                  tumor_threshold=0.5, arch="", metadata={}, crop=str(pre.get("crop", "none"))).check()
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {str(exc).replace('model metadata', 'its record')}") from None
+
+
 def check_labels(path: Path, model: torch.nn.Module, ckpt: dict) -> None:
     """Classes, negative class and preprocessing that the runtime can trust: the model's output width is
     the number of class names, the negative class is one of them. Checked by a dry run, not by reading."""
@@ -81,6 +101,7 @@ def check_labels(path: Path, model: torch.nn.Module, ckpt: dict) -> None:
         raise CheckpointError(f"{path}: its negative class {negative!r} is not one of its classes {classes}")
     if not isinstance(pre, dict) or not all(k in pre for k in ("size", "mean", "std")):
         raise CheckpointError(f"{path} has no preprocessing record (size, mean, std)")
+    check_preprocess(path, pre, classes, negative)
     with torch.no_grad():
         width = model(torch.zeros(1, 1, int(pre["size"]), int(pre["size"]))).shape[-1]
     if width != len(classes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from tumor_export.cli import format_report, main
@@ -70,3 +71,25 @@ def test_class_folders_with_sub_folders_export_with_the_flag(tmp_path):
     assert report["ood"] is not None, exported.output
     assert class_of("Training/glioma/patient1/x.jpg", ["glioma", "notumor"]) == "glioma"
     assert class_of("x.jpg", ["glioma"]) is None
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"size": 0}, "input_size 0 is not in"), ({"size": "64"}, "numbers expected"), ({"size": 5000}, "not in 1..4096"),
+    ({"mean": 50.0}, "mean 50.0"), ({"mean": float("nan")}, "mean nan"), ({"resize": "cv2-area"}, "not the runtime's"),
+    ({"crop": "lungs"}, "crop 'lungs'"),
+])
+def test_a_checkpoint_whose_preprocessing_the_runtime_would_refuse_is_refused_before_export(trained, tmp_path, change,
+                                                                                            says):
+    """Round four, item 17: exit 70 for some, a model the runtime refuses for others (after 352 s), the
+    parity-failure code for a NaN mean."""
+    import torch
+    from click.testing import CliRunner
+
+    from tumor_export.cli import main as export
+
+    ckpt = torch.load(trained / "model.pth", weights_only=True)
+    ckpt["preprocess"] = ckpt["preprocess"] | change
+    torch.save(ckpt, tmp_path / "model.pth")
+    result = CliRunner().invoke(export, ["--checkpoint", str(tmp_path / "model.pth")])
+    assert result.exit_code == 2 and says in result.output and "internal error" not in result.output, result.output
+    assert not (tmp_path / "model.onnx").exists()
