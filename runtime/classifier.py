@@ -94,7 +94,8 @@ class Classifier:
         if features.shape[-1] != expected:
             raise ModelError(f"the model's 'ood' metadata describes {expected} features but its graph gives "
                              f"{features.shape[-1]}: export it again")
-        score = self.info.ood.score(features, descriptors_of_thumbnails(thumbnail(gray)[None]))
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # what is checked, not warned about
+            score = self.info.ood.score(features, descriptors_of_thumbnails(thumbnail(gray)[None]))
         if not np.isfinite(score).all():
             raise ModelError("the model's 'ood' metadata gives non-finite scores (a variance or threshold too "
                              "small to divide by): export it again")

@@ -83,6 +83,7 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
     from tumor_runtime.classifier import Classifier
     from tumor_runtime.errors import KitError, RunStopped, UsageError
     from tumor_runtime.inputs import collect, labelled
+    from tumor_runtime.backends import openvino_caveat
     from tumor_runtime.ray_batch import ray_records
 
     try:
@@ -90,6 +91,9 @@ def run_command(paths, model, recursive, fmt, output, evaluate, tumor_threshold,
             raise UsageError("--ray classifies only: run --heatmaps and --evaluate without --ray")
         classifier = Classifier.load(model, threads=threads or None, batch_size=batch_size,
                                      tumor_threshold=tumor_threshold, backend=backend)
+        caveat = openvino_caveat(backend)
+        if caveat:
+            click.echo(f"warning: {caveat}", err=True)
         if model_info:
             click.echo(json.dumps(classifier.card(), indent=2))
             return 0

@@ -90,6 +90,10 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
         click.echo(f"warning: listening on {host} without --token: anyone who can reach it can use the model",
                    err=True)
     check_port_free(host, port)
+    from tumor_runtime.backends import openvino_caveat
+
+    if openvino_caveat(backend):
+        click.echo(f"warning: {openvino_caveat(backend)}", err=True)
     import uvicorn
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",

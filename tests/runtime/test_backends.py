@@ -132,3 +132,22 @@ def test_onnx_metadata_is_the_files_metadata_props():
     path = default_model_path()
     expected = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert backends.onnx_metadata(path) == expected
+
+
+@pytest.mark.parametrize("flags, warned", [({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False),
+                                           ({"avx2", "amx_int8"}, False)])
+def test_openvino_on_a_cpu_without_int8_dot_products_says_so_and_auto_avoids_it(monkeypatch, flags, warned):
+    """Round four, item 15: on an AVX2-only EPYC OpenVINO's int8 differed from ONNX Runtime's by up to 0.11."""
+    from tumor_runtime import backends
+
+    monkeypatch.setattr(backends, "cpu_flags", lambda: flags)
+    caveat = backends.openvino_caveat("openvino")
+    assert (caveat is not None) == warned and backends.openvino_caveat("onnxruntime") is None
+    if backends.installed("openvino"):
+        assert backends.choose("auto") == ("onnxruntime" if warned else "openvino")
+    if backends.installed("openvino"):
+        from tests.helpers import infer
+
+        result = infer([str(SAMPLES / "glioma"), "--backend", "openvino", "-q"])
+        assert result.returncode == 0 and ("warning: --backend openvino on a CPU without AVX-512 VNNI or AMX"
+                                           in result.stderr) == warned, result.stderr
