@@ -237,6 +237,8 @@ def prepare_data(cfg) -> PreparedData:
     root = Path(os.path.abspath(cfg.data))
     splits = find_splits(root)
     classes = class_names(splits["train"])
+    if cfg.val_list and splits["validation"] is not None:  # it was ignored: the run validated on the folder
+        raise DataError(f"--val-list and {splits['validation']} both name the validation images: give one of them")
     # A fixed --val-list is taken from every image; the cap then applies to what is left for training.
     limit = 0 if cfg.val_list and splits["validation"] is None else cfg.max_per_class
     train = load_split(splits["train"], classes, cfg.image_size, "train", limit, cfg.crop)

@@ -188,3 +188,15 @@ def test_an_interrupted_fold_continues_through_the_cv_command_never_alone(tmp_pa
     (tmp_path / "list.txt").write_text("glioma/img_000.jpg\n")
     listed = CliRunner().invoke(trainer_cli(), cv_args + ["--val-list", str(tmp_path / "list.txt")])
     assert listed.exit_code == 2 and "--val-list with --cv" in listed.output
+
+
+def test_a_val_list_beside_a_validation_folder_is_refused(tmp_path):
+    """Round four, item 18: the list was silently ignored and the run validated on the folder."""
+    make_dataset(tmp_path / "d" / "Train", per_class=4)
+    make_dataset(tmp_path / "d" / "Validation", per_class=2, seed=3)
+    (tmp_path / "list.txt").write_text("Train/glioma/img_000.jpg\n")
+    result = run("tumor_train", ["--data", tmp_path / "d", "--out", tmp_path / "o", "--epochs", "1", "--width", "8",
+                                 "--val-list", tmp_path / "list.txt"])
+    one_line_error(result)
+    assert "--val-list and " in result.stderr and "both name the validation images" in result.stderr
+    assert not (tmp_path / "o" / "model.pth").exists()
