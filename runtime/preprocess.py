@@ -99,7 +99,7 @@ def to_gray(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit grayscale ("L"): deep images rescaled by `rescale_to_8bit`, alpha composited on black."""
     if img.mode == "L":
         return img
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    if img.mode in DEEP_MODES:
         return Image.fromarray(rescale_to_8bit(np.asarray(img)))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")

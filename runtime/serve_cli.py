@@ -92,8 +92,9 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
     check_port_free(host, port)
     from tumor_runtime.backends import openvino_caveat
 
-    if openvino_caveat(backend):
-        click.echo(f"warning: {openvino_caveat(backend)}", err=True)
+    caveat = openvino_caveat(backend)
+    if caveat:
+        click.echo(f"warning: {caveat}", err=True)
     import uvicorn
 
     os.environ.update({"TUMOR_SERVE_MODEL": model or "", "TUMOR_SERVE_TOKEN": token or "",

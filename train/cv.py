@@ -39,6 +39,20 @@ def fold_identity(cfg: TrainConfig, folds: int, k: int, train_files: list[str], 
                                   "val_files": sorted(val_files)}))
 
 
+def fold_difference(saved: dict, identity: dict) -> str:
+    """What the fold in a folder is, said against the fold this run wants there."""
+    if not saved:
+        return "a fold of an older run (it has no fold record)"
+    if saved.get("folds") != identity["folds"]:
+        return f"a fold of a {saved.get('folds')}-fold run"
+    recipe = saved.get("recipe", {})
+    if recipe != identity["recipe"]:
+        return "a fold trained with other options: " + ", ".join(
+            f"--{key.replace('_', '-')} {recipe.get(key)}" for key in identity["recipe"]
+            if recipe.get(key) != identity["recipe"][key])
+    return "a fold of other images"
+
+
 def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
     """"reuse" a finished fold, "resume" an interrupted one, or "train" it; UsageError for a folder that holds
     another fold (other K, recipe or files), which reusing would mix into this cross-validation."""
@@ -47,13 +61,8 @@ def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
     record = folder / FOLD_RECORD
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved != identity:
-        what = ("a fold of an older run (it has no fold record)" if not saved else
-                f"a fold of a {saved.get('folds')}-fold run" if saved.get("folds") != identity["folds"] else
-                "a fold trained with other options: " + ", ".join(
-                    f"--{key.replace('_', '-')} {saved['recipe'].get(key)}" for key in identity["recipe"]
-                    if saved.get("recipe", {}).get(key) != identity["recipe"][key])
-                if saved.get("recipe") != identity["recipe"] else "a fold of other images")
-        raise UsageError(f"{folder} holds {what}: --overwrite trains every fold again, or choose another --out")
+        raise UsageError(f"{folder} holds {fold_difference(saved, identity)}: --overwrite trains every fold again, "
+                         "or choose another --out")
     if (folder / "metrics.json").is_file():
         return "reuse"
     return "resume" if (folder / CHECKPOINT).is_file() else "train"
