@@ -7,12 +7,13 @@ so CI stays fast while the benchmark code is still exercised.
 
 from __future__ import annotations
 
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tumor_runtime.core.system import available_cores, cpu_flags, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -20,10 +21,13 @@ SHARED = REPO.parent / "shared" / "data" / "brain-tumor-mri"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-data", default=None,
-                     help="Labelled folder DIR/<class>/ for F2 parity and end-to-end runs [default: the shipped "
-                          "model's validation split when ../shared is present, else the 20 images of "
-                          "artifacts/samples]. The chosen set is printed in the header.")
+    parser.addoption(
+        "--bench-data",
+        default=None,
+        help="Labelled folder DIR/<class>/ for F2 parity and end-to-end runs [default: the shipped "
+        "model's validation split when ../shared is present, else the 20 images of "
+        "artifacts/samples]. The chosen set is printed in the header.",
+    )
     parser.addoption("--bench-limit", default=400, type=int, help="At most this many bench images (sorted, seeded).")
 
 
@@ -40,8 +44,10 @@ def pytest_report_header(config):
         info = machine_info()
     except Exception as exc:  # the header must never stop a test run
         return f"bench set: unknown ({type(exc).__name__})"
-    return [f"bench set: {description}", f"CPU: {info['cpu']}, {info['cores']} cores; int8/bf16 features: "
-            f"{', '.join(info['features']) or 'none'}"]
+    return [
+        f"bench set: {description}",
+        f"CPU: {info['cpu']}, {info['cores']} cores; int8/bf16 features: {', '.join(info['features']) or 'none'}",
+    ]
 
 
 def full_run(config) -> bool:
@@ -49,7 +55,7 @@ def full_run(config) -> bool:
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0))
+    return available_cores()
 
 
 CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
@@ -57,10 +63,7 @@ CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "am
 
 def cpu_features() -> list[str]:
     """The CPU flags that decide int8 and bf16 speed (VNNI, AVX-512, AMX): figures depend on them."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    except OSError:
-        return []
+    flags = cpu_flags()
     return [f for f in CPU_FEATURES if f in flags]
 
 
@@ -73,15 +76,22 @@ def machine_info() -> dict:
         torch_version = str(torch.__version__)
     except ImportError:
         torch_version = "not installed"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": cores(), "features": cpu_features(), "python": platform.python_version(),
-            "torch": torch_version, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    cpu = cpu_model()
+    return {
+        "cpu": cpu,
+        "cores": cores(),
+        "features": cpu_features(),
+        "python": platform.python_version(),
+        "torch": torch_version,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def choose_bench_set(chosen: str | None, limit: int, shared: Path = SHARED):
     """(files, labels, classes, description) of the labelled bench images, and where they come from."""
-    from tumor_runtime.model import ModelInfo
     from tumor_export.metadata import read_metadata
+    from tumor_runtime.model.info import ModelInfo
     from tumor_train.data import list_images
 
     classes = ModelInfo.from_metadata(read_metadata(ARTIFACTS / "model.int8.onnx")).classes
@@ -97,8 +107,10 @@ def choose_bench_set(chosen: str | None, limit: int, shared: Path = SHARED):
         description = f"the kit's fixed validation split (artifacts/val_files.txt) under {shared}"
     else:
         files, labels = list_images(ARTIFACTS / "samples", classes)
-        description = (f"artifacts/samples ONLY ({len(files)} images: {shared} is absent); figures from so few "
-                       "images are rough. Pass --bench-data DIR for a real set")
+        description = (
+            f"artifacts/samples ONLY ({len(files)} images: {shared} is absent); figures from so few "
+            "images are rough. Pass --bench-data DIR for a real set"
+        )
     if len(files) > limit:
         keep = np.sort(np.random.default_rng(0).choice(len(files), limit, replace=False))
         files, labels = [files[i] for i in keep], np.asarray(labels)[keep]
@@ -120,6 +132,7 @@ def seen_in_training(files: list[Path], ckpt: dict) -> float:
 @pytest.fixture(scope="session")
 def bench_set(request) -> tuple[list[Path], np.ndarray, list[str]]:
     """(files, labels, classes) of the labelled bench images."""
-    files, labels, classes, _ = choose_bench_set(request.config.getoption("--bench-data"),
-                                                 request.config.getoption("--bench-limit"))
+    files, labels, classes, _ = choose_bench_set(
+        request.config.getoption("--bench-data"), request.config.getoption("--bench-limit")
+    )
     return files, labels, classes

@@ -28,8 +28,8 @@ def dicom_images() -> list[Path]:
         import pydicom
     except ImportError:
         return []
-    from tumor_runtime.dicom import DicomFrame, frames_of, load_frame
-    from tumor_runtime.preprocess import ImageError
+    from tumor_runtime.core.errors import ImageError
+    from tumor_runtime.imaging.dicom import DicomFrame, frames_of, load_frame
 
     found = []
     for path in sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm")):
@@ -49,7 +49,7 @@ def crops(image: np.ndarray, count: int, rng: np.random.Generator) -> list[np.nd
     out = []
     for _ in range(count):
         top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        out.append(image[top:top + side, left:left + side])
+        out.append(image[top : top + side, left : left + side])
     return out
 
 
@@ -93,9 +93,11 @@ def maps() -> list[np.ndarray]:
 
 
 def synthetic(rng: np.random.Generator) -> list[np.ndarray]:
-    out = [rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8),
-           np.clip(rng.normal(128, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8),
-           np.where(rng.random((SIZE, SIZE)) < 0.05, 255, 0).astype(np.uint8)]
+    out = [
+        rng.integers(0, 256, (SIZE, SIZE), dtype=np.uint8),
+        np.clip(rng.normal(128, 40, (SIZE, SIZE)), 0, 255).astype(np.uint8),
+        np.where(rng.random((SIZE, SIZE)) < 0.05, 255, 0).astype(np.uint8),
+    ]
     ramp = np.linspace(0, 255, SIZE)
     out += [np.tile(ramp, (SIZE, 1)).astype(np.uint8), np.tile(ramp, (SIZE, 1)).T.astype(np.uint8)]
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -109,8 +111,9 @@ def synthetic(rng: np.random.Generator) -> list[np.ndarray]:
         draw = ImageDraw.Draw(page)
         local = np.random.default_rng(seed)
         for line in range(14):
-            words = " ".join("".join(chr(97 + c) for c in local.integers(0, 26, local.integers(2, 9)))
-                             for _ in range(5))
+            words = " ".join(
+                "".join(chr(97 + c) for c in local.integers(0, 26, local.integers(2, 9))) for _ in range(5)
+            )
             draw.text((4, 4 + 15 * line), words, fill=0 if seed % 2 else 255)
         out.append(np.asarray(page))
     for seed in range(4):
@@ -122,8 +125,9 @@ def synthetic(rng: np.random.Generator) -> list[np.ndarray]:
             box = [int(x0), int(y0), int(x0 + local.integers(20, 120)), int(y0 + local.integers(20, 120))]
             (draw.ellipse if local.random() < 0.5 else draw.rectangle)(box, fill=int(local.integers(60, 256)))
         out.append(np.asarray(canvas))
-    blobs = np.asarray(Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).resize((SIZE, SIZE),
-                                                                                          Image.BICUBIC))
+    blobs = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).resize((SIZE, SIZE), Image.BICUBIC)
+    )
     return out + [blobs]
 
 
@@ -133,19 +137,26 @@ def broken_slices(slices: list[np.ndarray]) -> list[np.ndarray]:
     for gray in slices:
         gray = np.asarray(Image.fromarray(gray).resize((SIZE, SIZE)))
         h = SIZE // 4
-        out += [255 - gray,
-                np.clip(gray.astype(np.int32) * 4, 0, 255).astype(np.uint8),
-                np.asarray(Image.fromarray(gray[h:2 * h, h:2 * h]).resize((SIZE, SIZE))),
-                np.asarray(Image.fromarray(np.block([[gray, gray[:, ::-1]], [gray[::-1], gray]])).resize((SIZE, SIZE))),
-                np.clip(gray + rng.normal(0, 90, gray.shape), 0, 255).astype(np.uint8)]
+        out += [
+            255 - gray,
+            np.clip(gray.astype(np.int32) * 4, 0, 255).astype(np.uint8),
+            np.asarray(Image.fromarray(gray[h : 2 * h, h : 2 * h]).resize((SIZE, SIZE))),
+            np.asarray(Image.fromarray(np.block([[gray, gray[:, ::-1]], [gray[::-1], gray]])).resize((SIZE, SIZE))),
+            np.clip(gray + rng.normal(0, 90, gray.shape), 0, 255).astype(np.uint8),
+        ]
     return out
 
 
 def non_brain_sources(slices: list[np.ndarray], seed: int = 0) -> dict[str, list]:
     """{source name: inputs (arrays or paths)} of inputs that are not brain MRI slices."""
     rng = np.random.default_rng(seed)
-    return {"dicom (pydicom test files)": dicom_images(), "photos": photos(rng), "maps": maps(),
-            "synthetic": synthetic(rng), "broken slices": broken_slices(slices)}
+    return {
+        "dicom (pydicom test files)": dicom_images(),
+        "photos": photos(rng),
+        "maps": maps(),
+        "synthetic": synthetic(rng),
+        "broken slices": broken_slices(slices),
+    }
 
 
 def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
@@ -159,10 +170,13 @@ def auroc(inside: np.ndarray, outside: np.ndarray) -> float:
 def evaluate(classifier, in_distribution: list, slices_for_breaking: list[np.ndarray]) -> dict:
     """Scores and catch rates at the model's threshold, per source; the input checks that refuse a file
     outright (too small, constant) count as caught."""
+
     def scores(items):
         rows = classifier.predict(items)
-        return (np.array([r["ood_score"] if r["error"] is None else np.inf for r in rows]),
-                np.array([r["error"] is None and r["in_distribution"] for r in rows], bool))
+        return (
+            np.array([r["ood_score"] if r["error"] is None else np.inf for r in rows]),
+            np.array([r["error"] is None and r["in_distribution"] for r in rows], bool),
+        )
 
     inside, kept = scores(in_distribution)
     result = {"in_distribution": {"images": len(inside), "flagged": float(1 - kept.mean())}, "sources": {}}
@@ -172,11 +186,17 @@ def evaluate(classifier, in_distribution: list, slices_for_breaking: list[np.nda
             continue
         outside, passed = scores(items)
         every.append(outside)
-        result["sources"][name] = {"images": len(outside), "caught": float(1 - passed.mean()),
-                                   "auroc": auroc(inside, outside)}
+        result["sources"][name] = {
+            "images": len(outside),
+            "caught": float(1 - passed.mean()),
+            "auroc": auroc(inside, outside),
+        }
     everything = np.concatenate(every)
-    result["all"] = {"images": len(everything), "caught": float(np.mean(everything >= 1.0)),
-                     "auroc": auroc(inside, everything)}
+    result["all"] = {
+        "images": len(everything),
+        "caught": float(np.mean(everything >= 1.0)),
+        "auroc": auroc(inside, everything),
+    }
     return result
 
 
@@ -184,9 +204,13 @@ def table(result: dict) -> str:
     """The evaluation as the Markdown table the model card shows: the slices flagged, then what each source
     of non-slices has caught and its ROC area against the slices."""
     inside = result["in_distribution"]
-    lines = [f"In distribution: {inside['images']} slices, {inside['flagged']:.2%} flagged "
-             f"({result.get('in_distribution_set', 'given')}).", "",
-             "| source | images | caught | ROC area |", "|---|---|---|---|"]
+    lines = [
+        f"In distribution: {inside['images']} slices, {inside['flagged']:.2%} flagged "
+        f"({result.get('in_distribution_set', 'given')}).",
+        "",
+        "| source | images | caught | ROC area |",
+        "|---|---|---|---|",
+    ]
     for name, row in [*result["sources"].items(), ("all", result["all"])]:
         lines.append(f"| {name} | {row['images']} | {row['caught']:.1%} | {row['auroc']:.3f} |")
     return "\n".join(lines)
@@ -199,15 +223,17 @@ def main() -> None:
     import sys
 
     from benchmarks.conftest import choose_bench_set
-    from tumor_runtime.classifier import Classifier
-    from tumor_runtime.preprocess import load_gray
+    from tumor_runtime.imaging.transform import load_gray
+    from tumor_runtime.inference.classifier import Classifier
 
     args = [a for a in sys.argv[1:] if a != "--json"]
     clf = Classifier.load(args[0] if args else None)
     files, _, _, description = choose_bench_set(None, 100_000)
-    breakable = [load_gray(f, SIZE) for f in files[::max(1, len(files) // 20)][:20]]
-    result = evaluate(clf, files, breakable) | {"in_distribution_set": description,
-                                                 "thresholds": clf.card()["out_of_distribution"]["thresholds"]}
+    breakable = [load_gray(f, SIZE) for f in files[:: max(1, len(files) // 20)][:20]]
+    result = evaluate(clf, files, breakable) | {
+        "in_distribution_set": description,
+        "thresholds": clf.card()["out_of_distribution"]["thresholds"],
+    }
     print(json.dumps(result, indent=2) if "--json" in sys.argv[1:] else table(result))
 
 

@@ -1,7 +1,7 @@
 """Turn a pytest-benchmark JSON file into benchmarks/RESULTS.md tables.
 
-    pytest --benchmark-only --benchmark-json=.benchmarks/latest.json
-    python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md
+pytest --benchmark-only --benchmark-json=.benchmarks/latest.json
+python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -10,10 +10,17 @@ import json
 import sys
 from collections import defaultdict
 
-from tumor_runtime.decoding import PROCESS_MIN_ITEMS
+from tumor_runtime.imaging.pool import PROCESS_MIN_ITEMS
 
-ORDER = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "baseline-int8", "openvino-fp32",
-         "openvino-int8"]
+ORDER = [
+    "torch-fp32",
+    "torch-dynamic-int8",
+    "onnx-fp32",
+    "onnx-int8",
+    "baseline-int8",
+    "openvino-fp32",
+    "openvino-int8",
+]
 
 
 def collect(results: dict) -> dict:
@@ -43,10 +50,13 @@ def cell(row: dict, kind: str) -> tuple[str, float | None]:
 
 
 def model_table(name: str, rows: dict) -> tuple[list[str], dict]:
-    lines = [f"### {name}", "",
-             "| variant | file MB | 1-image latency, 1 thread, ms (median) | batch-32 img/s, all cores | "
-             "tumor-infer end-to-end img/s | macro F2 / top-1 agreement with FP32 |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"### {name}",
+        "",
+        "| variant | file MB | 1-image latency, 1 thread, ms (median) | batch-32 img/s, all cores | "
+        "tumor-infer end-to-end img/s | macro F2 / top-1 agreement with FP32 |",
+        "|---|---|---|---|---|---|",
+    ]
     values = {}
     for variant in [v for v in ORDER if v in rows]:
         cells = [cell(rows[variant], k) for k in ("size", "latency", "throughput", "end_to_end", "f2")]
@@ -60,11 +70,14 @@ def ratio(a, b, fmt="{:.1f}x") -> str:
 
 
 def machine_lines(machine: dict) -> list[str]:
-    return [f"Machine: {machine['cpu']}, {machine['cores']} cores; int8/bf16 features: "
-            f"{', '.join(machine.get('features', [])) or 'none found'}. Python {machine['python']}, torch "
-            f"{machine['torch']}, onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}.", "",
-            "These figures depend on the CPU: int8 speed on VNNI (AVX-512 VNNI or AVX-VNNI) and AMX, bf16 on "
-            "AVX512-BF16 and AMX, and on the core count. Rerun the benchmarks on your machine before relying on them."]
+    return [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; int8/bf16 features: "
+        f"{', '.join(machine.get('features', [])) or 'none found'}. Python {machine['python']}, torch "
+        f"{machine['torch']}, onnxruntime {machine['onnxruntime']}, numpy {machine['numpy']}.",
+        "",
+        "These figures depend on the CPU: int8 speed on VNNI (AVX-512 VNNI or AVX-VNNI) and AMX, bf16 on "
+        "AVX512-BF16 and AMX, and on the core count. Rerun the benchmarks on your machine before relying on them.",
+    ]
 
 
 def seen_line(table: dict) -> list[str]:
@@ -72,12 +85,16 @@ def seen_line(table: dict) -> list[str]:
     seen = table["compact"].get("onnx-int8", {}).get("f2", (None, {}))[1].get("seen_in_training")
     if not seen:
         return []
-    return [f"The shipped model trained on {seen:.0%} of these images (a final fit): its F2 here shows that its "
-            "variants agree, not how accurate it is (see artifacts/MODEL_CARD.md).", ""]
+    return [
+        f"The shipped model trained on {seen:.0%} of these images (a final fit): its F2 here shows that its "
+        "variants agree, not how accurate it is (see artifacts/MODEL_CARD.md).",
+        "",
+    ]
 
 
 def large_folder_lines(rows: dict) -> list[str]:
     """tumor-infer over a large folder, decoding in threads and in worker processes, shipped against baseline."""
+
     def rate(variant: str, decode: str) -> float | None:
         stats, extra = rows.get(variant, {}).get(f"end_to_end_large_{decode}", (None, None))
         return extra["images"] / stats["median"] if stats else None
@@ -85,18 +102,25 @@ def large_folder_lines(rows: dict) -> list[str]:
     if rate("onnx-int8", "threads") is None:
         return []
     images = rows["onnx-int8"]["end_to_end_large_threads"][1]["images"]
-    lines = [f"### A large folder ({images:,} images), decoded in threads or in worker processes", "",
-             "| variant | threads img/s | processes img/s | processes ÷ threads |", "|---|---|---|---|"]
+    lines = [
+        f"### A large folder ({images:,} images), decoded in threads or in worker processes",
+        "",
+        "| variant | threads img/s | processes img/s | processes ÷ threads |",
+        "|---|---|---|---|",
+    ]
     for variant in ("onnx-int8", "baseline-int8"):
         t, p = rate(variant, "threads"), rate(variant, "processes")
         if t and p:
             lines.append(f"| {variant} | {t:,.0f} | {p:,.0f} | {p / t:.2f}x |")
     new, old = rate("onnx-int8", "processes"), rate("baseline-int8", "threads")
     if new and old:
-        lines += ["", f"Shipped model with worker processes (tumor-infer's choice past "
-                      f"{PROCESS_MIN_ITEMS:,} files) against the baseline as it ran before them (threads): "
-                      f"{new / old:.2f}x; against the baseline also given processes: "
-                      f"{ratio(new, rate('baseline-int8', 'processes'), '{:.2f}x')}."]
+        lines += [
+            "",
+            f"Shipped model with worker processes (tumor-infer's choice past "
+            f"{PROCESS_MIN_ITEMS:,} files) against the baseline as it ran before them (threads): "
+            f"{new / old:.2f}x; against the baseline also given processes: "
+            f"{ratio(new, rate('baseline-int8', 'processes'), '{:.2f}x')}.",
+        ]
     return lines + [""]
 
 
@@ -104,15 +128,27 @@ def main(path: str) -> None:
     results = json.load(open(path))
     table = collect(results)
     machine = next(iter(next(iter(next(iter(table.values())).values())).values()))[1]["machine"]
-    out = ["# Benchmark results", "", *machine_lines(machine), "",
-           "Latency uses 1 thread; throughput and end-to-end use all cores. F2 parity on the bench set of "
-           f"{next(iter(table['compact'].values()))['f2'][1]['images']} labelled images.", "",
-           *seen_line(table), "Regenerate: `pytest --benchmark-only --benchmark-json=.benchmarks/latest.json && "
-           "python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md`", ""]
+    out = [
+        "# Benchmark results",
+        "",
+        *machine_lines(machine),
+        "",
+        "Latency uses 1 thread; throughput and end-to-end use all cores. F2 parity on the bench set of "
+        f"{next(iter(table['compact'].values()))['f2'][1]['images']} labelled images.",
+        "",
+        *seen_line(table),
+        "Regenerate: `pytest --benchmark-only --benchmark-json=.benchmarks/latest.json && "
+        "python benchmarks/report.py .benchmarks/latest.json > benchmarks/RESULTS.md`",
+        "",
+    ]
     values = {}
     for model in ("compact", "alexnet"):
         if model in table:
-            title = "Shipped compact model" if model == "compact" else "Reference AlexNet (random weights: F2 is meaningless)"
+            title = (
+                "Shipped compact model"
+                if model == "compact"
+                else "Reference AlexNet (random weights: F2 is meaningless)"
+            )
             lines, values[model] = model_table(title, table[model])
             out += lines
     process = table["compact"].get("onnx-int8", {})
@@ -120,56 +156,80 @@ def main(path: str) -> None:
         out += ["### tumor-infer as a process (shipped int8 model)", ""]
         if "startup" in process:
             stats, _ = process["startup"]
-            out.append(f"- start-up to first result (`tumor-infer one.jpg`, new interpreter): median "
-                       f"{stats['median']:.2f} s")
+            out.append(
+                f"- start-up to first result (`tumor-infer one.jpg`, new interpreter): median {stats['median']:.2f} s"
+            )
         for bench in results["benchmarks"]:
             extra = bench["extra_info"]
             if extra.get("kind") == "memory":
-                out.append(f"- peak memory (tumor-infer and its decoding processes) over {extra['images']:,} images: "
-                           f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} "
-                           f"img/s); over a tenth as many: {extra.get('peak_rss_small_bytes', 0) / 2**20:.0f} MiB")
+                out.append(
+                    f"- peak memory (tumor-infer and its decoding processes) over {extra['images']:,} images: "
+                    f"{extra['peak_rss_bytes'] / 2**20:.0f} MiB ({extra['images'] / bench['stats']['median']:,.0f} "
+                    f"img/s); over a tenth as many: {extra.get('peak_rss_small_bytes', 0) / 2**20:.0f} MiB"
+                )
         out.append("")
     if "end_to_end_heatmaps" in process and "end_to_end" in process:
         with_maps = process["end_to_end_heatmaps"][1]["images"] / process["end_to_end_heatmaps"][0]["median"]
         plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
-        out += [f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
-                f"({plain / with_maps:.2f}x the time per image)", ""]
+        out += [
+            f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
+            f"({plain / with_maps:.2f}x the time per image)",
+            "",
+        ]
     if "end_to_end_ray" in process and "end_to_end" in process:
         on_ray = process["end_to_end_ray"][1]["images"] / process["end_to_end_ray"][0]["median"]
         plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
-        out += [f"- `tumor-infer --ray auto` on this machine (one actor, {process['end_to_end_ray'][1]['images']:,} "
-                f"images, actor start-up included): {on_ray:,.0f} img/s against {plain:,.0f} img/s for the plain run "
-                f"({plain / on_ray:.2f}x the time per image)", ""]
-    http = sorted((b["extra_info"] for b in results["benchmarks"] if b["extra_info"].get("kind") == "http"),
-                  key=lambda e: e["concurrency"])
+        out += [
+            f"- `tumor-infer --ray auto` on this machine (one actor, {process['end_to_end_ray'][1]['images']:,} "
+            f"images, actor start-up included): {on_ray:,.0f} img/s against {plain:,.0f} img/s for the plain run "
+            f"({plain / on_ray:.2f}x the time per image)",
+            "",
+        ]
+    http = sorted(
+        (b["extra_info"] for b in results["benchmarks"] if b["extra_info"].get("kind") == "http"),
+        key=lambda e: e["concurrency"],
+    )
     if http and "end_to_end" in process:
         plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
-        out += ["### tumor-serve (HTTP, single-image POSTs from a local client)", "",
-                "| concurrency | requests/s | p50 ms | p99 ms | tumor-infer img/s ÷ requests/s |", "|---|---|---|---|---|"]
-        out += [f"| {e['concurrency']} | {e['requests_per_second']:,.0f} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
-                f"{plain / e['requests_per_second']:.1f}x |" for e in http]
+        out += [
+            "### tumor-serve (HTTP, single-image POSTs from a local client)",
+            "",
+            "| concurrency | requests/s | p50 ms | p99 ms | tumor-infer img/s ÷ requests/s |",
+            "|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {e['concurrency']} | {e['requests_per_second']:,.0f} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
+            f"{plain / e['requests_per_second']:.1f}x |"
+            for e in http
+        ]
         out.append("")
     out += large_folder_lines(table["compact"])
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:
             f, i = v["onnx-fp32"], v["onnx-int8"]
-            out.append(f"- {model}, ONNX int8 vs ONNX FP32: {ratio(f[0], i[0])} smaller, {ratio(f[1], i[1])} faster "
-                       f"single-image, {ratio(i[2], f[2])} batch throughput, F2 difference "
-                       f"{(i[4] - f[4]) if None not in (i[4], f[4]) else float('nan'):+.4f}")
+            out.append(
+                f"- {model}, ONNX int8 vs ONNX FP32: {ratio(f[0], i[0])} smaller, {ratio(f[1], i[1])} faster "
+                f"single-image, {ratio(i[2], f[2])} batch throughput, F2 difference "
+                f"{(i[4] - f[4]) if None not in (i[4], f[4]) else float('nan'):+.4f}"
+            )
     c = values.get("compact", {})
     if "onnx-int8" in c and "baseline-int8" in c:
         n, b = c["onnx-int8"], c["baseline-int8"]
-        out.append(f"- shipped ONNX int8 vs the previous shipped int8 (baseline-int8): {ratio(n[0], b[0], '{:.2f}x')} "
-                   f"the size, {ratio(b[1], n[1], '{:.2f}x')} single-image speed (1 thread), "
-                   f"{ratio(n[2], b[2], '{:.2f}x')} batch throughput, "
-                   f"{ratio(n[3], b[3], '{:.2f}x') if None not in (n[3], b[3]) else 'n/a'} tumor-infer end to end "
-                   "(decode, crop, resize and model, all cores)")
+        out.append(
+            f"- shipped ONNX int8 vs the previous shipped int8 (baseline-int8): {ratio(n[0], b[0], '{:.2f}x')} "
+            f"the size, {ratio(b[1], n[1], '{:.2f}x')} single-image speed (1 thread), "
+            f"{ratio(n[2], b[2], '{:.2f}x')} batch throughput, "
+            f"{ratio(n[3], b[3], '{:.2f}x') if None not in (n[3], b[3]) else 'n/a'} tumor-infer end to end "
+            "(decode, crop, resize and model, all cores)"
+        )
     if "compact" in values and "alexnet" in values:
         c, a = values["compact"].get("onnx-int8"), values["alexnet"].get("torch-dynamic-int8")
         if c and a:
-            out.append(f"- shipped ONNX int8 vs the reference's AlexNet dynamic int8: {ratio(a[0], c[0])} smaller, "
-                       f"{ratio(a[1], c[1])} faster single-image, {ratio(c[2], a[2])} batch throughput")
+            out.append(
+                f"- shipped ONNX int8 vs the reference's AlexNet dynamic int8: {ratio(a[0], c[0])} smaller, "
+                f"{ratio(a[1], c[1])} faster single-image, {ratio(c[2], a[2])} batch throughput"
+            )
     print("\n".join(out))
 
 

@@ -12,8 +12,15 @@ import pytest
 from benchmarks.conftest import ARTIFACTS, cores, full_run, machine_info
 
 MODELS = ["compact", "alexnet"]
-VARIANTS = ["torch-fp32", "torch-dynamic-int8", "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8",
-            "baseline-int8"]
+VARIANTS = [
+    "torch-fp32",
+    "torch-dynamic-int8",
+    "onnx-fp32",
+    "onnx-int8",
+    "openvino-fp32",
+    "openvino-int8",
+    "baseline-int8",
+]
 
 
 def case_id(model: str, variant: str) -> str:
@@ -22,8 +29,12 @@ def case_id(model: str, variant: str) -> str:
     return f"{model}-{variant}{'-if-installed' if variant.startswith('openvino') else ''}{suffix}"
 
 
-CASES = [pytest.param(m, v, id=case_id(m, v)) for m in MODELS for v in VARIANTS
-         if not (m == "alexnet" and v == "baseline-int8")]
+CASES = [
+    pytest.param(m, v, id=case_id(m, v))
+    for m in MODELS
+    for v in VARIANTS
+    if not (m == "alexnet" and v == "baseline-int8")
+]
 INT8_LIMIT_BYTES = 1.2e6  # the shipped int8 file's budget
 
 
@@ -61,8 +72,7 @@ def model_variants(request, inputs_for, shipped_ckpt, tmp_path_factory):
     found = {"compact": shipped_variants(ARTIFACTS)}
     if full_run(request.config):
         pre = inputs_of(shipped_ckpt["preprocess"]) | {"size": ALEXNET_SIZE, "crop": "none"}
-        found["alexnet"] = alexnet_variants(tmp_path_factory.mktemp("alexnet"), inputs_for(pre)[:32], shipped_ckpt,
-                                            pre)
+        found["alexnet"] = alexnet_variants(tmp_path_factory.mktemp("alexnet"), inputs_for(pre)[:32], shipped_ckpt, pre)
     return found
 
 
@@ -124,12 +134,18 @@ def test_batch32_throughput(benchmark, variant, inputs_for):
     assert probs[0].argmax() == alone.argmax() and np.abs(probs[0] - alone).max() < 0.02
 
 
-@pytest.mark.parametrize("model, name", [pytest.param(m, v, id=case_id(m, v)) for m in MODELS
-                                         for v in ("onnx-fp32", "onnx-int8", "openvino-int8", "baseline-int8")
-                                         if not (m == "alexnet" and v == "baseline-int8")])
+@pytest.mark.parametrize(
+    "model, name",
+    [
+        pytest.param(m, v, id=case_id(m, v))
+        for m in MODELS
+        for v in ("onnx-fp32", "onnx-int8", "openvino-int8", "baseline-int8")
+        if not (m == "alexnet" and v == "baseline-int8")
+    ],
+)
 def test_end_to_end_folder(benchmark, variant, bench_set):
     """tumor-infer's Classifier over the bench JPEGs: decoding, preprocessing and inference together."""
-    from tumor_runtime.classifier import Classifier
+    from tumor_runtime.inference.classifier import Classifier
 
     backend = "openvino" if variant.name.startswith("openvino") else "onnxruntime"  # the kit's own runtime on it
     clf = Classifier.load(variant.path, threads=cores(), batch_size=32, verify=False, backend=backend)
@@ -145,30 +161,45 @@ LARGE_REPEAT = 10  # the bench set ten times over: a folder large enough for tum
 @pytest.mark.parametrize("processes", [False, True], ids=["threads", "processes"])
 @pytest.mark.parametrize("model, name", [pytest.param("compact", v, id=v) for v in ("onnx-int8", "baseline-int8")])
 def test_end_to_end_large_folder(benchmark, variant, bench_set, request, processes):
-    """A large folder decoded in threads and in worker processes (`runtime/decoding.py`; tumor-infer chooses
+    """A large folder decoded in threads and in worker processes (`runtime/imaging/pool.py`; tumor-infer chooses
     processes past `PROCESS_MIN_ITEMS` files), for the shipped model and the baseline alike."""
-    from tumor_runtime.classifier import Classifier
+    from tumor_runtime.inference.classifier import Classifier
 
     clf = Classifier.load(variant.path, threads=cores(), batch_size=32, verify=False)
     files = bench_set[0] * (LARGE_REPEAT if full_run(request.config) else 2)
-    records = benchmark.pedantic(lambda: list(clf.iter_predict(files, processes=processes)), rounds=3,
-                                 iterations=1, warmup_rounds=1)
-    record(benchmark, variant, kind=f"end_to_end_large_{'processes' if processes else 'threads'}", threads=cores(),
-           images=len(files))
+    records = benchmark.pedantic(
+        lambda: list(clf.iter_predict(files, processes=processes)), rounds=3, iterations=1, warmup_rounds=1
+    )
+    record(
+        benchmark,
+        variant,
+        kind=f"end_to_end_large_{'processes' if processes else 'threads'}",
+        threads=cores(),
+        images=len(files),
+    )
     assert [r["path"] for r in records] == [str(f) for f in files] and all(r["error"] is None for r in records)
 
 
 def test_end_to_end_with_heatmaps(benchmark, bench_set):
     """The shipped int8 model with heat-maps on (CAM output fetched, normalised and upsampled per image);
     RESULTS.md prints its throughput beside the plain end-to-end row, so the overhead is a ratio."""
-    from tumor_runtime.classifier import Classifier
+    from tumor_runtime.inference.classifier import Classifier
 
     clf = Classifier.load(ARTIFACTS / "model.int8.onnx", threads=cores(), batch_size=32, verify=False)
     files = bench_set[0]
-    records = benchmark.pedantic(lambda: list(clf.iter_predict(files, heatmaps=True)), rounds=3, iterations=1,
-                                 warmup_rounds=1)
-    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "end_to_end_heatmaps",
-                                 "threads": cores(), "images": len(files), "machine": machine_info()})
+    records = benchmark.pedantic(
+        lambda: list(clf.iter_predict(files, heatmaps=True)), rounds=3, iterations=1, warmup_rounds=1
+    )
+    benchmark.extra_info.update(
+        {
+            "model": "compact",
+            "variant": "onnx-int8",
+            "kind": "end_to_end_heatmaps",
+            "threads": cores(),
+            "images": len(files),
+            "machine": machine_info(),
+        }
+    )
     size = clf.info.input_size
     assert len(records) == len(files) and all(r["cam"].shape == (size, size) for r in records)
     plain = clf.predict(files[:8])
@@ -182,19 +213,28 @@ def test_end_to_end_on_ray(benchmark, bench_set, request):
     """`tumor-infer --ray auto` on this machine (one actor with every core) against the plain run: the overhead of
     the Ray path, actor start-up included in every round (the local Ray instance is started in the warm-up)."""
     pytest.importorskip("ray")
-    from tumor_runtime.ray_batch import ray_records
+    from tumor_runtime.inference.ray_batch import ray_records
 
     files = bench_set[0] * (RAY_REPEAT if full_run(request.config) else 1)
-    records = benchmark.pedantic(lambda: list(ray_records(files, threads=cores())), rounds=2, iterations=1,
-                                 warmup_rounds=1)
-    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "end_to_end_ray",
-                                 "threads": cores(), "images": len(files), "machine": machine_info()})
+    records = benchmark.pedantic(
+        lambda: list(ray_records(files, threads=cores())), rounds=2, iterations=1, warmup_rounds=1
+    )
+    benchmark.extra_info.update(
+        {
+            "model": "compact",
+            "variant": "onnx-int8",
+            "kind": "end_to_end_ray",
+            "threads": cores(),
+            "images": len(files),
+            "machine": machine_info(),
+        }
+    )
     assert [r["path"] for r in records] == [str(f) for f in files] and all(r["error"] is None for r in records)
 
 
 def predict_all(variant, inputs: np.ndarray) -> np.ndarray:
     run = variant.runner(cores())
-    return np.concatenate([run(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])
+    return np.concatenate([run(inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
 
 
 @pytest.fixture(scope="session")
@@ -214,7 +254,7 @@ def fp32_reference(model_variants, inputs_for):
 @pytest.mark.parametrize("model, name", CASES)
 def test_f2_parity(benchmark, variant, fp32_reference, bench_set, inputs_for, shipped_ckpt):
     from benchmarks.conftest import seen_in_training
-    from tumor_runtime.metrics import summarize
+    from tumor_runtime.core.scoring import summarize
 
     _, labels, classes = bench_set
     probs = benchmark.pedantic(predict_all, args=(variant, inputs_for(variant)), rounds=1, iterations=1)
@@ -222,11 +262,19 @@ def test_f2_parity(benchmark, variant, fp32_reference, bench_set, inputs_for, sh
     reference = fp32_reference(variant.model, "onnx-fp32" if variant.name == "torch-fp32" else "torch-fp32")
     stats = summarize(labels, probs.argmax(1), classes)
     agreement = float((probs.argmax(1) == reference.argmax(1)).mean())
-    record(benchmark, variant, kind="f2", images=len(labels), f2_macro=stats["f2_macro"],
-           tumor_sensitivity=stats["tumor_sensitivity"], agreement_with_fp32=agreement,
-           max_probability_diff=float(np.abs(probs - reference).max()),
-           seen_in_training=None if variant.name == "baseline-int8" or variant.model != "compact"
-           else seen_in_training(bench_set[0], shipped_ckpt))
+    record(
+        benchmark,
+        variant,
+        kind="f2",
+        images=len(labels),
+        f2_macro=stats["f2_macro"],
+        tumor_sensitivity=stats["tumor_sensitivity"],
+        agreement_with_fp32=agreement,
+        max_probability_diff=float(np.abs(probs - reference).max()),
+        seen_in_training=None
+        if variant.name == "baseline-int8" or variant.model != "compact"
+        else seen_in_training(bench_set[0], shipped_ckpt),
+    )
     if variant.name == "baseline-int8":  # the previous model: its own answers, scored against the labels only
         assert stats["f2_macro"] > 0.9
     elif variant.model == "compact":  # trained weights: every variant must agree with FP32
@@ -264,7 +312,7 @@ threading.Thread(target=sample, daemon=True).start()
 def peak():
     open(out, "w").write(str(max(kib("/proc/self/status", "VmHWM:"), sampled[0]) * 1024))
 atexit.register(peak)
-from tumor_runtime.cli import main
+from tumor_runtime.cli.infer import main
 sys.argv[0] = "tumor-infer"
 main()
 """
@@ -276,8 +324,13 @@ def run_cli(args: list[str], rss_file: str) -> str:
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, rss_file, *args], check=True, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+    return subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_WRAPPER, rss_file, *args],
+        check=True,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ).stdout
 
 
 def test_cli_start_up_to_first_result(benchmark, bench_set, tmp_path):
@@ -285,10 +338,18 @@ def test_cli_start_up_to_first_result(benchmark, bench_set, tmp_path):
     import json
 
     rss = str(tmp_path / "rss")
-    out = benchmark.pedantic(run_cli, args=([str(bench_set[0][0]), "--format", "jsonl"], rss), rounds=5,
-                             iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "startup",
-                                 "peak_rss_bytes": int(open(rss).read()), "machine": machine_info()})
+    out = benchmark.pedantic(
+        run_cli, args=([str(bench_set[0][0]), "--format", "jsonl"], rss), rounds=5, iterations=1, warmup_rounds=1
+    )
+    benchmark.extra_info.update(
+        {
+            "model": "compact",
+            "variant": "onnx-int8",
+            "kind": "startup",
+            "peak_rss_bytes": int(open(rss).read()),
+            "machine": machine_info(),
+        }
+    )
     row = json.loads(out)
     assert row["error"] is None and row["label"] in bench_set[2]
 
@@ -308,7 +369,15 @@ def test_cli_peak_memory_is_flat(benchmark, request, bench_set, tmp_path):
         else:
             run_cli([str(folder), "--format", "jsonl"], rss)
         peaks[count] = int(open(rss).read())
-    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "memory", "images": counts[-1],
-                                 "peak_rss_bytes": peaks[counts[-1]], "peak_rss_small_bytes": peaks[counts[0]],
-                                 "machine": machine_info()})
+    benchmark.extra_info.update(
+        {
+            "model": "compact",
+            "variant": "onnx-int8",
+            "kind": "memory",
+            "images": counts[-1],
+            "peak_rss_bytes": peaks[counts[-1]],
+            "peak_rss_small_bytes": peaks[counts[0]],
+            "machine": machine_info(),
+        }
+    )
     assert peaks[counts[-1]] <= 1.25 * peaks[counts[0]], peaks

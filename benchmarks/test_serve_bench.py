@@ -27,11 +27,22 @@ def server_port():
     import subprocess
     import sys
 
-    from tests.helpers import free_port, wait_until_healthy
+    from tests.helpers.processes import free_port, wait_until_healthy
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tumor_runtime.serve_cli", "--port", str(port), "--model",
-                               str(ARTIFACTS / "model.int8.onnx"), "--no-access-log"], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tumor_runtime.cli.serve",
+            "--port",
+            str(port),
+            "--model",
+            str(ARTIFACTS / "model.int8.onnx"),
+            "--no-access-log",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     wait_until_healthy(port)
     yield port
     server.terminate()
@@ -59,7 +70,7 @@ def post_all(port: int, bodies: list[bytes], concurrency: int) -> list[tuple[flo
 def test_http_requests_per_second(benchmark, request, bench_set, server_port, concurrency):
     import json
 
-    from tumor_runtime.classifier import Classifier
+    from tumor_runtime.inference.classifier import Classifier
 
     count = 200 if full_run(request.config) else 16
     files = [bench_set[0][i % len(bench_set[0])] for i in range(count)]
@@ -73,11 +84,19 @@ def test_http_requests_per_second(benchmark, request, bench_set, server_port, co
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     latencies = np.array([r[0] for r in results["rows"]])
-    benchmark.extra_info.update({"model": "compact", "variant": "onnx-int8", "kind": "http",
-                                 "concurrency": concurrency, "requests": count,
-                                 "requests_per_second": count / results["seconds"],
-                                 "p50_ms": float(np.percentile(latencies, 50) * 1e3),
-                                 "p99_ms": float(np.percentile(latencies, 99) * 1e3), "machine": machine_info()})
+    benchmark.extra_info.update(
+        {
+            "model": "compact",
+            "variant": "onnx-int8",
+            "kind": "http",
+            "concurrency": concurrency,
+            "requests": count,
+            "requests_per_second": count / results["seconds"],
+            "p50_ms": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            "machine": machine_info(),
+        }
+    )
     assert all(status == 200 for _, status, _ in results["rows"])
     expected = [r["label"] for r in Classifier.load().predict(files[:16])]
     assert [json.loads(body)["label"] for _, _, body in results["rows"][:16]] == expected

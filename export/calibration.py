@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from tumor_runtime.errors import KitError
-from tumor_runtime.inputs import SUPPORTED_FILES, images_in
-from tumor_runtime.preprocess import ImageError, load_gray, normalize
+from tumor_runtime.core.errors import ImageError, KitError
+from tumor_runtime.imaging.formats import SUPPORTED_FILES
+from tumor_runtime.imaging.listing import images_in
+from tumor_runtime.imaging.transform import load_gray, normalize
 
 MAX_CALIBRATION_BATCH = 16
 
@@ -18,14 +19,16 @@ class CalibrationError(KitError):
     """No usable calibration images; reported in one line."""
 
 
-def sample_files(folder: Path, count: int, seed: int, exclude: set[Path] = frozenset()) -> list[Path]:
+def sample_files(folder: Path, count: int, seed: int, exclude: frozenset[Path] | set[Path] = frozenset()) -> list[Path]:
     """`count` image files drawn with a fixed seed from the sorted recursive listing of `folder`."""
     listed = images_in(Path(folder), recursive=True)
     files = sorted(p for p in listed if p.resolve() not in exclude)
     if listed and not files:
-        raise CalibrationError(f"every image under {folder} is an evaluation image, and calibrating on the images "
-                               "that judge the int8 model would flatter it: pass a --calibration folder other than "
-                               "--eval (for example the training images)")
+        raise CalibrationError(
+            f"every image under {folder} is an evaluation image, and calibrating on the images "
+            "that judge the int8 model would flatter it: pass a --calibration folder other than "
+            "--eval (for example the training images)"
+        )
     if not files:
         raise CalibrationError(f"no calibration images {SUPPORTED_FILES} under {folder}; pass --calibration DIR")
     rng = np.random.default_rng(seed)
@@ -68,7 +71,7 @@ class ArrayReader(CalibrationDataReader):
     def get_next(self):
         if self.position >= len(self.inputs):
             return None
-        batch = self.inputs[self.position:self.position + self.batch_size]
+        batch = self.inputs[self.position : self.position + self.batch_size]
         self.position += self.batch_size
         return {self.input_name: batch}
 

@@ -7,67 +7,137 @@ from pathlib import Path
 
 import click
 
-from tumor_runtime import __version__, tumor
-from tumor_runtime.cli_common import FiniteFloat
+from tumor_runtime import __version__
+from tumor_runtime.core import scoring
+from tumor_runtime.core.command import FiniteFloat
+from tumor_runtime.core.errors import EXIT_PARTIAL
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-              help="model.pth written by tumor-train (for example runs/<time>/model.pth).")
-@click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Output folder [default: the checkpoint's folder]. Replacing the shipped model is explicit: "
-                   "--out artifacts.")
-@click.option("--int8", is_flag=True, help="Also write model.int8.onnx (ONNX Runtime static int8, QDQ). Without it, "
-                                           "a model.int8.onnx of an earlier export in the folder is removed.")
-@click.option("--calibration", type=click.Path(file_okay=False),
-              help="Calibration images [default: the training folder recorded in the checkpoint, validation excluded].")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="model.pth written by tumor-train (for example runs/<time>/model.pth).",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="Output folder [default: the checkpoint's folder]. Replacing the shipped model is explicit: --out artifacts.",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write model.int8.onnx (ONNX Runtime static int8, QDQ). Without it, "
+    "a model.int8.onnx of an earlier export in the folder is removed.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False),
+    help="Calibration images [default: the training folder recorded in the checkpoint, validation excluded].",
+)
 @click.option("--calibration-size", default=256, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--calibration-method", default="percentile", show_default=True,
-              type=click.Choice(["percentile", "minmax", "entropy"]),
-              help="Activation ranges: the 99.999th percentile, the full min-max, or KL entropy (with ONNX "
-                   "Runtime's 128-bin default, entropy often equals minmax).")
+@click.option(
+    "--calibration-method",
+    default="percentile",
+    show_default=True,
+    type=click.Choice(["percentile", "minmax", "entropy"]),
+    help="Activation ranges: the 99.999th percentile, the full min-max, or KL entropy (with ONNX "
+    "Runtime's 128-bin default, entropy often equals minmax).",
+)
 @click.option("--activation-type", default="u8", show_default=True, type=click.Choice(["u8", "s8"]))
-@click.option("--evaluate", "--eval", "eval_dir", type=click.Path(file_okay=False),
-              help="Labelled folder DIR/<class>/ for the parity gate and the tumor threshold, which is "
-                   f"{tumor.THRESHOLD_RULE} [default: the checkpoint's validation split, if its images are at "
-                   "hand; FP32-only exports need none].")
-@click.option("--max-f2-drop", default=0.005, show_default=True, type=FiniteFloat(0, 1),
-              help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.")
+@click.option(
+    "--evaluate",
+    "--eval",
+    "eval_dir",
+    type=click.Path(file_okay=False),
+    help="Labelled folder DIR/<class>/ for the parity gate and the tumor threshold, which is "
+    f"{scoring.THRESHOLD_RULE} [default: the checkpoint's validation split, if its images are at "
+    "hand; FP32-only exports need none].",
+)
+@click.option(
+    "--max-f2-drop",
+    default=0.005,
+    show_default=True,
+    type=FiniteFloat(0, 1),
+    help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration sample.")
 @click.version_option(__version__, "--version", prog_name="tumor-export")
-def main(checkpoint, out, int8, calibration, calibration_size, calibration_method, activation_type, eval_dir,
-         max_f2_drop, seed) -> None:
+def main(
+    checkpoint,
+    out,
+    int8,
+    calibration,
+    calibration_size,
+    calibration_method,
+    activation_type,
+    eval_dir,
+    max_f2_drop,
+    seed,
+) -> None:
     """Export a trained model to ONNX (FP32) and, with --int8, to a static int8 ONNX model.
 
     Every export is checked (onnx checker, ONNX Runtime against torch) and the int8 model
     must keep FP32's macro F2 within --max-f2-drop. Writes model.onnx, model.int8.onnx,
     export_report.json and manifest.json; nothing is written if a check fails.
     """
-    from tumor_runtime.cli_common import guarded, interrupted_exit_code, raise_on_sigterm, require_extra
+    from tumor_runtime.core.command import guarded, require_extra
+    from tumor_runtime.core.signals import interrupted_exit_code, raise_on_sigterm
 
     require_extra("export", "tumor-export")
     raise_on_sigterm()
     try:
-        guarded(export_command, checkpoint, out, int8, calibration, calibration_size, calibration_method,
-                activation_type, eval_dir, max_f2_drop, seed)
+        guarded(
+            export_command,
+            checkpoint,
+            out,
+            int8,
+            calibration,
+            calibration_size,
+            calibration_method,
+            activation_type,
+            eval_dir,
+            max_f2_drop,
+            seed,
+        )
     except KeyboardInterrupt as exc:
         click.echo("Stopped: interrupted; the output folder is unchanged", err=True)
         sys.exit(interrupted_exit_code(exc))
 
 
-def export_command(checkpoint, out, int8, calibration, calibration_size, calibration_method, activation_type,
-                   eval_dir, max_f2_drop, seed) -> None:
-    from tumor_runtime.cli_common import fail
+def export_command(
+    checkpoint,
+    out,
+    int8,
+    calibration,
+    calibration_size,
+    calibration_method,
+    activation_type,
+    eval_dir,
+    max_f2_drop,
+    seed,
+) -> None:
     from tumor_export.pipeline import ExportOptions, run_export
+    from tumor_runtime.core.command import fail
 
-    opts = ExportOptions(checkpoint=Path(checkpoint), out=Path(out) if out else None, int8=int8,
-                         calibration=Path(calibration) if calibration else None, calibration_size=calibration_size,
-                         calibration_method=calibration_method, activation_type=activation_type,
-                         eval=Path(eval_dir) if eval_dir else None, max_f2_drop=max_f2_drop, seed=seed)
+    opts = ExportOptions(
+        checkpoint=Path(checkpoint),
+        out=Path(out) if out else None,
+        int8=int8,
+        calibration=Path(calibration) if calibration else None,
+        calibration_size=calibration_size,
+        calibration_method=calibration_method,
+        activation_type=activation_type,
+        eval_dir=Path(eval_dir) if eval_dir else None,
+        max_f2_drop=max_f2_drop,
+        seed=seed,
+    )
     try:
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
     except OSError as exc:
-        fail(f"could not write the export: {exc.strerror or exc}", 1)
+        fail(f"could not write the export: {exc.strerror or exc}", EXIT_PARTIAL)
     click.echo(format_report(report))
     click.echo(written_line(report, opts), err=True)
 
@@ -75,21 +145,26 @@ def export_command(checkpoint, out, int8, calibration, calibration_size, calibra
 def format_report(report: dict) -> str:
     lines = [f"{name}: {info['bytes'] / 1e6:.2f} MB" for name, info in report["files"].items()]
     if report["fp32"] is None:
-        lines.append("FP32 not scored (no evaluation images); tumor threshold "
-                     f"{report['tumor_threshold']:.4f} (default)")
+        lines.append(
+            f"FP32 not scored (no evaluation images); tumor threshold {report['tumor_threshold']:.4f} (default)"
+        )
     else:
         lines.append(f"FP32 macro F2 {report['fp32']['f2_macro']:.4f}")
     if "int8" in report:
         p = report["parity"]
-        lines.append(f"int8 macro F2 {report['int8']['f2_macro']:.4f}, top-1 agreement {p['top1_agreement']:.4f}, "
-                     f"max probability difference {p['max_probability_diff']:.4f}, layers kept in float: "
-                     f"{'; '.join(p.get('layers_kept_float', p['nodes_kept_float'])) or 'none'}")
+        lines.append(
+            f"int8 macro F2 {report['int8']['f2_macro']:.4f}, top-1 agreement {p['top1_agreement']:.4f}, "
+            f"max probability difference {p['max_probability_diff']:.4f}, layers kept in float: "
+            f"{'; '.join(p.get('layers_kept_float', p['nodes_kept_float'])) or 'none'}"
+        )
     if report["fp32"] is not None:
         stats = report["fp32"]["screening"]
-        lines.append(f"Tumor threshold {report['tumor_threshold']:.4f} ({tumor.THRESHOLD_RULE}): flags "
-                     f"{percent(stats['sensitivity'])} of tumor slices and {percent(stats['false_alarm_rate'])} of "
-                     "no-tumor slices (false alarms)")
-        warning = tumor.threshold_warning(stats)
+        lines.append(
+            f"Tumor threshold {report['tumor_threshold']:.4f} ({scoring.THRESHOLD_RULE}): flags "
+            f"{percent(stats['sensitivity'])} of tumor slices and {percent(stats['false_alarm_rate'])} of "
+            "no-tumor slices (false alarms)"
+        )
+        warning = scoring.threshold_warning(stats)
         if warning:
             lines.append(warning)
     return "\n".join(lines)
@@ -103,5 +178,7 @@ def written_line(report: dict, opts) -> str:
     """What was written, where, in how long, and the command that uses it."""
     folder = opts.out or opts.checkpoint.parent
     model = "model.int8.onnx" if "model.int8.onnx" in report["files"] else "model.onnx"
-    return (f"Wrote {', '.join(report['files'])}, export_report.json and manifest.json to {folder}/ in "
-            f"{report['seconds']:.1f}s. Next: tumor-infer -m {folder / model} FOLDER/")
+    return (
+        f"Wrote {', '.join(report['files'])}, export_report.json and manifest.json to {folder}/ in "
+        f"{report['seconds']:.1f}s. Next: tumor-infer -m {folder / model} FOLDER/"
+    )

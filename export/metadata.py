@@ -7,12 +7,12 @@ from pathlib import Path
 
 import onnx
 
-from tumor_runtime import provenance
-from tumor_runtime.inputs import collect
+from tumor_runtime.core import provenance
+from tumor_runtime.imaging.listing import collect
 
 
 def tool_versions() -> dict:
-    from tumor_runtime.contract import tool_versions as versions
+    from tumor_runtime.core.system import tool_versions as versions
 
     return versions("torch", "onnx", "onnxruntime")
 
@@ -29,8 +29,11 @@ def training_names(ckpt: dict) -> list[str] | None:
     root = Path(str(data.get("root", folder)))
     held_out = {(root / str(f)).resolve() for f in data.get("val_files") or []}
     files = [Path(p) for p in collect([str(folder)], recursive=True) if isinstance(p, (str, Path))]
-    return [provenance.key(f.relative_to(folder).parts[0], f) for f in files
-            if len(f.relative_to(folder).parts) > 1 and f.resolve() not in held_out]
+    return [
+        provenance.key(f.relative_to(folder).parts[0], f)
+        for f in files
+        if len(f.relative_to(folder).parts) > 1 and f.resolve() not in held_out
+    ]
 
 
 def model_metadata(ckpt: dict, threshold: float) -> dict[str, str]:

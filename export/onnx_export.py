@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from tumor_runtime.contract import CAM_OUTPUT, FEATURES_OUTPUT, INPUT_NAME, OUTPUT_NAMES, PROBABILITIES
-from tumor_runtime.errors import KitError
+from tumor_runtime.core.contract import (
+    CAM_OUTPUT,
+    FEATURES_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    PROBABILITIES,
+)
+from tumor_runtime.core.errors import EXIT_PARTIAL, KitError
 
 OPSET = 18
 
@@ -19,14 +26,18 @@ OPSET = 18
 class ExportError(KitError):
     """An export that failed a check; nothing is written at the target path."""
 
-    exit_code = 1  # the exported graph failed a check
+    exit_code = EXIT_PARTIAL  # the exported graph failed a check
 
 
 def supports_cam(model: nn.Module) -> bool:
     """Class activation maps are exact for a global-average-pool + linear head (the compact model)."""
     head = getattr(model, "head", None)
-    return (hasattr(model, "features") and isinstance(head, nn.Sequential)
-            and isinstance(head[0], nn.AdaptiveAvgPool2d) and isinstance(head[-1], nn.Linear))
+    return (
+        hasattr(model, "features")
+        and isinstance(head, nn.Sequential)
+        and isinstance(head[0], nn.AdaptiveAvgPool2d)
+        and isinstance(head[-1], nn.Linear)
+    )
 
 
 class WithProbabilities(nn.Module):
@@ -36,10 +47,10 @@ class WithProbabilities(nn.Module):
     CAM (Zhou et al. 2016): cam_c = sum_k W[c, k] * A_k, where A (N, k, h, w) is the last feature
     map and W the head's weights: a 1x1 convolution of A, so it lives in the graph, torch-free.
     `features` are the pooled activations the head reads: the runtime's out-of-distribution score
-    (`tumor_runtime.ood`) measures how far they are from the training slices'.
+    (`tumor_runtime.model.ood`) measures how far they are from the training slices'.
     """
 
-    def __init__(self, model: nn.Module, cam: bool):
+    def __init__(self, model: Any, cam: bool):  # a registry architecture: .features and .head with CAM
         super().__init__()
         self.model, self.cam = model, cam
 
@@ -64,17 +75,21 @@ def export_fp32(model: nn.Module, size: int, path: Path) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapped, example,
+            wrapped,
+            example,
             input_names=[INPUT_NAME],  # pragma: no mutate (equivalent: the wrapper's argument has this name)
             output_names=list(OUTPUT_NAMES) + ([CAM_OUTPUT, FEATURES_OUTPUT] if cam else []),
             dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
-            opset_version=OPSET, verbose=False,  # the exporter's default opset is newer; verbose prints a report
-            dynamo=True)  # pragma: no mutate (the default, stated: the dynamo exporter is the one checked here)
+            opset_version=OPSET,
+            verbose=False,  # the exporter's default opset is newer; verbose prints a report
+            dynamo=True,
+        )  # pragma: no mutate (the default, stated: the dynamo exporter is the one checked here)
+    assert program is not None  # the dynamo exporter returns its program
     program.save(str(path))
     return cam
 
 
-def torch_cam(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def torch_cam(model: Any, inputs: torch.Tensor) -> torch.Tensor:
     """The CAM computed in torch, independently of the export wrapper: (N, classes, h, w)."""
     with torch.no_grad():
         features = model.eval().features(inputs)
@@ -89,9 +104,9 @@ def check_onnx(path: Path) -> None:
         raise ExportError(f"onnx.checker rejected {Path(path).name}: {str(exc).splitlines()[0]}") from None
 
 
-def check_against_torch(path: Path, model: nn.Module, inputs: np.ndarray, atol: float = 1e-4) -> float:
+def check_against_torch(path: Path, model: Any, inputs: np.ndarray, atol: float = 1e-4) -> float:
     """onnx.checker (full), then ONNX Runtime vs torch on `inputs` (N, 1, H, W); returns max |dp|."""
-    from tumor_runtime.model import create_session
+    from tumor_runtime.model.session import create_session
 
     check_onnx(path)
     session = create_session(path)

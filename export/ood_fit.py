@@ -1,4 +1,4 @@
-"""Fit the out-of-distribution score (`tumor_runtime.ood`) to an exported model and store it in its metadata.
+"""Fit the out-of-distribution score (`tumor_runtime.model.ood`) to an exported model and store it in its metadata.
 
 Each model file gets its own fit, from its own `features` output (the int8 file's features differ
 slightly from FP32's): parameters from a seeded sample of training images, the thresholds from the
@@ -13,10 +13,12 @@ import numpy as np
 
 from tumor_export.calibration import sample_files
 from tumor_export.metadata import read_metadata, write_metadata
-from tumor_runtime.contract import FEATURES_OUTPUT, INPUT_NAME
-from tumor_runtime.inputs import class_of
-from tumor_runtime.ood import fit, image_descriptors, with_thresholds
-from tumor_runtime.preprocess import ImageError, load_gray, normalize
+from tumor_runtime.core.contract import FEATURES_OUTPUT, INPUT_NAME
+from tumor_runtime.core.errors import ImageError
+from tumor_runtime.imaging.descriptors import image_descriptors
+from tumor_runtime.imaging.listing import class_of
+from tumor_runtime.imaging.transform import load_gray, normalize
+from tumor_runtime.model.ood import fit, with_thresholds
 
 SAMPLE = 1024  # training images the score is fitted on (decoded in about a second)
 
@@ -39,13 +41,16 @@ def training_sample(folder: Path, classes: list[str], pre: dict, seed: int, excl
 
 def measurements(path: Path, gray: np.ndarray, pre: dict, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, k) from the model at `path`, image descriptors (N, 23)) of uint8 inputs (N, S, S)."""
-    from tumor_runtime.model import create_session
+    from tumor_runtime.model.session import create_session
 
     session = create_session(path)
-    features = np.concatenate([session.run([FEATURES_OUTPUT], {INPUT_NAME: normalize(gray[i:i + batch], pre["mean"],
-                                                                                     pre["std"])})[0]
-                               for i in range(0, len(gray), batch)])
-    return features, np.concatenate([image_descriptors(gray[i:i + batch]) for i in range(0, len(gray), batch)])
+    features = np.concatenate(
+        [
+            session.run([FEATURES_OUTPUT], {INPUT_NAME: normalize(gray[i : i + batch], pre["mean"], pre["std"])})[0]
+            for i in range(0, len(gray), batch)
+        ]
+    )
+    return features, np.concatenate([image_descriptors(gray[i : i + batch]) for i in range(0, len(gray), batch)])
 
 
 def attach(path: Path, train: tuple[np.ndarray, np.ndarray], validation: np.ndarray, pre: dict) -> dict:
@@ -56,6 +61,9 @@ def attach(path: Path, train: tuple[np.ndarray, np.ndarray], validation: np.ndar
     model = with_thresholds(model, val_features, val_descriptors)
     write_metadata(path, read_metadata(path) | {"ood": model.to_metadata()})
     flagged = float(model.flags(model.score(val_features, val_descriptors)).mean())
-    return {"method": "mahalanobis-ppca on pooled features and image descriptors",
-            "training_images": int(len(labels)), "validation_images": int(len(validation)),
-            "validation_flagged": flagged}
+    return {
+        "method": "mahalanobis-ppca on pooled features and image descriptors",
+        "training_images": int(len(labels)),
+        "validation_images": int(len(validation)),
+        "validation_flagged": flagged,
+    }

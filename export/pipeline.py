@@ -19,20 +19,31 @@ from pathlib import Path
 import numpy as np
 
 from tumor_export import gate
-from tumor_export.calibration import ArrayReader, CalibrationError, load_inputs, load_slices, sample_files
+from tumor_export.calibration import (
+    ArrayReader,
+    CalibrationError,
+    load_inputs,
+    load_slices,
+    sample_files,
+)
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
-from tumor_export.onnx_export import check_against_torch, check_onnx, export_fp32, fixed_inputs
+from tumor_export.onnx_export import (
+    check_against_torch,
+    check_onnx,
+    export_fp32,
+    fixed_inputs,
+)
 from tumor_export.static_int8 import describe_nodes, int8_convolutions, prepare_graph
-from tumor_runtime import tumor
-from tumor_runtime.fileio import atomic_write_text, sha256_file
-from tumor_runtime.contract import INPUT_NAME, MANIFEST, MODEL_FILES
-from tumor_runtime.errors import KitError, OutputError
-from tumor_runtime.model import ModelError, read_manifest
-from tumor_runtime.inputs import class_of
-from tumor_runtime.preprocess import normalize
-from tumor_runtime.validate import finite_in_range, int_in_range
-from tumor_train.checkpoint import load_model
+from tumor_runtime.core import scoring
+from tumor_runtime.core.contract import INPUT_NAME, MODEL_FILES
+from tumor_runtime.core.errors import EXIT_PARTIAL, KitError, OutputError
+from tumor_runtime.core.fileio import atomic_write_text, sha256_file
+from tumor_runtime.core.options import finite_in_range, int_in_range
+from tumor_runtime.imaging.listing import class_of
+from tumor_runtime.imaging.transform import normalize
+from tumor_runtime.model.manifest import commit
 from tumor_train.data import DataError
+from tumor_train.model_file import load_model
 
 PARITY_SAMPLES = 8  # inputs on which ONNX Runtime must match torch to 1e-4
 SCRATCH_PREFIX = ".export-"
@@ -47,7 +58,7 @@ class ExportOptions:
     calibration_size: int = 256  # images drawn (sorted list, fixed seed) for calibration
     calibration_method: str = "percentile"  # percentile (99.999th), minmax or entropy
     activation_type: str = "u8"  # u8 or s8 activations; weights are always per-channel s8
-    eval: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
+    eval_dir: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
     max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32, in [0, 1]
     seed: int = 0  # seeds the calibration sample
 
@@ -60,12 +71,13 @@ class ExportOptions:
 class GateError(KitError):
     """int8 could not meet the parity gate; nothing was written."""
 
-    exit_code = 1  # the work ran and the int8 model failed its check
+    exit_code = EXIT_PARTIAL  # the work ran and the int8 model failed its check
 
 
 def eval_images(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     """--eval DIR by the kit's one labelled-folder rule (as tumor-infer --evaluate reads it)."""
-    from tumor_runtime.inputs import UsageError, readable_labelled
+    from tumor_runtime.core.errors import UsageError
+    from tumor_runtime.imaging.listing import readable_labelled
 
     try:
         files, labels = readable_labelled(folder, classes)
@@ -78,10 +90,10 @@ def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[lis
     """Labelled images for the gate and the threshold: --eval, else the checkpoint's validation split.
     None when neither is at hand and the export does not need them (FP32 only)."""
     classes = ckpt["classes"]
-    if opts.eval is not None:
-        if not Path(opts.eval).is_dir():
-            raise DataError(f"--eval folder {opts.eval} does not exist")
-        return eval_images(Path(opts.eval), classes)
+    if opts.eval_dir is not None:
+        if not Path(opts.eval_dir).is_dir():
+            raise DataError(f"--eval folder {opts.eval_dir} does not exist")
+        return eval_images(Path(opts.eval_dir), classes)
     root = recorded_folder(ckpt, "root")
     files = [root / f for f in ckpt.get("data", {}).get("val_files", [])] if root else []
     named = [class_of(f, classes) for f in ckpt.get("data", {}).get("val_files", [])]
@@ -89,8 +101,10 @@ def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[lis
         return files, np.array([classes.index(name) for name in named])
     if required:
         where = f"recorded in the checkpoint is not under {root}" if files else "is not recorded in the checkpoint"
-        raise DataError(f"--int8 needs labelled images for the parity gate and images to calibrate on; the "
-                        f"validation split {where}: pass --eval DIR (DIR/<class>/...) and --calibration DIR")
+        raise DataError(
+            f"--int8 needs labelled images for the parity gate and images to calibrate on; the "
+            f"validation split {where}: pass --eval DIR (DIR/<class>/...) and --calibration DIR"
+        )
     return None
 
 
@@ -131,7 +145,7 @@ def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> 
 def remove_stale_scratch(out: Path, log) -> None:
     """Scratch folders left by killed exports (their process is gone) are deleted."""
     for folder in out.glob(f"{SCRATCH_PREFIX}*"):
-        pid = folder.name[len(SCRATCH_PREFIX):].split("-")[0]
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-")[0]
         if folder.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
             shutil.rmtree(folder, ignore_errors=True)
             log(f"Removed {folder.name}, left by an interrupted export")
@@ -165,8 +179,12 @@ def run_export(opts: ExportOptions, log=print) -> dict:
     with open_scratch(out) as scratch:
         remove_stale_scratch(out, log)
         report = export_into(Path(scratch), opts, model, ckpt, log)
-        commit(out, {name: Path(scratch) / name for name in report["files"]},
-               stale=[] if opts.int8 else ["model.int8.onnx"], log=log)
+        commit(
+            out,
+            {name: Path(scratch) / name for name in report["files"]},
+            stale=[] if opts.int8 else ["model.int8.onnx"],
+            log=log,
+        )
     report["seconds"] = round(time.perf_counter() - tic, 2)
     atomic_write_text(out / "export_report.json", json.dumps(report, indent=2))
     return report
@@ -176,9 +194,15 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     """Build model.onnx (and model.int8.onnx) in `scratch`, every check passed; returns the report."""
     classes, pre = ckpt["classes"], ckpt["preprocess"]
     labelled = evaluation_set(opts, ckpt, required=opts.int8)
-    calibration = calibration_inputs(opts, ckpt, labelled[0]) if opts.int8 else None  # its errors come first
-    report = {"checkpoint": str(opts.checkpoint), "arch": ckpt["arch"], "classes": classes,
-              "versions": tool_versions(), "fp32": None}
+    # required=True for int8: evaluation_set raises rather than give None. Calibration errors come first.
+    calibration = calibration_inputs(opts, ckpt, labelled[0]) if opts.int8 and labelled is not None else None
+    report = {
+        "checkpoint": str(opts.checkpoint),
+        "arch": ckpt["arch"],
+        "classes": classes,
+        "versions": tool_versions(),
+        "fp32": None,
+    }
     fp32_path = scratch / "model.onnx"
     log("Exporting FP32 ONNX ...")
     report["cam_output"] = export_fp32(model, pre["size"], fp32_path)
@@ -187,37 +211,46 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     if labelled is None:
         log("No evaluation images at hand: FP32 checked against torch on fixed inputs, not scored.")
         report["evaluation"] = None
-        parity_inputs, threshold = fixed_inputs(pre["size"], PARITY_SAMPLES), ckpt.get("tumor_threshold",
-                                                                                      tumor.MAX_THRESHOLD)
+        parity_inputs, threshold = (
+            fixed_inputs(pre["size"], PARITY_SAMPLES),
+            ckpt.get("tumor_threshold", scoring.MAX_THRESHOLD),
+        )
     else:
         eval_files, labels = labelled
         eval_slices = load_slices(eval_files, pre["size"], pre.get("crop", "none"))  # uint8, decoded once
         if len(eval_slices) != len(labels):
-            raise DataError(f"{len(labels) - len(eval_slices)} of the {len(labels)} evaluation images could not "
-                            "be read")
+            raise DataError(
+                f"{len(labels) - len(eval_slices)} of the {len(labels)} evaluation images could not be read"
+            )
         eval_inputs = normalize(eval_slices, pre["mean"], pre["std"])
-        report["evaluation"] = {"source": str(opts.eval or "validation split in checkpoint"), "images": len(labels)}
+        report["evaluation"] = {"source": str(opts.eval_dir or "validation split in checkpoint"), "images": len(labels)}
         parity_inputs = eval_inputs[:PARITY_SAMPLES]
     report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
     if labelled is not None:
         fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
-        threshold = tumor.choose_threshold(tumor.tumor_probability(fp32.probabilities, classes,
-                                                                   ckpt["negative_class"]), is_tumor(labels, ckpt))
+        threshold = scoring.choose_threshold(
+            scoring.tumor_probability(fp32.probabilities, classes, ckpt["negative_class"]), is_tumor(labels, ckpt)
+        )
         report["fp32"] = summary(fp32, labels, threshold, ckpt)
     meta = model_metadata(ckpt, threshold)
     write_metadata(fp32_path, meta | {"precision": "fp32"})
     report["tumor_threshold"] = threshold
     if opts.int8:
+        assert calibration is not None  # made above for every int8 export
         quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
     validation = None if labelled is None else (labelled[0], eval_slices)
     report["ood"] = out_of_distribution(scratch, opts, ckpt, validation, log) if report["cam_output"] else None
-    report["files"] = {name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
-                       for name in MODEL_FILES if (scratch / name).is_file()}
+    report["files"] = {
+        name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
+        for name in MODEL_FILES
+        if (scratch / name).is_file()
+    }
     return report
 
 
-def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict,
-                        validation: tuple[list[Path], np.ndarray] | None, log) -> dict | None:
+def out_of_distribution(
+    scratch: Path, opts: ExportOptions, ckpt: dict, validation: tuple[list[Path], np.ndarray] | None, log
+) -> dict | None:
     """Fit the out-of-distribution score into each model file (tumor_export.ood_fit); None, said in the log,
     without training and validation images at hand (the models then carry no flag, as older exports).
     `validation`: (the evaluation files, their uint8 slices (N, S, S)); the files are left out of training."""
@@ -228,38 +261,17 @@ def out_of_distribution(scratch: Path, opts: ExportOptions, ckpt: dict,
         log("No training and validation images at hand: exported without the out-of-distribution flag.")
         return None
     log("Fitting the out-of-distribution score ...")
-    train = ood_fit.training_sample(folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1,
-                                    {p.resolve() for p in validation[0]})
+    train = ood_fit.training_sample(
+        folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1, {p.resolve() for p in validation[0]}
+    )
     if len(train[1]) < 2 * len(ckpt["classes"]):
         log(f"Only {len(train[1])} training images under {folder}: exported without the out-of-distribution flag.")
         return None
-    return {name: ood_fit.attach(scratch / name, train, validation[1], ckpt["preprocess"]) for name in MODEL_FILES
-            if (scratch / name).is_file()}
-
-
-def commit(out: Path, written: dict[str, Path], stale: list[str], log=print) -> None:
-    """Move the new models into `out` and re-vouch the manifest, usable at every instant:
-
-    1. the manifest lists the new hashes and, under "replacing", the old ones, and drops `stale` files
-       (an int8 model of an earlier checkpoint, when only FP32 was exported): those are deleted;
-    2. each model is renamed into place (one atomic rename each): old or new, it is vouched for;
-    3. the manifest is rewritten without "replacing".
-    """
-    try:
-        manifest = read_manifest(out) or {"files": {}, "replacing": {}}
-    except ModelError:
-        manifest = {"files": {}, "replacing": {}}  # unreadable: rebuilt from what this export writes
-    files = {k: v for k, v in manifest["files"].items() if k not in stale}
-    new = {name: sha256_file(path) for name, path in written.items()}
-    replacing = {name: files[name] for name in new if name in files}
-    atomic_write_text(out / MANIFEST, json.dumps({"files": files | new, "replacing": replacing}, indent=2))
-    for name in stale:
-        if (out / name).exists():
-            (out / name).unlink()
-            log(f"Removed {name}: it was exported from an earlier checkpoint")
-    for name, path in written.items():
-        os.replace(path, out / name)  # same folder: each rename is atomic
-    atomic_write_text(out / MANIFEST, json.dumps({"files": files | new}, indent=2))
+    return {
+        name: ood_fit.attach(scratch / name, train, validation[1], ckpt["preprocess"])
+        for name in MODEL_FILES
+        if (scratch / name).is_file()
+    }
 
 
 def is_tumor(labels: np.ndarray, ckpt: dict) -> np.ndarray:
@@ -267,40 +279,73 @@ def is_tumor(labels: np.ndarray, ckpt: dict) -> np.ndarray:
 
 
 def summary(scored: gate.Scored, labels: np.ndarray, threshold: float, ckpt: dict) -> dict:
-    tumor_p = tumor.tumor_probability(scored.probabilities, ckpt["classes"], ckpt["negative_class"])
-    return {"f2_macro": scored.f2, "accuracy": scored.summary["accuracy"],
-            "tumor_sensitivity": scored.summary["tumor_sensitivity"],
-            "confusion_matrix": scored.summary["confusion_matrix"],
-            "screening": tumor.screening_stats(tumor_p, is_tumor(labels, ckpt), threshold)}
+    tumor_p = scoring.tumor_probability(scored.probabilities, ckpt["classes"], ckpt["negative_class"])
+    return {
+        "f2_macro": scored.f2,
+        "accuracy": scored.summary["accuracy"],
+        "tumor_sensitivity": scored.summary["tumor_sensitivity"],
+        "confusion_matrix": scored.summary["confusion_matrix"],
+        "screening": scoring.screening_stats(tumor_p, is_tumor(labels, ckpt), threshold),
+    }
 
 
-def quantize(opts: ExportOptions, ckpt: dict, scratch: Path, fp32: gate.Scored, eval_inputs: np.ndarray,
-             labels: np.ndarray, calibration: tuple[np.ndarray, list[Path]], meta: dict, report: dict, log) -> None:
+def quantize(
+    opts: ExportOptions,
+    ckpt: dict,
+    scratch: Path,
+    fp32: gate.Scored,
+    eval_inputs: np.ndarray,
+    labels: np.ndarray,
+    calibration: tuple[np.ndarray, list[Path]],
+    meta: dict,
+    report: dict,
+    log,
+) -> None:
     """Calibrate and quantize behind the gate into scratch/model.int8.onnx; GateError if it fails."""
     calib, calib_files = calibration
     log(f"Calibrating int8 ({opts.calibration_method}, {opts.activation_type}) on {len(calib)} images ...")
     prepared, int8_path = scratch / "model.pre.onnx", scratch / "model.int8.onnx"
     prepare_graph(scratch / "model.onnx", prepared)
-    int8, kept, trials = gate.quantize_with_gate(prepared, int8_path, ArrayReader(calib, INPUT_NAME), fp32,
-                                                 eval_inputs, labels, ckpt["classes"], opts.max_f2_drop,
-                                                 opts.calibration_method, opts.activation_type, log=log)
+    int8, kept, trials = gate.quantize_with_gate(
+        prepared,
+        int8_path,
+        ArrayReader(calib, INPUT_NAME),
+        fp32,
+        gate.Evaluation(eval_inputs, labels, ckpt["classes"]),
+        gate.GateSettings(opts.max_f2_drop, opts.calibration_method, opts.activation_type),
+        log=log,
+    )
     report["int8_kernels"] = int8_convolutions(int8_path, prepared, kept)
     kept_labels = [describe_nodes(prepared)[n] for n in kept]
     prepared.unlink()
     folder = calibration_folder(opts, ckpt)
+    assert folder is not None  # the calibration images were drawn from it
     # Names only, relative to the calibration folder: the model's metadata travels, the build machine's paths do not.
-    report["calibration"] = {"folder": folder.name, "images": len(calib),
-                             "seed": opts.seed, "method": opts.calibration_method,
-                             "activation_type": opts.activation_type, "weight_type": "s8 per-channel",
-                             "format": "QDQ", "first_files": [relative_name(f, folder) for f in calib_files[:3]]}
+    report["calibration"] = {
+        "folder": folder.name,
+        "images": len(calib),
+        "seed": opts.seed,
+        "method": opts.calibration_method,
+        "activation_type": opts.activation_type,
+        "weight_type": "s8 per-channel",
+        "format": "QDQ",
+        "first_files": [relative_name(f, folder) for f in calib_files[:3]],
+    }
     report["int8"] = summary(int8, labels, report["tumor_threshold"], ckpt)
-    report["parity"] = {"f2_drop": fp32.f2 - int8.f2, "max_f2_drop": opts.max_f2_drop,
-                        "top1_agreement": gate.agreement(fp32, int8),
-                        "max_probability_diff": float(np.abs(fp32.probabilities - int8.probabilities).max()),
-                        "nodes_kept_float": kept, "layers_kept_float": kept_labels, "trials": trials}
+    report["parity"] = {
+        "f2_drop": fp32.f2 - int8.f2,
+        "max_f2_drop": opts.max_f2_drop,
+        "top1_agreement": gate.agreement(fp32, int8),
+        "max_probability_diff": float(np.abs(fp32.probabilities - int8.probabilities).max()),
+        "nodes_kept_float": kept,
+        "layers_kept_float": kept_labels,
+        "trials": trials,
+    }
     if fp32.f2 - int8.f2 > opts.max_f2_drop:
         int8_path.unlink()
-        raise GateError(f"int8 macro F2 {int8.f2:.4f} is {fp32.f2 - int8.f2:.4f} below FP32 {fp32.f2:.4f} "
-                        f"(allowed {opts.max_f2_drop}) even with {len(kept)} layers in float; nothing written")
+        raise GateError(
+            f"int8 macro F2 {int8.f2:.4f} is {fp32.f2 - int8.f2:.4f} below FP32 {fp32.f2:.4f} "
+            f"(allowed {opts.max_f2_drop}) even with {len(kept)} layers in float; nothing written"
+        )
     check_onnx(int8_path)
     write_metadata(int8_path, meta | {"precision": "int8", "calibration": json.dumps(report["calibration"])})

@@ -9,16 +9,25 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from tumor_runtime.contract import CAM_OUTPUT
+from tumor_runtime.core.contract import CAM_OUTPUT
 
-CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 ACTIVATION_TYPES = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
 QUANTIZABLE = ("Conv", "Gemm", "MatMul")  # layers the fallback search may keep in float
 FLOAT_CONVOLUTIONS = ("Conv", "FusedConv", "NhwcFusedConv")  # how ONNX Runtime's optimised graph names them
@@ -80,21 +89,34 @@ def float_only_nodes(path: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Softmax" or CAM_OUTPUT in n.output]
 
 
-def quantize_int8(prepared: Path, out_path: Path, reader, method: str = "minmax", activation: str = "u8",
-                  keep_float: list[str] = ()) -> None:
+def quantize_int8(
+    prepared: Path,
+    out_path: Path,
+    reader,
+    method: str = "minmax",
+    activation: str = "u8",
+    keep_float: Sequence[str] = (),
+) -> None:
     """Write a QDQ int8 model to `out_path`; `keep_float` names nodes left in FP32."""
     reader.rewind()
     with quiet_logging(), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(
-            str(prepared), str(out_path), reader, per_channel=True,
+            str(prepared),
+            str(out_path),
+            reader,
+            per_channel=True,
             quant_format=QuantFormat.QDQ,  # pragma: no mutate (defaults: the fusion check expects QDQ)
-            activation_type=ACTIVATION_TYPES[activation], weight_type=QuantType.QInt8,
+            activation_type=ACTIVATION_TYPES[activation],
+            weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[method],
             nodes_to_exclude=[*float_only_nodes(prepared), *keep_float],
             # A dedicated Q/DQ pair per consumer: the `cam` head shares the last feature map with the
             # classifier, and must not change how the classifier's path is quantized and fused.
-            extra_options={"ActivationSymmetric": activation == "s8", "DedicatedQDQPair": True,
-                           "WeightSymmetric": True},  # pragma: no mutate (defaults: s8 weights are symmetric)
+            extra_options={
+                "ActivationSymmetric": activation == "s8",
+                "DedicatedQDQPair": True,
+                "WeightSymmetric": True,
+            },  # pragma: no mutate (defaults: s8 weights are symmetric)
         )
 
 
@@ -116,12 +138,17 @@ def int8_convolutions(int8_path: Path, prepared: Path, keep_float: list[str]) ->
         ort.InferenceSession(str(int8_path), options, providers=PROVIDERS)
         optimized = onnx.load(options.optimized_model_filepath)
     kinds = [n.op_type for n in optimized.graph.node]
-    meant_float = {n.name for n in onnx.load(str(prepared)).graph.node
-                   if n.op_type == "Conv" and n.name in {*float_only_nodes(prepared), *keep_float}}
+    meant_float = {
+        n.name
+        for n in onnx.load(str(prepared)).graph.node
+        if n.op_type == "Conv" and n.name in {*float_only_nodes(prepared), *keep_float}
+    }
     # A float convolution followed by its ReLU is fused into one FusedConv: it counts as float too.
     floats = sum(kinds.count(kind) for kind in FLOAT_CONVOLUTIONS)
     counts = {"QLinearConv": kinds.count("QLinearConv"), "Conv": floats, "float_by_design": len(meant_float)}
     if counts["Conv"] > len(meant_float):
-        raise ExportError(f"{counts['Conv'] - len(meant_float)} convolution(s) of the int8 model would run in float in "
-                          "ONNX Runtime (not fused into QLinearConv)")
+        raise ExportError(
+            f"{counts['Conv'] - len(meant_float)} convolution(s) of the int8 model would run in float in "
+            "ONNX Runtime (not fused into QLinearConv)"
+        )
     return counts

@@ -1,13 +1,31 @@
 """Torch-free inference runtime: onnxruntime, numpy, pillow and click only.
 
-`preprocess` holds the one deterministic image transform that training also uses;
-`metrics` holds the F2 and sensitivity arithmetic that every stage reports;
-`contract` the names and keys the stages share; `errors` the error type and exit codes.
+The layers, bottom up: `core` (what every stage shares), `imaging` (a file to the model's input), `model` (the
+exported artifact), `inference` (the Python API), and the front-ends `cli` and `serving` (docs/architecture.md).
+The Python API is re-exported here, loaded on first use so that `tumor-infer --version` stays light:
+`from tumor_runtime import Classifier`.
 """
 
+from importlib import import_module
 from importlib import metadata as _metadata
 
 try:
     __version__ = _metadata.version("tumor-kit")  # one literal: pyproject.toml's
 except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
+
+_API = {
+    "Classifier": "tumor_runtime.inference.classifier",
+    "KitError": "tumor_runtime.core.errors",
+    "ModelError": "tumor_runtime.core.errors",
+    "ImageError": "tumor_runtime.core.errors",
+    "evaluate_records": "tumor_runtime.core.scoring",
+    "ray_records": "tumor_runtime.inference.ray_batch",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):  # PEP 562: the API's modules load when first named
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'tumor_runtime' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from tumor_runtime.cli import main
+from tumor_runtime.cli.infer import main
 
 main()

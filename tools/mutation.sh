@@ -2,70 +2,45 @@
 # Mutation testing (mutmut), one module at a time against the tests of that module.
 #
 #   tools/mutation.sh                      # the default modules below
-#   tools/mutation.sh tumor_runtime/ood.py # one module (import-name path)
+#   tools/mutation.sh tumor_runtime/model/ood.py # one module (import-name path)
 #   SAMPLE=60 tools/mutation.sh MODULE     # a seeded random sample of 60 of its mutants (an estimate)
 #
 # mutmut derives module names from file paths, while this repository maps folders to import
 # names (runtime/ -> tumor_runtime). So the packages are staged under their import names in
-# .mutation/ (git-ignored); each module runs with its own test selection (below), so that a
-# module's mutants meet the tests written for it and a run stays within minutes per module.
+# .mutation/ (git-ignored); each module runs against the tests written for it, found by the
+# mirror convention of tests/ (runtime/imaging/dicom.py -> tests/runtime/imaging/test_dicom.py and
+# test_dicom_*.py), so that a run stays within minutes per module and no table goes stale.
 # Each module stages in its own folder .mutation/<module>/ (so modules can run side by side);
 # each kill rate is printed and appended to .mutation/scores.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-R=tests/runtime; E=tests/export; T=tests/train
-declare -A TESTS=(
-  [tumor_runtime/backends.py]="$R/test_backends.py"
-  [tumor_runtime/batching.py]="$R/test_batching.py"
-  [tumor_runtime/classifier.py]="$R/test_classifier.py $R/test_model.py $R/test_silent_wrong_answers.py $R/test_decoding.py"
-  [tumor_runtime/contract.py]="$R/test_contract.py"
-  [tumor_runtime/decoding.py]="$R/test_decoding.py"
-  [tumor_runtime/dicom.py]="$R/test_dicom.py $R/test_dicom_pixels.py"
-  [tumor_runtime/errors.py]="$R/test_cli_faults.py $R/test_cli_contract.py"
-  [tumor_runtime/evaluation.py]="$R/test_evaluation.py $R/test_outputs_behaviour.py"
-  [tumor_runtime/fileio.py]="$R/test_fileio.py $R/test_fileio_signals.py"
-  [tumor_runtime/heatmap.py]="$R/test_heatmap.py"
-  [tumor_runtime/inputs.py]="$R/test_inputs.py $R/test_silent_wrong_answers.py $R/test_cli_faults.py"
-  [tumor_runtime/metrics.py]="$R/test_metrics.py"
-  [tumor_runtime/model.py]="$R/test_model.py $R/test_cli_contract.py $R/test_cli_faults.py $R/test_ood.py"
-  [tumor_runtime/ood.py]="$R/test_ood.py"
-  [tumor_runtime/output.py]="$R/test_output.py $R/test_outputs_behaviour.py"
-  [tumor_runtime/preprocess.py]="$R/test_preprocess.py $R/test_brain_crop.py"
-  [tumor_runtime/ray_batch.py]="$R/test_ray_batch.py"
-  [tumor_runtime/server.py]="$R/test_server.py"
-  [tumor_runtime/tumor.py]="$R/test_tumor.py"
-  [tumor_runtime/validate.py]="$R/test_validate.py"
-  [tumor_export/calibration.py]="$E/test_calibration.py"
-  [tumor_export/gate.py]="$E/test_gate.py"
-  [tumor_export/metadata.py]="$E/test_metadata.py"
-  [tumor_export/onnx_export.py]="$E/test_onnx_export.py"
-  [tumor_export/ood_fit.py]="$E/test_ood_fit.py"
-  [tumor_export/pipeline.py]="$E/test_pipeline.py $E/test_cli_faults.py"
-  [tumor_export/static_int8.py]="$E/test_static_int8.py"
-  [tumor_train/checkpoint.py]="$T/test_checkpoint.py"
-  [tumor_train/config.py]="$T/test_config.py"
-  [tumor_train/cv.py]="$T/test_cv.py"
-  [tumor_train/data.py]="$T/test_data.py"
-  [tumor_train/dedup.py]="$T/test_dedup.py"
-  [tumor_train/distill.py]="$T/test_distill.py"
-  # The two torchrun tests run the installed package in subprocesses, where no mutant is switched on: they
-  # cannot kill one, and they cost a minute per mutant.
-  [tumor_train/distributed.py]="$T/test_distributed.py --deselect $T/test_distributed.py::test_two_process_gloo_run_matches_one_process --deselect $T/test_distributed.py::test_distributed_resume_and_out_required"
-  [tumor_train/dynamic_int8.py]="$T/test_checkpoint.py"
-  [tumor_train/engine.py]="$T/test_engine.py"
-  [tumor_train/models.py]="$T/test_models.py"
-  [tumor_train/report.py]="$T/test_report.py"
-  [tumor_train/trainer.py]="$T/test_trainer.py"
+tests_for() {  # tumor_runtime/imaging/dicom.py -> its test files, by the mirror convention
+  local module=$1 stage=${1%%/*} rest=${1#*/} folder
+  case $stage in tumor_runtime) folder=runtime ;; tumor_export) folder=export ;; tumor_train) folder=train ;; esac
+  local dir name base
+  dir=$(dirname "$rest"); name=$(basename "$rest" .py); base=tests/$folder
+  [ "$dir" != . ] && base=$base/$dir
+  compgen -G "$base/test_${name}.py" || true
+  compgen -G "$base/test_${name}_*.py" || true
+}
+# The two torchrun tests run the installed package in subprocesses, where no mutant is switched on: they
+# cannot kill one, and they cost a minute per mutant.
+declare -A EXTRA_ARGS=(
+  [tumor_train/distributed.py]="--deselect tests/train/test_distributed.py::test_two_process_gloo_run_matches_one_process --deselect tests/train/test_distributed.py::test_distributed_resume_and_out_required"
 )
-BROWSER_TEST=tests/runtime/test_server.py::test_browser_uploads_a_slice_and_reads_the_label  # never mutated against
-# Every module that is not a command-line front end (cli.py, serve_cli.py, cli_common.py).
-DEFAULT=($(printf '%s\n' "${!TESTS[@]}" | sort))
+BROWSER_TEST=tests/runtime/serving/test_app.py::test_browser_uploads_a_slice_and_reads_the_label  # never mutated against
+# Every module of the three stages that has tests of its own.
+mapfile -t ALL < <(find runtime export train -name '*.py' ! -name '__*' | sort |
+                   sed -e 's#^runtime/#tumor_runtime/#' -e 's#^export/#tumor_export/#' -e 's#^train/#tumor_train/#')
+DEFAULT=()
+for module in "${ALL[@]}"; do [ -n "$(tests_for "$module")" ] && DEFAULT+=("$module"); done
 modules=("${@:-${DEFAULT[@]}}")
 
 mkdir -p .mutation
 for module in "${modules[@]}"; do
-  selection=${TESTS[$module]:?"no test selection for $module: add it to TESTS in tools/mutation.sh"}
+  selection="$(tests_for "$module" | tr '\n' ' ')${EXTRA_ARGS[$module]:-}"
+  [ -n "${selection// }" ] || { echo "no tests for $module: by the mirror convention they would be in $(dirname "${module/tumor_/tests/}")/test_$(basename "$module")" >&2; exit 2; }
   quoted=$(printf '"%s", ' $selection)
   stage=.mutation/$(echo "${module%.py}" | tr / _)
   rm -rf "$stage"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tumor_runtime.errors import OptionError
+from tumor_runtime.core.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -21,8 +21,9 @@ class Architecture:
 ARCHITECTURES = {
     "compact": Architecture("CompactNet", "~0.9M parameters at width 40, from scratch"),
     "alexnet": Architecture("AlexNet", "the ~58M reference; 227 px only", input_size=227),
-    "mobilenet_v2": Architecture("MobileNetV2Trunk", "ImageNet MobileNetV2 to block 13, ~0.6M parameters",
-                                 pretrained=True),
+    "mobilenet_v2": Architecture(
+        "MobileNetV2Trunk", "ImageNet MobileNetV2 to block 13, ~0.6M parameters", pretrained=True
+    ),
 }
 
 
@@ -36,5 +37,7 @@ def check_input_size(arch: str, size: int) -> None:
     """OptionError when `arch` takes only one input side and `size` is another (before any training)."""
     fixed = architecture(arch).input_size
     if fixed is not None and size != fixed:
-        raise OptionError(f"--arch {arch} takes {fixed} px inputs only (its classifier's input is fixed), "
-                          f"not --size {size}: leave --size out or give --size {fixed}")
+        raise OptionError(
+            f"--arch {arch} takes {fixed} px inputs only (its classifier's input is fixed), "
+            f"not --size {size}: leave --size out or give --size {fixed}"
+        )

@@ -11,10 +11,10 @@ import click
 from click.core import ParameterSource
 
 from tumor_runtime import __version__
-from tumor_runtime.cli_common import FiniteFloat, fail
-from tumor_runtime.errors import UsageError
-from tumor_train.config import TrainConfig
+from tumor_runtime.core.command import FiniteFloat, fail
+from tumor_runtime.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from tumor_train.architectures import ARCHITECTURES
+from tumor_train.config import TrainConfig, flag
 
 DEFAULTS = TrainConfig()
 
@@ -26,71 +26,172 @@ def int_range(field: str) -> click.IntRange:
 def float_range(field: str) -> FiniteFloat:
     low, high, low_open = TrainConfig.FLOAT_RANGES[field]
     return FiniteFloat(low, high, low_open=low_open)
+
+
 # Options that may differ when a run is resumed: where the data and the threads are on this machine.
 RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--data", default=DEFAULTS.data, show_default=True, type=click.Path(file_okay=False),
-              help="Dataset root: Train/ (or Training/), optional Validation/ and Testing/, one folder per class; "
-                   "or a plain folder of class folders.")
-@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
-              help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots "
-                   "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.")
-@click.option("--arch", default=DEFAULTS.arch, show_default=True, type=click.Choice(list(ARCHITECTURES)),
-              help="Architecture: " + "; ".join(f"{k}: {a.summary}" for k, a in ARCHITECTURES.items()) + ".")
-@click.option("--pretrained", type=click.Choice(["imagenet", "none"]), default=None,
-              help="Start from torchvision's ImageNet weights (read from the torch hub cache, never downloaded) "
-                   "[default: imagenet for mobilenet_v2, none for the others].")
-@click.option("--pretrained-file", default=None, type=click.Path(dir_okay=False),
-              help="A downloaded mobilenet_v2-b0353104.pth to place in the torch hub cache first (its hash is "
-                   "checked), for machines without network.")
-@click.option("--init", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Start from the weights of a model.pth, e.g. artifacts/model.pth, to fine-tune the shipped model on "
-                   "your images (same --arch, --width and class folders).")
+@click.option(
+    "--data",
+    default=DEFAULTS.data,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Dataset root: Train/ (or Training/), optional Validation/ and Testing/, one folder per class; "
+    "or a plain folder of class folders.",
+)
+@click.option(
+    "--out",
+    "-o",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output folder for model.pth, model_quantized.pth, metrics.json, history.csv and plots "
+    "[default: a new runs/<date-time>/]. Replacing the shipped model is explicit: --out artifacts.",
+)
+@click.option(
+    "--arch",
+    default=DEFAULTS.arch,
+    show_default=True,
+    type=click.Choice(list(ARCHITECTURES)),
+    help="Architecture: " + "; ".join(f"{k}: {a.summary}" for k, a in ARCHITECTURES.items()) + ".",
+)
+@click.option(
+    "--pretrained",
+    type=click.Choice(["imagenet", "none"]),
+    default=None,
+    help="Start from torchvision's ImageNet weights (read from the torch hub cache, never downloaded) "
+    "[default: imagenet for mobilenet_v2, none for the others].",
+)
+@click.option(
+    "--pretrained-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A downloaded mobilenet_v2-b0353104.pth to place in the torch hub cache first (its hash is "
+    "checked), for machines without network.",
+)
+@click.option(
+    "--init",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Start from the weights of a model.pth, e.g. artifacts/model.pth, to fine-tune the shipped model on "
+    "your images (same --arch, --width and class folders).",
+)
 @click.option("--epochs", default=DEFAULTS.epochs, show_default=True, type=int_range("epochs"))
 @click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=int_range("batch_size"))
-@click.option("--lr", default=DEFAULTS.lr, show_default=True, type=float_range("lr"),
-              help="Peak AdamW learning rate (warm-up, then cosine decay).")
-@click.option("--width", default=DEFAULTS.width, show_default=True, type=int_range("width"),
-              help="Channels of the compact model's stem.")
-@click.option("--size", "image_size", default=DEFAULTS.image_size, show_default=True, type=int_range("image_size"),
-              help="Square input side in pixels; stored with the model, which the runtime reads (alexnet: 227).")
-@click.option("--crop", default=DEFAULTS.crop, show_default=True, type=click.Choice(["none", "brain"]),
-              help="brain: cut each slice to the square around the head before resizing (the runtime does the "
-                   "same, from the model's metadata); none: the whole frame.")
-@click.option("--val-fraction", default=DEFAULTS.val_fraction, show_default=True,
-              type=float_range("val_fraction"),
-              help="Validation share when there is no Validation folder (duplicates grouped). 0 = final fit: "
-                   "every image trains for --epochs and the last weight average is the model.")
-@click.option("--val-list", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="Text file naming the validation images (paths relative to --data, one a line): a fixed "
-                   "split, e.g. to compare recipes on the same images.")
-@click.option("--dup-threshold", default=DEFAULTS.dup_threshold, show_default=True, type=float_range("dup_threshold"),
-              help="Thumbnail correlation at which two images count as near-duplicates.")
+@click.option(
+    "--lr",
+    default=DEFAULTS.lr,
+    show_default=True,
+    type=float_range("lr"),
+    help="Peak AdamW learning rate (warm-up, then cosine decay).",
+)
+@click.option(
+    "--width",
+    default=DEFAULTS.width,
+    show_default=True,
+    type=int_range("width"),
+    help="Channels of the compact model's stem.",
+)
+@click.option(
+    "--size",
+    "image_size",
+    default=DEFAULTS.image_size,
+    show_default=True,
+    type=int_range("image_size"),
+    help="Square input side in pixels; stored with the model, which the runtime reads (alexnet: 227).",
+)
+@click.option(
+    "--crop",
+    default=DEFAULTS.crop,
+    show_default=True,
+    type=click.Choice(["none", "brain"]),
+    help="brain: cut each slice to the square around the head before resizing (the runtime does the "
+    "same, from the model's metadata); none: the whole frame.",
+)
+@click.option(
+    "--val-fraction",
+    default=DEFAULTS.val_fraction,
+    show_default=True,
+    type=float_range("val_fraction"),
+    help="Validation share when there is no Validation folder (duplicates grouped). 0 = final fit: "
+    "every image trains for --epochs and the last weight average is the model.",
+)
+@click.option(
+    "--val-list",
+    default=None,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Text file naming the validation images (paths relative to --data, one a line): a fixed "
+    "split, e.g. to compare recipes on the same images.",
+)
+@click.option(
+    "--dup-threshold",
+    default=DEFAULTS.dup_threshold,
+    show_default=True,
+    type=float_range("dup_threshold"),
+    help="Thumbnail correlation at which two images count as near-duplicates.",
+)
 @click.option("--seed", default=DEFAULTS.seed, show_default=True, type=int)
-@click.option("--bf16/--no-bf16", default=DEFAULTS.bf16, show_default=True,
-              help="bf16 autocast on CPUs with native bf16.")
-@click.option("--device", default=DEFAULTS.device, show_default=True,
-              help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Under torchrun each process uses "
-                   "its LOCAL_RANK's GPU (NCCL), or the CPU (gloo).")
-@click.option("--threads", default=DEFAULTS.threads, show_default=True, type=int_range("threads"),
-              help="Torch threads; 0 = all cores available.")
-@click.option("--max-per-class", default=DEFAULTS.max_per_class, show_default=True, type=int_range("max_per_class"),
-              help="Use at most this many training images per class (quick trials); 0 = all.")
-@click.option("--teacher", "teachers", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              help="A model.pth to distil from (repeat for an ensemble, e.g. the fold models of a --cv run): the loss "
-                   "also matches the teachers' mean softened probabilities on each augmented batch.")
-@click.option("--distill-weight", default=DEFAULTS.distill_weight, show_default=True,
-              type=float_range("distill_weight"), help="Share of the distillation term in the loss.")
-@click.option("--distill-temperature", default=DEFAULTS.distill_temperature, show_default=True,
-              type=float_range("distill_temperature"), help="Softening temperature of the distillation term.")
-@click.option("--cv", "folds", default=0, type=click.IntRange(0, 20),
-              help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "
-                   "writes OUT/cv.json (mean ± std macro F2, accuracy, tumor sensitivity) and cv.png; 0 = off.")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
-                   "with (only --data, --threads and --device may change).")
+@click.option(
+    "--bf16/--no-bf16", default=DEFAULTS.bf16, show_default=True, help="bf16 autocast on CPUs with native bf16."
+)
+@click.option(
+    "--device",
+    default=DEFAULTS.device,
+    show_default=True,
+    help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N. Under torchrun each process uses "
+    "its LOCAL_RANK's GPU (NCCL), or the CPU (gloo).",
+)
+@click.option(
+    "--threads",
+    default=DEFAULTS.threads,
+    show_default=True,
+    type=int_range("threads"),
+    help="Torch threads; 0 = all cores available.",
+)
+@click.option(
+    "--max-per-class",
+    default=DEFAULTS.max_per_class,
+    show_default=True,
+    type=int_range("max_per_class"),
+    help="Use at most this many training images per class (quick trials); 0 = all.",
+)
+@click.option(
+    "--teacher",
+    "teachers",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="A model.pth to distil from (repeat for an ensemble, e.g. the fold models of a --cv run): the loss "
+    "also matches the teachers' mean softened probabilities on each augmented batch.",
+)
+@click.option(
+    "--distill-weight",
+    default=DEFAULTS.distill_weight,
+    show_default=True,
+    type=float_range("distill_weight"),
+    help="Share of the distillation term in the loss.",
+)
+@click.option(
+    "--distill-temperature",
+    default=DEFAULTS.distill_temperature,
+    show_default=True,
+    type=float_range("distill_temperature"),
+    help="Softening temperature of the distillation term.",
+)
+@click.option(
+    "--cv",
+    "folds",
+    default=0,
+    type=click.IntRange(0, 20),
+    help="Grouped K-fold cross-validation instead of one run: trains K models into OUT/fold-<k>/ and "
+    "writes OUT/cv.json (mean ± std macro F2, accuracy, tumor sensitivity) and cv.png; 0 = off.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
+    "with (only --data, --threads and --device may change).",
+)
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
 @click.version_option(__version__, "--version", prog_name="tumor-train")
 def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
@@ -99,17 +200,18 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     Selects the epoch with the best validation macro F2 and writes model.pth, the dynamic
     int8 model_quantized.pth, metrics.json, history.csv and plots into --out.
     """
-    from tumor_runtime.cli_common import guarded
+    from tumor_runtime.core.command import guarded
 
     try:
         guarded(train_command, resume, overwrite, folds, options)
     except KeyboardInterrupt:  # Ctrl-C while torch is still loading: 130, not click's "Aborted!" and 1
         click.echo("Stopped: interrupted before training started", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> None:
-    from tumor_runtime.cli_common import interrupted_exit_code, raise_on_sigterm, require_extra
+    from tumor_runtime.core.command import require_extra
+    from tumor_runtime.core.signals import interrupted_exit_code, raise_on_sigterm
 
     require_extra("train", "tumor-train")
     raise_on_sigterm()
@@ -137,7 +239,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
         metrics = run(cfg, resume=resume)
     except Interrupted as exc:
         click.echo(f"Stopped: {exc}", err=True)
-        sys.exit(143 if exc.terminated else 130)
+        sys.exit(EXIT_TERMINATED if exc.terminated else EXIT_INTERRUPTED)
     except KeyboardInterrupt as exc:  # during data preparation: nothing to keep
         click.echo("Stopped: interrupted before training started", err=True)
         sys.exit(interrupted_exit_code(exc))
@@ -148,8 +250,10 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
 
 def split_line(name: str, scores: dict) -> str:
     sensitivity = scores["tumor_sensitivity"]
-    return (f"{name} macro F2 {scores['f2_macro']:.4f}, accuracy {scores['accuracy']:.4f}, tumor sensitivity "
-            f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}")
+    return (
+        f"{name} macro F2 {scores['f2_macro']:.4f}, accuracy {scores['accuracy']:.4f}, tumor sensitivity "
+        f"{'n/a' if sensitivity is None else format(sensitivity, '.4f')}"
+    )
 
 
 def finished_lines(metrics: dict, cfg: TrainConfig) -> list[str]:
@@ -165,8 +269,10 @@ def finished_lines(metrics: dict, cfg: TrainConfig) -> list[str]:
         lines.append(f"Testing/ ({metrics['data']['test_images']} images): {split_line('test', test)}.")
     model = os.path.join(cfg.out, "model.pth")
     evaluate = "" if val is not None else " --evaluate LABELLED_DIR"  # a final fit records no validation split
-    lines.append(f"Wrote model.pth, metrics.json and plots to {cfg.out}/. "
-                 f"Next: tumor-export --checkpoint {model} --int8{evaluate}")
+    lines.append(
+        f"Wrote model.pth, metrics.json and plots to {cfg.out}/. "
+        f"Next: tumor-export --checkpoint {model} --int8{evaluate}"
+    )
     return lines
 
 
@@ -183,8 +289,10 @@ def architecture_defaults(options: dict) -> None:
     if options["pretrained"] is None:
         options["pretrained"] = "imagenet" if arch.pretrained and not options["init"] else "none"
     if options["pretrained"] == "imagenet" and not arch.pretrained:
-        raise UsageError(f"--pretrained imagenet: there are no ImageNet weights for --arch {options['arch']} "
-                         f"(only for {', '.join(k for k, a in ARCHITECTURES.items() if a.pretrained)})")
+        raise UsageError(
+            f"--pretrained imagenet: there are no ImageNet weights for --arch {options['arch']} "
+            f"(only for {', '.join(k for k, a in ARCHITECTURES.items() if a.pretrained)})"
+        )
     if options["pretrained"] == "imagenet" and options["init"]:
         raise UsageError("--init and --pretrained imagenet both set the starting weights: give one")
 
@@ -194,11 +302,15 @@ def cross_validate(options: dict, folds: int, overwrite: bool) -> None:
 
     if options["val_list"]:
         raise UsageError("--val-list with --cv: the folds choose the validation images; give one of them")
-    cfg = TrainConfig(**TrainConfig.known(options | {"out": options["out"] or f"runs/cv-{time.strftime('%Y%m%d-%H%M%S')}"}))
+    cfg = TrainConfig(
+        **TrainConfig.known(options | {"out": options["out"] or f"runs/cv-{time.strftime('%Y%m%d-%H%M%S')}"})
+    )
     summary = run_cv(cfg, folds, overwrite)["summary"]
     f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
-    click.echo(f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
-               f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json")
+    click.echo(
+        f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
+        f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json"
+    )
 
 
 def new_config(options: dict, overwrite: bool) -> TrainConfig:
@@ -206,8 +318,10 @@ def new_config(options: dict, overwrite: bool) -> TrainConfig:
 
     out = options["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     if not overwrite and any((Path(out) / name).exists() for name in ("model.pth", "checkpoint.pth")):
-        raise UsageError(f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
-                         "or choose another --out")
+        raise UsageError(
+            f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
+            "or choose another --out"
+        )
     return TrainConfig(**TrainConfig.known(options | {"out": out}))
 
 
@@ -215,7 +329,7 @@ def resumed_config(options: dict) -> TrainConfig:
     """The configuration saved in OUT/checkpoint.pth; options given explicitly must agree with it."""
     from pathlib import Path
 
-    from tumor_train.checkpoint import read_checkpoint
+    from tumor_train.model_file import read_checkpoint
     from tumor_train.trainer import CHECKPOINT
 
     if not options["out"]:
@@ -224,16 +338,22 @@ def resumed_config(options: dict) -> TrainConfig:
 
     fold = Path(options["out"]) / FOLD_RECORD
     if fold.is_file():
-        raise UsageError(f"{options['out']} is a fold of a --cv run: resumed alone it would train on a new split "
-                         f"of its own validation images; run the same tumor-train --cv command with --out "
-                         f"{Path(options['out']).parent} again, which continues it")
+        raise UsageError(
+            f"{options['out']} is a fold of a --cv run: resumed alone it would train on a new split "
+            f"of its own validation images; run the same tumor-train --cv command with --out "
+            f"{Path(options['out']).parent} again, which continues it"
+        )
     saved = TrainConfig.known(read_checkpoint(Path(options["out"]) / CHECKPOINT)["config"])
     ctx = click.get_current_context()
     explicit = {k for k in options if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    conflicts = [f"--{k.replace('_', '-')} {options[k]} (the run has {saved[k]})" for k in sorted(explicit)
-                 if k in saved and k not in RESUME_MAY_CHANGE and options[k] != saved[k]]
+    conflicts = [
+        f"{flag(k)} {options[k]} (the run has {saved[k]})"
+        for k in sorted(explicit)
+        if k in saved and k not in RESUME_MAY_CHANGE and options[k] != saved[k]
+    ]
     if conflicts:
-        raise UsageError(f"--resume continues the run as it was configured; these options differ: "
-                         f"{'; '.join(conflicts)}")
+        raise UsageError(
+            f"--resume continues the run as it was configured; these options differ: {'; '.join(conflicts)}"
+        )
     changes = {k: options[k] for k in RESUME_MAY_CHANGE & explicit}
     return TrainConfig(**(TrainConfig.known(saved) | changes | {"out": options["out"]}))

@@ -42,21 +42,38 @@ class TrainConfig:
 
     # The one declaration of each numeric knob's range: TrainConfig.check and tumor-train's options both read it.
     # (low, high) for every integer knob:
-    INT_RANGES = {"width": (4, 4096), "epochs": (1, 100_000), "batch_size": (1, 65_536), "image_size": (32, 1024),
-                  "threads": (0, 4096), "max_per_class": (0, 1 << 30)}
+    INT_RANGES = {
+        "width": (4, 4096),
+        "epochs": (1, 100_000),
+        "batch_size": (1, 65_536),
+        "image_size": (32, 1024),
+        "threads": (0, 4096),
+        "max_per_class": (0, 1 << 30),
+    }
     # (low, high, low_open) for every float knob: NaN or out-of-range values are refused, not trained with.
-    FLOAT_RANGES = {"dropout": (0.0, 1.0, False), "lr": (0.0, 10.0, True), "weight_decay": (0.0, 10.0, False),
-                    "warmup_epochs": (0.0, 1e6, False), "label_smoothing": (0.0, 1.0, False),
-                    "val_fraction": (0.0, 0.9, False), "dup_threshold": (0.0, 1.0, False),
-                    "rotation": (0.0, 180.0, False), "translate": (0.0, 1.0, False), "scale": (0.0, 0.9, False),
-                    "hflip": (0.0, 1.0, False), "intensity": (0.0, 0.9, False), "ema_decay": (0.0, 1.0, False),
-                    "distill_weight": (0.0, 1.0, False), "distill_temperature": (0.0, 100.0, True)}
+    FLOAT_RANGES = {
+        "dropout": (0.0, 1.0, False),
+        "lr": (0.0, 10.0, True),
+        "weight_decay": (0.0, 10.0, False),
+        "warmup_epochs": (0.0, 1e6, False),
+        "label_smoothing": (0.0, 1.0, False),
+        "val_fraction": (0.0, 0.9, False),
+        "dup_threshold": (0.0, 1.0, False),
+        "rotation": (0.0, 180.0, False),
+        "translate": (0.0, 1.0, False),
+        "scale": (0.0, 0.9, False),
+        "hflip": (0.0, 1.0, False),
+        "intensity": (0.0, 0.9, False),
+        "ema_decay": (0.0, 1.0, False),
+        "distill_weight": (0.0, 1.0, False),
+        "distill_temperature": (0.0, 100.0, True),
+    }
 
     def check(self) -> None:
         """ValueError naming the first field that is not finite and in range."""
-        from tumor_runtime.errors import OptionError
-        from tumor_runtime.preprocess import CROPS
-        from tumor_runtime.validate import finite_in_range, int_in_range
+        from tumor_runtime.core.errors import OptionError
+        from tumor_runtime.core.options import finite_in_range, int_in_range
+        from tumor_runtime.imaging.transform import CROPS
 
         if self.pretrained not in ("imagenet", "none"):
             raise OptionError(f"pretrained must be imagenet or none, not {self.pretrained!r}")
@@ -73,3 +90,26 @@ class TrainConfig:
         """The entries of `options` that are TrainConfig fields (older checkpoints may hold others)."""
         names = {f.name for f in fields(cls)}
         return {k: v for k, v in options.items() if k in names}
+
+
+FLAGS = {"image_size": "--size", "teachers": "--teacher", "folds": "--cv"}  # fields whose flag is not their name
+# Fields of the recipe that no option sets (they change only in this file): messages name them as fields.
+NO_OPTION = {
+    "dropout",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "rotation",
+    "translate",
+    "scale",
+    "hflip",
+    "intensity",
+    "ema_decay",
+}
+
+
+def flag(field: str) -> str:
+    """How messages name a config field: its tumor-train option (image_size -> --size), or the field itself."""
+    if field in NO_OPTION:
+        return f"{field} (in train/config.py)"
+    return FLAGS.get(field, "--" + field.replace("_", "-"))

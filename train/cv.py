@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_runtime.errors import UsageError
-from tumor_runtime.fileio import atomic_write_text
-from tumor_train.config import TrainConfig
+from tumor_runtime.core.errors import UsageError
+from tumor_runtime.core.fileio import atomic_write_text
+from tumor_train.config import TrainConfig, flag
 from tumor_train.data import PreparedData, class_names, find_splits, grouping_images, load_split, relative_to_root
 from tumor_train.dedup import duplicate_groups, grouped_kfold
 from tumor_train.distributed import launched_by_torchrun, setup
@@ -35,8 +35,11 @@ def fold_identity(cfg: TrainConfig, folds: int, k: int, train_files: list[str], 
     """The fold as a JSON-ready record: its place among K, the recipe, and which files train and validate."""
     recipe = {key: value for key, value in asdict(cfg).items() if key not in PER_MACHINE}
     names = hashlib.sha256("\n".join(sorted(train_files)).encode()).hexdigest()
-    return json.loads(json.dumps({"fold": k, "folds": folds, "recipe": recipe, "train_files_sha256": names,
-                                  "val_files": sorted(val_files)}))
+    return json.loads(
+        json.dumps(
+            {"fold": k, "folds": folds, "recipe": recipe, "train_files_sha256": names, "val_files": sorted(val_files)}
+        )
+    )
 
 
 def fold_difference(saved: dict, identity: dict) -> str:
@@ -48,21 +51,23 @@ def fold_difference(saved: dict, identity: dict) -> str:
     recipe = saved.get("recipe", {})
     if recipe != identity["recipe"]:
         return "a fold trained with other options: " + ", ".join(
-            f"--{key.replace('_', '-')} {recipe.get(key)}" for key in identity["recipe"]
-            if recipe.get(key) != identity["recipe"][key])
+            f"{flag(key)} {recipe.get(key)}" for key in identity["recipe"] if recipe.get(key) != identity["recipe"][key]
+        )
     return "a fold of other images"
 
 
 def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
-    """"reuse" a finished fold, "resume" an interrupted one, or "train" it; UsageError for a folder that holds
+    """ "reuse" a finished fold, "resume" an interrupted one, or "train" it; UsageError for a folder that holds
     another fold (other K, recipe or files), which reusing would mix into this cross-validation."""
     if overwrite or not folder.is_dir() or not any(folder.iterdir()):
         return "train"
     record = folder / FOLD_RECORD
     saved = json.loads(record.read_text()) if record.is_file() else {}
     if saved != identity:
-        raise UsageError(f"{folder} holds {fold_difference(saved, identity)}: --overwrite trains every fold again, "
-                         "or choose another --out")
+        raise UsageError(
+            f"{folder} holds {fold_difference(saved, identity)}: --overwrite trains every fold again, "
+            "or choose another --out"
+        )
     if (folder / "metrics.json").is_file():
         return "reuse"
     return "resume" if (folder / CHECKPOINT).is_file() else "train"
@@ -70,8 +75,12 @@ def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
 
 def fold_record(fold: int, metrics: dict) -> dict:
     val = metrics["validation"]
-    return {"fold": fold, "best_epoch": metrics["best_epoch"], "validation_images": val["n_images"],
-            **{key: val[key] for key in FIELDS}}
+    return {
+        "fold": fold,
+        "best_epoch": metrics["best_epoch"],
+        "validation_images": val["n_images"],
+        **{key: val[key] for key in FIELDS},
+    }
 
 
 def summarize_folds(folds: list[dict]) -> dict:
@@ -79,8 +88,10 @@ def summarize_folds(folds: list[dict]) -> dict:
     summary = {}
     for key in (*FIELDS, "best_epoch"):
         values = np.array([f[key] for f in folds if f[key] is not None], dtype=np.float64)
-        summary[key] = {"mean": float(values.mean()) if len(values) else None,
-                        "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        summary[key] = {
+            "mean": float(values.mean()) if len(values) else None,
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        }
     return summary
 
 
@@ -91,9 +102,12 @@ def check_folds(splits: list, labels: np.ndarray, classes: list[str]) -> None:
     for k, (train_idx, val_idx) in enumerate(splits, start=1):
         missing = [c for i, c in enumerate(classes) if not np.any(labels[train_idx] == i)]
         if len(val_idx) == 0 or missing:
-            raise DataError(f"{len(splits)}-fold cross-validation needs more images: fold {k} would have "
-                            f"{len(val_idx)} validation images" + (f" and no training image of {', '.join(missing)}"
-                                                                   if missing else "") + "; use fewer folds")
+            raise DataError(
+                f"{len(splits)}-fold cross-validation needs more images: fold {k} would have "
+                f"{len(val_idx)} validation images"
+                + (f" and no training image of {', '.join(missing)}" if missing else "")
+                + "; use fewer folds"
+            )
 
 
 def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
@@ -106,6 +120,7 @@ def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
     place = setup(cfg.device)
     root = Path(cfg.data).absolute()
     train_dir = find_splits(root)["train"]
+    assert train_dir is not None  # find_splits always finds the training folder
     classes = class_names(train_dir)
     everything = load_split(train_dir, classes, cfg.image_size, "train", cfg.max_per_class, cfg.crop)
     groups = duplicate_groups(everything.paths, grouping_images(everything, cfg), cfg.dup_threshold)
@@ -114,17 +129,37 @@ def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
     records = []
     for k, (train_idx, val_idx) in enumerate(splits, start=1):
         fold_cfg = replace(cfg, out=str(out / f"fold-{k}"))
-        records.append(fold_record(k, run_fold(fold_cfg, everything, (train_idx, val_idx), (k, folds), overwrite,
-                                               place, root, train_dir, classes)))
-        report = {"folds": records, "summary": summarize_folds(records), "k": folds, "config": asdict(cfg),
-                  "complete": len(records) == folds}
+        records.append(
+            fold_record(
+                k,
+                run_fold(
+                    fold_cfg, everything, (train_idx, val_idx), (k, folds), overwrite, place, root, train_dir, classes
+                ),
+            )
+        )
+        report = {
+            "folds": records,
+            "summary": summarize_folds(records),
+            "k": folds,
+            "config": asdict(cfg),
+            "complete": len(records) == folds,
+        }
         atomic_write_text(out / "cv.json", json.dumps(report, indent=2))
     plot_cv(records, out / "cv.png")
     return report
 
 
-def run_fold(cfg: TrainConfig, everything, split: tuple, position: tuple[int, int], overwrite: bool, place,
-             root: Path, train_dir: Path, classes: list[str]) -> dict:
+def run_fold(
+    cfg: TrainConfig,
+    everything,
+    split: tuple,
+    position: tuple[int, int],
+    overwrite: bool,
+    place,
+    root: Path,
+    train_dir: Path,
+    classes: list[str],
+) -> dict:
     """Reuse, resume or train fold k of K (`position`) into cfg.out; returns its metrics."""
     (train_idx, val_idx), (k, folds) = split, position
     folder, train, val = Path(cfg.out), everything.subset(train_idx), everything.subset(val_idx)
@@ -134,22 +169,35 @@ def run_fold(cfg: TrainConfig, everything, split: tuple, position: tuple[int, in
     if plan == "reuse":
         print(f"fold {k}/{folds}: reusing {folder / 'metrics.json'}")
         return json.loads((folder / "metrics.json").read_text())
-    print(f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images"
-          + (" (resuming its checkpoint)" if plan == "resume" else ""))
+    print(
+        f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images"
+        + (" (resuming its checkpoint)" if plan == "resume" else "")
+    )
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / FOLD_RECORD, json.dumps(identity, indent=1))
-    data = PreparedData(classes, train, val, None, root, train_dir, val_files,
-                        {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []})
+    data = PreparedData(
+        classes,
+        train,
+        val,
+        None,
+        root,
+        train_dir,
+        val_files,
+        {"train_dir": str(train_dir), "cv_fold": k, "cv_folds": folds, "skipped_files": []},
+    )
     try:
         return train_on(cfg, data, resume=plan == "resume", place=place)
     except Interrupted as exc:
-        raise Interrupted(f"fold {k} of {folds}: {str(exc).split(';')[0]}; run the same tumor-train --cv {folds} "
-                          f"command again: finished folds are reused and fold {k} continues from its last "
-                          "checkpoint, if one was saved", terminated=exc.terminated) from None
+        raise Interrupted(
+            f"fold {k} of {folds}: {str(exc).split(';')[0]}; run the same tumor-train --cv {folds} "
+            f"command again: finished folds are reused and fold {k} continues from its last "
+            "checkpoint, if one was saved",
+            terminated=exc.terminated,
+        ) from None
 
 
 def plot_cv(records: list[dict], path: Path) -> None:
-    from tumor_train.report import plt, save_figure
+    from tumor_train.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.5))  # pragma: no mutate (layout)
     x = np.arange(len(records))

@@ -37,8 +37,12 @@ class UnionFind:
 
 def thumbnails(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W) -> float32 (N, 48*48), each centred and scaled to unit norm."""
-    thumbs = np.stack([np.asarray(Image.fromarray(im).resize((THUMB, THUMB), Image.BOX), np.float32).ravel()
-                       for im in images])
+    thumbs = np.stack(
+        [
+            np.asarray(Image.fromarray(im).resize((THUMB, THUMB), Image.Resampling.BOX), np.float32).ravel()
+            for im in images
+        ]
+    )
     thumbs -= thumbs.mean(axis=1, keepdims=True)
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-8
     return thumbs
@@ -53,11 +57,11 @@ def duplicate_groups(paths: list[Path], images: np.ndarray, threshold: float, ch
         uf.union(first_by_hash.setdefault(digest, i), i)
     thumbs = thumbnails(images)
     for start in range(0, len(thumbs), chunk):  # (chunk, N) correlations at a time keeps memory small
-        corr = thumbs[start:start + chunk] @ thumbs.T
+        corr = thumbs[start : start + chunk] @ thumbs.T
         rows, cols = np.nonzero(corr >= threshold)
-        for i, j in zip(rows + start, cols):
-            if j > i:
-                uf.union(int(i), int(j))
+        for row, col in zip(rows + start, cols):
+            if col > row:
+                uf.union(int(row), int(col))
     return np.array([uf.find(i) for i in range(len(paths))])
 
 
@@ -69,7 +73,7 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, val_fraction: float, s
     overshoot the share by half, so one huge group cannot empty the training side).
     """
     rng = np.random.default_rng(seed)
-    val = []
+    val: list[int] = []
     unique = np.unique(groups)
     group_label = np.array([np.bincount(labels[groups == g]).argmax() for g in unique])
     for label in np.unique(labels):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tumor_runtime.errors import KitError
+from tumor_runtime.core.errors import KitError
 
 
 class DeviceError(KitError):
@@ -35,8 +35,12 @@ class Placement:
         return self.rank == 0
 
     def describe(self) -> dict:
-        info = {"device": str(self.device), "world_size": self.world, "torch": str(torch.__version__),
-                "cuda": torch.version.cuda}
+        info = {
+            "device": str(self.device),
+            "world_size": self.world,
+            "torch": str(torch.__version__),
+            "cuda": torch.version.cuda,
+        }
         if self.device.type == "cuda":
             info["device_name"] = torch.cuda.get_device_name(self.device)
         return info
@@ -51,8 +55,10 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
         raise DeviceError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise DeviceError(f"--device {name}: no CUDA device is available here (torch {torch.__version__}, "
-                          f"built with CUDA {torch.version.cuda}); use --device cpu")
+        raise DeviceError(
+            f"--device {name}: no CUDA device is available here (torch {torch.__version__}, "
+            f"built with CUDA {torch.version.cuda}); use --device cpu"
+        )
     index = int(name[5:]) if ":" in name else local_rank
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")

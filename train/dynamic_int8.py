@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.ao.quantization import quantize_dynamic
 
-from tumor_train.checkpoint import CheckpointError, save_atomic
+from tumor_train.model_file import CheckpointError, save_atomic
 from tumor_train.models import build_model
 
 FORMAT = "tumor-kit/dynamic-int8-v1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tumor_runtime.errors import OptionError
+from tumor_runtime.core.errors import OptionError
 from tumor_train import architectures
 
 
@@ -47,16 +47,28 @@ class AlexNet(nn.Module):
     def __init__(self, num_classes: int = 4, dropout: float = 0.5):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 96, 11, stride=4), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # (N, 96, 27, 27)
-            nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # (N, 256, 13, 13)
-            nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),  # (N, 256, 6, 6)
+            nn.Conv2d(1, 96, 11, stride=4),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),  # (N, 96, 27, 27)
+            nn.Conv2d(96, 256, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),  # (N, 256, 13, 13)
+            nn.Conv2d(256, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),  # (N, 256, 6, 6)
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
             nn.Linear(4096, num_classes),
         )
 
@@ -83,7 +95,7 @@ class MobileNetV2Trunk(nn.Module):
         full = mobilenet_v2()  # random weights; from_imagenet loads the pretrained ones
         full.features[0][0] = nn.Conv2d(1, 32, 3, stride=2, padding=1, bias=False)
         expansion = full.features[blocks + 1].conv[0]  # Conv2dNormActivation 1x1, stride 1
-        self.features = nn.Sequential(*full.features[:blocks + 1], expansion)
+        self.features = nn.Sequential(*full.features[: blocks + 1], expansion)
         width = expansion[0].out_channels
         self.head = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tumor_runtime.errors import OptionError
-from tumor_runtime.fileio import sha256_file
+from tumor_runtime.core.errors import OptionError
+from tumor_runtime.core.fileio import sha256_file
 
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")  # torchvision's rule: the sha256 prefix after the last '-'
 
@@ -67,8 +67,10 @@ def imagenet_mobilenet_v2() -> dict[str, torch.Tensor]:
     """The ImageNet state dict, from the hub cache only (OptionError with the fix when it is not there)."""
     target = cache_file()
     if not target.is_file():
-        raise OptionError(f"--pretrained imagenet needs torchvision's ImageNet weights at {target} and this kit "
-                          "never downloads: place them with tumor-train --pretrained-file PATH (or "
-                          "tools/pretrained.sh), or train with --pretrained none")
+        raise OptionError(
+            f"--pretrained imagenet needs torchvision's ImageNet weights at {target} and this kit "
+            "never downloads: place them with tumor-train --pretrained-file PATH (or "
+            "tools/pretrained.sh), or train with --pretrained none"
+        )
     check_hash(target)
     return weights_enum().get_state_dict(progress=False, check_hash=True)

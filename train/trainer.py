@@ -15,25 +15,26 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from tumor_runtime.cli_common import Terminated
-from tumor_runtime.errors import OutputError
-from tumor_runtime.fileio import atomic_write_text
-from tumor_runtime.preprocess import RESIZE_METHOD
-from tumor_runtime.tumor import NEGATIVE_CLASS
-from tumor_train import report
-from tumor_train.checkpoint import FORMAT, CheckpointError, save_atomic
+from tumor_runtime.core import provenance
+from tumor_runtime.core.errors import OutputError
+from tumor_runtime.core.fileio import atomic_write_text
+from tumor_runtime.core.scoring import NEGATIVE_CLASS
+from tumor_runtime.core.signals import Terminated
+from tumor_runtime.imaging.transform import RESIZE_METHOD
+from tumor_train import plots
 from tumor_train.config import TrainConfig
 from tumor_train.data import ImageSet, PreparedData, pixel_stats, prepare_data
 from tumor_train.distributed import Placement, setup, teardown
-from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, evaluate, train_one_epoch
-from tumor_runtime import provenance
-from tumor_train.models import count_parameters, model_args_for
 from tumor_train.dynamic_int8 import save_quantized
+from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, evaluate, train_one_epoch
+from tumor_train.model_file import FORMAT, CheckpointError, save_atomic
+from tumor_train.models import count_parameters, model_args_for
 
 CHECKPOINT = "checkpoint.pth"  # resumable state, rewritten atomically after every epoch
 
@@ -47,7 +48,7 @@ class Interrupted(Exception):
 
 
 def versions() -> dict:
-    from tumor_runtime.contract import tool_versions
+    from tumor_runtime.core.system import tool_versions
 
     return tool_versions("torch")
 
@@ -79,45 +80,68 @@ def lock_output(out: Path, enabled: bool = True):
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"another tumor-train is writing to {out}: wait for it to end, or choose another "
-                              "--out") from None
+            raise OutputError(
+                f"another tumor-train is writing to {out}: wait for it to end, or choose another --out"
+            ) from None
         try:
             yield
         finally:
             (out / LOCK).unlink(missing_ok=True)  # the folder keeps only the run's outputs
 
 
-def run_epoch(cfg: TrainConfig, state: TrainingState, tensors: dict, classes: list[str], stats: tuple[float, float],
-              bf16: bool, epoch: int) -> dict:
+def run_epoch(
+    cfg: TrainConfig,
+    state: TrainingState,
+    tensors: dict,
+    classes: list[str],
+    stats: tuple[float, float],
+    bf16: bool,
+    epoch: int,
+) -> dict:
     """Train one epoch, validate the weight average; returns the history row. `tensors` holds the
     uint8 images and labels of both splits, already on the training device."""
     tic = time.perf_counter()
     steps = math.ceil(len(tensors["train_labels"]) / cfg.batch_size)
-    with tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-              disable=not state.place.is_main) as bar:
+    with tqdm(
+        total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not state.place.is_main
+    ) as bar:
         fit = train_one_epoch(state, tensors["train_images"], tensors["train_labels"], stats, cfg, bf16, classes, bar)
     seconds = time.perf_counter() - tic
-    row = {"epoch": epoch, "lr": state.scheduler.get_last_lr()[0], "train_loss": fit["loss"],
-           "train_accuracy": fit["accuracy"], "train_f2": fit["f2"], "val_loss": None, "val_accuracy": None,
-           "val_f2": None, "seconds": seconds}
+    row = {
+        "epoch": epoch,
+        "lr": state.scheduler.get_last_lr()[0],
+        "train_loss": fit["loss"],
+        "train_accuracy": fit["accuracy"],
+        "train_f2": fit["f2"],
+        "val_loss": None,
+        "val_accuracy": None,
+        "val_f2": None,
+        "seconds": seconds,
+    }
     if len(tensors["val_labels"]):  # a final fit has no validation split
         val_stats, _ = evaluate(state.ema.module, tensors["val_images"], tensors["val_labels"], *stats, classes)
         row |= {"val_loss": val_stats["loss"], "val_accuracy": val_stats["accuracy"], "val_f2": val_stats["f2_macro"]}
     if state.place.is_main:
-        val_text = "no validation (final fit)" if row["val_f2"] is None else \
-            f"validation (EMA) loss {row['val_loss']:.4f} F2 {row['val_f2']:.4f}"
+        val_text = (
+            "no validation (final fit)"
+            if row["val_f2"] is None
+            else f"validation (EMA) loss {row['val_loss']:.4f} F2 {row['val_f2']:.4f}"
+        )
         tqdm.write(f"epoch {epoch}: train loss {fit['loss']:.4f} F2 {fit['f2']:.4f} | {val_text} | {seconds:.1f}s")
     return row
 
 
-def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, stats, bf16: bool, start: int,
-                 history: list, best: dict) -> dict:
+def train_epochs(
+    cfg: TrainConfig, state: TrainingState, data: PreparedData, stats, bf16: bool, start: int, history: list, best: dict
+) -> dict:
     """Epochs start+1 .. cfg.epochs, a checkpoint after each (rank 0); returns the best epoch's record."""
     out, epoch, device = Path(cfg.out), start, state.place.device
-    tensors = {"train_images": torch.from_numpy(data.train.images).to(device),
-               "train_labels": torch.from_numpy(data.train.labels).to(device),
-               "val_images": torch.from_numpy(data.val.images).to(device),
-               "val_labels": torch.from_numpy(data.val.labels)}
+    tensors = {
+        "train_images": torch.from_numpy(data.train.images).to(device),
+        "train_labels": torch.from_numpy(data.train.labels).to(device),
+        "val_images": torch.from_numpy(data.val.images).to(device),
+        "val_labels": torch.from_numpy(data.val.labels),
+    }
     try:
         for epoch in range(start + 1, cfg.epochs + 1):
             history.append(run_epoch(cfg, state, tensors, data.classes, stats, bf16, epoch))
@@ -128,11 +152,15 @@ def train_epochs(cfg: TrainConfig, state: TrainingState, data: PreparedData, sta
             if state.place.is_main:
                 save_checkpoint(state.checkpoint(cfg, epoch, history, best, data.classes), out / CHECKPOINT, epoch)
     except KeyboardInterrupt as exc:
-        saved = (f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
-                 f"tumor-train --out {out} --resume") if epoch > 1 else "no checkpoint was written yet (none is " \
-                                                                      "saved before epoch 1 ends)"
-        raise Interrupted(f"interrupted in epoch {epoch}; {saved}",
-                          terminated=isinstance(exc, Terminated)) from None
+        saved = (
+            (
+                f"the checkpoint after epoch {epoch - 1} is in {out / CHECKPOINT}: continue with "
+                f"tumor-train --out {out} --resume"
+            )
+            if epoch > 1
+            else "no checkpoint was written yet (none is saved before epoch 1 ends)"
+        )
+        raise Interrupted(f"interrupted in epoch {epoch}; {saved}", terminated=isinstance(exc, Terminated)) from None
     return best
 
 
@@ -141,9 +169,15 @@ def save_checkpoint(state: dict, path: Path, epoch: int) -> None:
     try:
         save_atomic(state, path)
     except OSError as exc:
-        kept = f"the checkpoint of epoch {epoch - 1} in {path} is intact: free space, then tumor-train --out " \
-               f"{path.parent} --resume" if epoch > 1 else "no checkpoint was written yet"
-        raise OutputError(f"could not save the checkpoint after epoch {epoch} ({exc.strerror or exc}); {kept}") from None
+        kept = (
+            f"the checkpoint of epoch {epoch - 1} in {path} is intact: free space, then tumor-train --out "
+            f"{path.parent} --resume"
+            if epoch > 1
+            else "no checkpoint was written yet"
+        )
+        raise OutputError(
+            f"could not save the checkpoint after epoch {epoch} ({exc.strerror or exc}); {kept}"
+        ) from None
 
 
 def run(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -154,7 +188,7 @@ def run(cfg: TrainConfig, resume: bool = False) -> dict:
     place = setup(cfg.device)  # DeviceError before anything else
     try:
         if resume:
-            from tumor_train.checkpoint import read_checkpoint
+            from tumor_train.model_file import read_checkpoint
 
             read_checkpoint(out / CHECKPOINT)  # missing or corrupt: say so before decoding the data
         check_writable(out)
@@ -170,8 +204,9 @@ def use_bf16(cfg: TrainConfig, place: Placement) -> bool:
     return torch.cuda.is_bf16_supported() if place.device.type == "cuda" else cpu_has_native_bf16()
 
 
-def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
-             place: Placement = Placement(torch.device("cpu"))) -> dict:
+def train_on(
+    cfg: TrainConfig, data: PreparedData, resume: bool = False, place: Placement = Placement(torch.device("cpu"))
+) -> dict:
     """The run on prepared data (cross-validation calls this once per fold); only rank 0 writes files."""
     out = Path(cfg.out)
     check_writable(out)
@@ -183,23 +218,32 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
     bf16 = use_bf16(cfg, place)
     stats = pixel_stats(data.train.images)
     args = model_args_for(cfg.arch, len(data.classes), cfg.width, cfg.dropout)
-    state = TrainingState.create(cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place,
-                                 fresh=not resume, classes=data.classes)
+    state = TrainingState.create(
+        cfg, args, math.ceil(len(data.train.labels) / cfg.batch_size), place, fresh=not resume, classes=data.classes
+    )
     if cfg.teachers:
         from tumor_train.distill import Teachers
 
-        state.teachers = Teachers.load(cfg.teachers, cfg.crop, data.classes, cfg.distill_temperature,
-                                       cfg.distill_weight, place.device)
-    start, history, best = 0, [], {"epoch": 0, "f2": -1.0, "state_dict": None}
+        state.teachers = Teachers.load(
+            cfg.teachers, cfg.crop, data.classes, cfg.distill_temperature, cfg.distill_weight, place.device
+        )
+    history: list[dict] = []  # one row per epoch: history.csv
+    best: dict[str, Any] = {"epoch": 0, "f2": -1.0, "state_dict": None}
+    start = 0
     if resume:
         start, history, best = state.restore(out / CHECKPOINT, cfg, data.classes)
-        print(f"Resuming after epoch {start} of {cfg.epochs}." if start < cfg.epochs else
-              f"All {cfg.epochs} epochs are done: writing the outputs of the best epoch.")
+        print(
+            f"Resuming after epoch {start} of {cfg.epochs}."
+            if start < cfg.epochs
+            else f"All {cfg.epochs} epochs are done: writing the outputs of the best epoch."
+        )
     if place.is_main:
-        print(f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
-              f"{len(data.val.labels)} validation images; {place.device}"
-              f"{f'; distilling from {len(cfg.teachers)} teachers' if cfg.teachers else ''}"
-              f"{f' x {place.world} processes' if place.world > 1 else ''}; bf16 autocast {'on' if bf16 else 'off'}.")
+        print(
+            f"{cfg.arch}: {count_parameters(state.model):,} parameters; {len(data.train.labels)} train / "
+            f"{len(data.val.labels)} validation images; {place.device}"
+            f"{f'; distilling from {len(cfg.teachers)} teachers' if cfg.teachers else ''}"
+            f"{f' x {place.world} processes' if place.world > 1 else ''}; bf16 autocast {'on' if bf16 else 'off'}."
+        )
     best = train_epochs(cfg, state, data, stats, bf16, start, history, best)
     if best["state_dict"] is None:
         raise CheckpointError(f"{out / CHECKPOINT} holds no trained weights")
@@ -210,13 +254,17 @@ def train_on(cfg: TrainConfig, data: PreparedData, resume: bool = False,
     try:
         return write_outputs(cfg, model, args, data, history, best, stats, bf16, place)
     except KeyboardInterrupt as exc:
-        raise Interrupted(f"interrupted while writing the outputs; the trained weights are in {out / CHECKPOINT}: "
-                          f"tumor-train --out {out} --resume writes them again",
-                          terminated=isinstance(exc, Terminated)) from None
+        raise Interrupted(
+            f"interrupted while writing the outputs; the trained weights are in {out / CHECKPOINT}: "
+            f"tumor-train --out {out} --resume writes them again",
+            terminated=isinstance(exc, Terminated),
+        ) from None
     except OSError as exc:
-        raise OutputError(f"training finished but the outputs could not be written ({exc.strerror or exc}); the "
-                          f"trained weights are in {out / CHECKPOINT}: tumor-train --out {out} --resume writes "
-                          "them again") from None
+        raise OutputError(
+            f"training finished but the outputs could not be written ({exc.strerror or exc}); the "
+            f"trained weights are in {out / CHECKPOINT}: tumor-train --out {out} --resume writes "
+            "them again"
+        ) from None
 
 
 EXPORTS = ("model.int8.onnx", "model.onnx", "manifest.json", "export_report.json")
@@ -229,8 +277,10 @@ def remove_stale_exports(out: Path) -> None:
     for name in sorted(stale, key=lambda n: n != "manifest.json"):
         (out / name).unlink()
     if stale:
-        print(f"Removed {', '.join(stale)}: exported from the weights this run replaced. Export again: "
-              f"tumor-export --checkpoint {out / 'model.pth'} --int8")
+        print(
+            f"Removed {', '.join(stale)}: exported from the weights this run replaced. Export again: "
+            f"tumor-export --checkpoint {out / 'model.pth'} --int8"
+        )
 
 
 def split_report(model, split: ImageSet, mean: float, std: float, classes: list[str]) -> tuple[dict, np.ndarray]:
@@ -238,18 +288,49 @@ def split_report(model, split: ImageSet, mean: float, std: float, classes: list[
     return stats, probs.argmax(1)
 
 
-def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, history: list, best: dict,
-                  stats: tuple[float, float], bf16: bool, place: Placement = Placement(torch.device("cpu"))) -> dict:
+def write_outputs(
+    cfg: TrainConfig,
+    model,
+    args: dict,
+    data: PreparedData,
+    history: list,
+    best: dict,
+    stats: tuple[float, float],
+    bf16: bool,
+    place: Placement = Placement(torch.device("cpu")),
+) -> dict:
     """model.pth first (the file later stages need), then the dynamic int8 model, metrics and plots."""
     out, (mean, std), classes = Path(cfg.out), stats, data.classes
-    save_atomic({"format": FORMAT, "arch": cfg.arch, "model_args": args, "state_dict": model.state_dict(),
-                 "classes": classes, "negative_class": NEGATIVE_CLASS,
-                 "preprocess": {"size": cfg.image_size, "mean": mean, "std": std, "grayscale": True,
-                                "resize": RESIZE_METHOD, "crop": cfg.crop},
-                 "data": {"root": str(data.root), "train_dir": str(data.train_dir), "val_files": data.val_files,
-                          "train_files": [provenance.key(classes[label], path) for path, label
-                                          in zip(data.train.paths, data.train.labels)]},
-                 "best_epoch": best["epoch"], "val_f2": best["f2"], "versions": versions()}, out / "model.pth")
+    save_atomic(
+        {
+            "format": FORMAT,
+            "arch": cfg.arch,
+            "model_args": args,
+            "state_dict": model.state_dict(),
+            "classes": classes,
+            "negative_class": NEGATIVE_CLASS,
+            "preprocess": {
+                "size": cfg.image_size,
+                "mean": mean,
+                "std": std,
+                "grayscale": True,
+                "resize": RESIZE_METHOD,
+                "crop": cfg.crop,
+            },
+            "data": {
+                "root": str(data.root),
+                "train_dir": str(data.train_dir),
+                "val_files": data.val_files,
+                "train_files": [
+                    provenance.key(classes[label], path) for path, label in zip(data.train.paths, data.train.labels)
+                ],
+            },
+            "best_epoch": best["epoch"],
+            "val_f2": best["f2"],
+            "versions": versions(),
+        },
+        out / "model.pth",
+    )
     remove_stale_exports(out)
     save_quantized(model, cfg.arch, args, out / "model_quantized.pth")
     final_fit = len(data.val.labels) == 0
@@ -257,22 +338,39 @@ def write_outputs(cfg: TrainConfig, model, args: dict, data: PreparedData, histo
     test = split_report(model, data.test, mean, std, classes)[0] if data.test is not None else None
     seconds = [h["seconds"] for h in history]
     metrics = {
-        "config": asdict(cfg), "classes": classes, "parameters": count_parameters(model), "bf16_autocast": bf16,
-        "placement": place.describe(), "effective_batch_size": cfg.batch_size,
-        "best_epoch": best["epoch"], "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
-        "data": {"train_images": len(data.train.labels), "validation_images": len(data.val.labels),
-                 "test_images": len(data.test.labels) if data.test is not None else 0,
-                 "mean": mean, "std": std, **data.info, "skipped_count": len(data.info["skipped_files"])},
-        "history": history, "validation": validation, "test": test, "versions": versions(),
+        "config": asdict(cfg),
+        "classes": classes,
+        "parameters": count_parameters(model),
+        "bf16_autocast": bf16,
+        "placement": place.describe(),
+        "effective_batch_size": cfg.batch_size,
+        "best_epoch": best["epoch"],
+        "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,
+        "data": {
+            "train_images": len(data.train.labels),
+            "validation_images": len(data.val.labels),
+            "test_images": len(data.test.labels) if data.test is not None else 0,
+            "mean": mean,
+            "std": std,
+            **data.info,
+            "skipped_count": len(data.info["skipped_files"]),
+        },
+        "history": history,
+        "validation": validation,
+        "test": test,
+        "versions": versions(),
     }
     if final_fit:
-        metrics["note"] = ("final fit: every image trained for a fixed number of epochs and the last weight average "
-                           "is the model; there is no validation split. The evidence is the cross-validation report "
-                           "(tumor-train --cv) of the same recipe.")
+        metrics["note"] = (
+            "final fit: every image trained for a fixed number of epochs and the last weight average "
+            "is the model; there is no validation split. The evidence is the cross-validation report "
+            "(tumor-train --cv) of the same recipe."
+        )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    report.write_history(history, out / "history.csv")
-    report.plot_curves(history, out, best["epoch"])
+    plots.write_history(history, out / "history.csv")
+    plots.plot_curves(history, out, best["epoch"])
     if not final_fit:
-        report.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
-        report.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")
+        assert validation is not None and val_pred is not None  # every run but a final fit validates
+        plots.plot_confusion(validation["confusion_matrix"], classes, out / "confusion_matrix.png")
+        plots.plot_predictions(data.val.images, data.val.labels, val_pred, classes, out / "predictions.png")
     return metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import make_dataset
+from tests.helpers.datasets import make_dataset
 
 pytestmark = pytest.mark.faults  # the bad-input and fault sweep: pytest -m faults
 
@@ -36,8 +36,10 @@ def test_the_large_folder_table_compares_decoding_and_the_baseline():
     def row(seconds):
         return ({"median": seconds}, {"images": 4000})
 
-    rows = {"onnx-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(3.2)},
-            "baseline-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(2.0)}}
+    rows = {
+        "onnx-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(3.2)},
+        "baseline-int8": {"end_to_end_large_threads": row(4.0), "end_to_end_large_processes": row(2.0)},
+    }
     text = "\n".join(large_folder_lines(rows))
     assert "(4,000 images)" in text and "| onnx-int8 | 1,000 | 1,250 | 1.25x |" in text
     assert "| baseline-int8 | 1,000 | 2,000 | 2.00x |" in text

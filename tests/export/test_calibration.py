@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
-from tests.conftest import make_dataset
-from tumor_export.calibration import (ArrayReader, CalibrationError, batch_size_for, load_inputs, load_slices,
-                                      sample_files)
-from tumor_runtime.preprocess import load_gray, normalize
+from tests.helpers.datasets import make_dataset
+from tumor_export.calibration import (
+    ArrayReader,
+    CalibrationError,
+    batch_size_for,
+    load_inputs,
+    load_slices,
+    sample_files,
+)
+from tumor_runtime.imaging.transform import load_gray, normalize
 
 
 def test_the_sample_is_seeded_sorted_and_leaves_out_excluded_files(tmp_path):
@@ -29,14 +35,17 @@ def test_a_folder_of_only_evaluation_images_or_no_images_is_refused(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=1)
     with pytest.raises(CalibrationError) as caught:
         sample_files(data, 4, 0, exclude={p.resolve() for p in data.rglob("*.jpg")})
-    assert str(caught.value) == (f"every image under {data} is an evaluation image, and calibrating on the images that "
-                                 "judge the int8 model would flatter it: pass a --calibration folder other than --eval "
-                                 "(for example the training images)")
+    assert str(caught.value) == (
+        f"every image under {data} is an evaluation image, and calibrating on the images that "
+        "judge the int8 model would flatter it: pass a --calibration folder other than --eval "
+        "(for example the training images)"
+    )
     (tmp_path / "empty").mkdir()
     with pytest.raises(CalibrationError) as caught:
         sample_files(tmp_path / "empty", 4, 0)
-    assert str(caught.value) == (f"no calibration images (.jpg .png .bmp .tif .dcm) under {tmp_path / 'empty'}; "
-                                 "pass --calibration DIR")
+    assert str(caught.value) == (
+        f"no calibration images (.jpg .png .bmp .tif .dcm) under {tmp_path / 'empty'}; pass --calibration DIR"
+    )
 
 
 def test_load_inputs_are_the_runtime_transform_and_skip_unreadable_files(tmp_path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tumor_runtime.classifier import Classifier
-from tumor_runtime.model import create_session
+from tumor_runtime.inference.classifier import Classifier
+from tumor_runtime.model.session import create_session
 
 
 def test_cam_output_matches_torch(trained, exported):
@@ -18,7 +18,7 @@ def test_cam_output_matches_torch(trained, exported):
     import torch
 
     from tumor_export.onnx_export import torch_cam
-    from tumor_train.checkpoint import load_model
+    from tumor_train.model_file import load_model
 
     model, ckpt = load_model(trained / "model.pth")
     size = ckpt["preprocess"]["size"]
@@ -31,6 +31,7 @@ def test_cam_output_matches_torch(trained, exported):
     # The CAM is exact for a GAP + linear head: its spatial mean plus the bias gives the logits.
     bias = model.head[-1].bias.detach().numpy()
     np.testing.assert_allclose(cam.mean(axis=(2, 3)) + bias, logits, atol=1e-4)
+
 
 def test_int8_cam_is_close_and_probabilities_do_not_change(trained, exported, tmp_path):
     """The int8 model has the `cam` output too, and adding it did not change the int8 probabilities:
@@ -77,4 +78,9 @@ def test_alexnet_exports_without_cam(tmp_path):
     alexnet, compact = build_model("alexnet", num_classes=4), build_model("compact", num_classes=4, width=8)
     assert not supports_cam(alexnet) and supports_cam(compact)
     assert export_fp32(compact, 227, tmp_path / "c.onnx") is True
-    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == ["probabilities", "logits", "cam", "features"]
+    assert [o.name for o in onnx.load(str(tmp_path / "c.onnx")).graph.output] == [
+        "probabilities",
+        "logits",
+        "cam",
+        "features",
+    ]

@@ -1,4 +1,5 @@
-"""`tumor-export` under bad inputs and faults: a disabled gate, stale and half-written exports, calibration without the training data."""
+"""`tumor-export` under bad inputs and faults: a disabled gate, stale and half-written exports, calibration without
+the training data."""
 
 from __future__ import annotations
 
@@ -10,18 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_dataset
-from tests.helpers import one_line_error, run
-from tumor_runtime.classifier import Classifier
-from tumor_runtime.model import ModelError
+from tests.helpers.datasets import make_dataset
+from tests.helpers.processes import one_line_error, run
+from tumor_runtime.core.errors import ModelError
+from tumor_runtime.inference.classifier import Classifier
 
 pytestmark = pytest.mark.faults  # the bad-input and fault sweep: pytest -m faults
 
 
 @pytest.mark.parametrize("value", ["nan", "-0.1", "inf"])
 def test_02_export_refuses_a_disabled_gate(trained, tmp_path, value):
-    result = run("tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path, "--int8",
-                                  "--max-f2-drop", value])
+    result = run(
+        "tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path, "--int8", "--max-f2-drop", value]
+    )
     one_line_error(result)
     assert list(tmp_path.iterdir()) == []
     from tumor_export.pipeline import ExportOptions, run_export
@@ -44,8 +46,9 @@ def test_07_fp32_only_reexport_removes_the_stale_int8(trained, exported, tmp_pat
 
 
 @pytest.mark.parametrize("renames_before_kill", [0, 1, 2])
-def test_08_an_interrupted_commit_leaves_usable_vouched_models(trained, exported, tmp_path, monkeypatch,
-                                                              renames_before_kill):
+def test_08_an_interrupted_commit_leaves_usable_vouched_models(
+    trained, exported, tmp_path, monkeypatch, renames_before_kill
+):
     import tumor_export.pipeline as pipeline
 
     folder = tmp_path / "m"
@@ -60,8 +63,12 @@ def test_08_an_interrupted_commit_leaves_usable_vouched_models(trained, exported
 
     monkeypatch.setattr(pipeline.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_export(pipeline.ExportOptions(checkpoint=trained / "model.pth", out=folder, int8=True,
-                                                   calibration_size=16, seed=1), log=lambda m: None)
+        pipeline.run_export(
+            pipeline.ExportOptions(
+                checkpoint=trained / "model.pth", out=folder, int8=True, calibration_size=16, seed=1
+            ),
+            log=lambda m: None,
+        )
     for name in ("model.onnx", "model.int8.onnx"):
         Classifier.load(folder / name)  # old or new, each is vouched for
     assert [p.name for p in folder.iterdir() if p.name.startswith(".export-")] == []
@@ -81,7 +88,7 @@ def test_08_scratch_of_killed_exports_is_cleaned(trained, tmp_path):
 def test_09_calibration_counts(tmp_path, count):
     """ONNX Runtime's histogram collectors (percentile, entropy) failed on a short last batch: any count
     over 16 and not a multiple of 16. A small convolutional model is enough to reach that code."""
-    from tests.onnx_fakes import conv_model
+    from tests.helpers.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
     from tumor_export.static_int8 import prepare_graph, quantize_int8
 
@@ -95,8 +102,20 @@ def test_09_calibration_counts(tmp_path, count):
 def test_09_a_corrupt_file_in_the_calibration_sample(trained, tmp_path):
     calib = make_dataset(tmp_path / "calib", per_class=5)
     (calib / "glioma" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # 21 files, 20 readable
-    result = run("tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "o", "--int8",
-                                  "--calibration", calib, "--calibration-size", "21"])
+    result = run(
+        "tumor_export",
+        [
+            "--checkpoint",
+            trained / "model.pth",
+            "--out",
+            tmp_path / "o",
+            "--int8",
+            "--calibration",
+            calib,
+            "--calibration-size",
+            "21",
+        ],
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "o" / "export_report.json").read_text())["calibration"]["images"] == 20
 
@@ -129,3 +148,24 @@ def test_16_export_without_the_training_data(trained, tmp_path):
     int8 = run("tumor_export", ["--checkpoint", tmp_path / "model.pth", "--int8"])
     one_line_error(int8)
     assert "--eval" in int8.stderr and "--calibration" in int8.stderr
+
+
+@pytest.mark.parametrize("signal_name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_that_the_onnx_exporter_wraps_still_exits_130_or_143(
+    trained, tmp_path, monkeypatch, signal_name, code
+):
+    """torch's exporter re-raises a Ctrl-C (or the kit's SIGTERM) during export as its own error: the command
+    still says it was stopped and exits as an interrupt, not as an internal error (70); nothing is written."""
+    from tumor_runtime.core.signals import Terminated
+
+    def interrupted_export(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt() if signal_name == "SIGINT" else Terminated()
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Failed to export the model with torch.export") from exc
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_export)
+    result = run("tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "e"])
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "internal error" not in result.stderr and "Stopped" in result.stderr
+    assert not list(tmp_path.rglob("*.onnx"))

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from tumor_export.gate import Scored, search
-from tumor_runtime.metrics import summarize
-
+from tumor_runtime.core.scoring import summarize
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 
@@ -36,8 +35,13 @@ def test_search_picks_the_best_layer_then_stops():
 
 
 def test_search_goes_on_greedily_and_refuses_after_max_float():
-    table = {frozenset(): 0.90, frozenset("a"): 0.92, frozenset("b"): 0.91, frozenset("ab"): 0.96,
-             frozenset("ac"): 0.94}
+    table = {
+        frozenset(): 0.90,
+        frozenset("a"): 0.92,
+        frozenset("b"): 0.91,
+        frozenset("ab"): 0.96,
+        frozenset("ac"): 0.94,
+    }
     calls = []
     best, kept, _ = search(fake_trial(table, calls), ["a", "b", "c"], 1.0, 0.005, max_float=2)
     assert kept == ["a", "b"] and best.f2 == 0.96  # still short: the caller refuses
@@ -55,7 +59,7 @@ def test_gate_leaves_the_chosen_model_on_disk(tmp_path, monkeypatch):
     import onnx
 
     import tumor_export.gate as gate
-    from tests.onnx_fakes import conv_model
+    from tests.helpers.onnx_fakes import conv_model
     from tumor_export.calibration import ArrayReader
     from tumor_export.static_int8 import prepare_graph, quantizable_nodes
 
@@ -74,17 +78,23 @@ def test_gate_leaves_the_chosen_model_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gate, "score", fake_score)
     inputs = np.random.default_rng(0).standard_normal((16, 1, 32, 32)).astype(np.float32)
-    best, kept, _ = gate.quantize_with_gate(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayReader(inputs, "image"),
-                                            Scored(np.zeros((1, 4)), 1.0), inputs, np.zeros(16), CLASSES, 0.005,
-                                            "minmax", "u8", log=lambda m: None)
+    best, kept, _ = gate.quantize_with_gate(
+        tmp_path / "pre.onnx",
+        tmp_path / "q.onnx",
+        ArrayReader(inputs, "image"),
+        Scored(np.zeros((1, 4)), 1.0),
+        gate.Evaluation(inputs, np.zeros(16), CLASSES),
+        gate.GateSettings(0.005, "minmax", "u8"),
+        log=lambda m: None,
+    )
     assert kept == [wanted] and best.f2 == 1.0
     assert float_nodes(tmp_path / "q.onnx") == {wanted}
 
 
 def test_gate_score_and_agreement_on_a_real_onnx_file(tmp_path):
-    from tests.onnx_fakes import tiny_model
+    from tests.helpers.onnx_fakes import tiny_model
     from tumor_export.gate import agreement, score
-    from tumor_runtime.model import create_session
+    from tumor_runtime.model.session import create_session
 
     model = tiny_model(tmp_path / "m.onnx")
     x = np.random.default_rng(0).normal(0, 1, (70, 1, 227, 227)).astype(np.float32)  # more than one batch of 64
@@ -99,11 +109,14 @@ def test_gate_score_and_agreement_on_a_real_onnx_file(tmp_path):
     assert agreement(result, other) == pytest.approx(float((direct.argmax(1) == direct[:, ::-1].argmax(1)).mean()))
 
 
-@pytest.mark.parametrize("scores, expected_quantizations", [
-    ({(): 1.0}, 1),  # good at once: one quantization, no search
-    ({(): 0.5, ("c",): 1.0}, 4),  # the last candidate wins: the file on disk is already it
-    ({(): 0.5, ("a",): 1.0}, 5),  # an earlier one wins: quantize it once more
-])
+@pytest.mark.parametrize(
+    "scores, expected_quantizations",
+    [
+        ({(): 1.0}, 1),  # good at once: one quantization, no search
+        ({(): 0.5, ("c",): 1.0}, 4),  # the last candidate wins: the file on disk is already it
+        ({(): 0.5, ("a",): 1.0}, 5),  # an earlier one wins: quantize it once more
+    ],
+)
 def test_gate_requantizes_only_when_needed(monkeypatch, tmp_path, scores, expected_quantizations):
     import tumor_export.gate as gate
 
@@ -127,8 +140,15 @@ def test_gate_requantizes_only_when_needed(monkeypatch, tmp_path, scores, expect
         return Scored(np.zeros((2, 4)), scores.get(calls[-1], 0.5))
 
     monkeypatch.setattr(gate, "score", fake_score)
-    best, kept, _ = gate.quantize_with_gate(prepared, tmp_path / "q", None, Scored(np.zeros((2, 4)), 1.0),
-                                            inputs, labels, CLASSES, 0.005, "minmax", "u8", log=lambda m: None)
+    best, kept, _ = gate.quantize_with_gate(
+        prepared,
+        tmp_path / "q",
+        None,
+        Scored(np.zeros((2, 4)), 1.0),
+        gate.Evaluation(inputs, labels, CLASSES),
+        gate.GateSettings(0.005, "minmax", "u8"),
+        log=lambda m: None,
+    )
     assert len(calls) == expected_quantizations and calls[-1] == tuple(kept)
 
 
@@ -140,11 +160,19 @@ def test_gate_gives_up_after_three_layers_by_default(monkeypatch, tmp_path):
     monkeypatch.setattr(gate, "quantize_int8", lambda *args: None)
     monkeypatch.setattr(gate, "score", lambda *args: Scored(np.zeros((1, 4)), 0.5))
     messages = []
-    _, kept, _ = gate.quantize_with_gate(tmp_path / "p", tmp_path / "q", None, Scored(np.zeros((1, 4)), 1.0),
-                                         np.zeros(1), np.zeros(1), CLASSES, 0.005, "minmax", "u8", log=messages.append)
+    _, kept, _ = gate.quantize_with_gate(
+        tmp_path / "p",
+        tmp_path / "q",
+        None,
+        Scored(np.zeros((1, 4)), 1.0),
+        gate.Evaluation(np.zeros(1), np.zeros(1), CLASSES),
+        gate.GateSettings(0.005, "minmax", "u8"),
+        log=messages.append,
+    )
     assert len(kept) == 3 and len(messages) == 5 + 4 + 3  # every retry is announced, with its count
-    assert messages[0].startswith("Parity gate round 1 of at most 3 (int8 F2 more than 0.005 below FP32 1.0000), "
-                                  "try 1/5: layer a in float")
+    assert messages[0].startswith(
+        "Parity gate round 1 of at most 3 (int8 F2 more than 0.005 below FP32 1.0000), try 1/5: layer a in float"
+    )
     assert [m.split("try ")[1].split(":")[0] for m in messages[5:9]] == ["1/4", "2/4", "3/4", "4/4"]
     assert messages[-1].endswith("try 3/3: layer c; layer d; layer e in float")  # in graph order
 
@@ -160,9 +188,9 @@ def test_search_records_trials_and_uses_its_defaults():
 
 
 def test_score_reads_the_probabilities_output_by_name(tmp_path):
-    from tests.onnx_fakes import conv_model
+    from tests.helpers.onnx_fakes import conv_model
     from tumor_export.gate import score
-    from tumor_runtime.model import create_session
+    from tumor_runtime.model.session import create_session
 
     model = conv_model(tmp_path / "m.onnx", logits_first=True)
     x = np.random.default_rng(0).normal(0, 1, (5, 1, 32, 32)).astype(np.float32)

@@ -7,12 +7,19 @@ import onnx
 import pytest
 import torch
 
-from tests.helpers import model_checkpoint
+from tests.helpers.checkpoints import model_checkpoint
 from tumor_export import onnx_export
-from tumor_export.onnx_export import (ExportError, check_against_torch, check_onnx, export_fp32, fixed_inputs,
-                                      supports_cam, torch_cam)
-from tumor_runtime import model as runtime_model
-from tumor_train.checkpoint import load_model
+from tumor_export.onnx_export import (
+    ExportError,
+    check_against_torch,
+    check_onnx,
+    export_fp32,
+    fixed_inputs,
+    supports_cam,
+    torch_cam,
+)
+from tumor_runtime.model import session as runtime_model
+from tumor_train.model_file import load_model
 from tumor_train.models import build_model
 
 
@@ -55,7 +62,7 @@ def test_a_graph_that_answers_otherwise_is_refused(exported, tmp_path):
     with pytest.raises(ExportError, match=r"^ONNX Runtime and torch disagree by \d\.\d\de[-+]\d\d \(allowed 1e-04\)$"):
         check_against_torch(path, other, fixed_inputs(32))
     with pytest.raises(ExportError, match="class activation maps disagree"):  # probabilities pass at a loose
-        check_against_torch(path, other, fixed_inputs(32), atol=1.0)      # tolerance; the maps are checked next
+        check_against_torch(path, other, fixed_inputs(32), atol=1.0)  # tolerance; the maps are checked next
 
 
 class Skewed:

@@ -6,13 +6,14 @@ import shutil
 
 import numpy as np
 
-from tests.conftest import CLASSES, make_dataset
-from tests.onnx_fakes import features_model
+from tests.helpers.datasets import CLASSES, make_dataset
+from tests.helpers.onnx_fakes import features_model
 from tumor_export import ood_fit
 from tumor_export.metadata import read_metadata
-from tumor_runtime.model import create_session
-from tumor_runtime.ood import OodModel, image_descriptors
-from tumor_runtime.preprocess import load_gray, normalize
+from tumor_runtime.imaging.descriptors import image_descriptors
+from tumor_runtime.imaging.transform import load_gray, normalize
+from tumor_runtime.model.ood import OodModel
+from tumor_runtime.model.session import create_session
 
 PRE = {"size": 32, "mean": 0.3, "std": 0.2, "crop": "none"}
 
@@ -55,8 +56,11 @@ def test_attach_writes_a_score_the_runtime_reads_and_reports_what_it_fitted(tmp_
     assert {k: v for k, v in meta.items() if k != "ood"} == before
     model = OodModel.from_metadata(meta["ood"])
     scores = model.score(*ood_fit.measurements(path, validation, PRE))
-    assert report == {"method": "mahalanobis-ppca on pooled features and image descriptors",
-                      "training_images": 120, "validation_images": 40,
-                      "validation_flagged": float(model.flags(scores).mean())}
+    assert report == {
+        "method": "mahalanobis-ppca on pooled features and image descriptors",
+        "training_images": 120,
+        "validation_images": 40,
+        "validation_flagged": float(model.flags(scores).mean()),
+    }
     assert report["validation_flagged"] == 0.0  # 40 images: the 99.75 % quantile is their largest distance
     assert scores.max() < 1.0 and scores.max() > 0.5

@@ -14,23 +14,25 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import make_dataset
-from tests.helpers import model_checkpoint
+from tests.helpers.checkpoints import model_checkpoint
+from tests.helpers.datasets import make_dataset
 from tumor_export import gate as gate_module
 from tumor_export import pipeline
 from tumor_export.metadata import read_metadata
 from tumor_export.pipeline import ExportOptions, GateError, run_export
-from tumor_runtime.tumor import choose_threshold
-from tumor_runtime.fileio import sha256_file
-from tumor_runtime.errors import OutputError
-from tumor_runtime.model import ModelInfo
-from tumor_train.checkpoint import load_model, save_atomic
+from tumor_runtime.core.errors import OutputError
+from tumor_runtime.core.fileio import sha256_file
+from tumor_runtime.core.scoring import choose_threshold
+from tumor_runtime.model import manifest
+from tumor_runtime.model.info import ModelInfo
 from tumor_train.data import DataError
+from tumor_train.model_file import load_model, save_atomic
 
 
 def export(args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "tumor_export", *map(str, args)], capture_output=True, text=True,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "tumor_export", *map(str, args)], capture_output=True, text=True, **kwargs
+    )
 
 
 def test_fp32_onnx_passes_checker_and_matches_torch(trained, exported):
@@ -56,7 +58,9 @@ def test_metadata_round_trips(trained, exported):
         assert info.classes == ckpt["classes"]
         assert info.input_size == ckpt["preprocess"]["size"] and info.crop == ckpt["preprocess"]["crop"]
         assert meta["grayscale"] == "true" and meta["resize"] == "pil-bilinear"
-        assert info.mean == pytest.approx(ckpt["preprocess"]["mean"]) and info.std == pytest.approx(ckpt["preprocess"]["std"])
+        assert info.mean == pytest.approx(ckpt["preprocess"]["mean"]) and info.std == pytest.approx(
+            ckpt["preprocess"]["std"]
+        )
         assert json.loads(meta["tumor_classes"]) == ["glioma", "meningioma", "pituitary"]
         assert 0 < info.tumor_threshold <= 0.5 and info.arch == "compact"
         assert "onnxruntime" in json.loads(meta["exported_with"])
@@ -74,17 +78,19 @@ def test_int8_is_smaller_and_reported(trained, exported):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     onnx.checker.check_model(onnx.load(str(exported / "model.int8.onnx")), full_check=True)
     # The report's parity figures, recomputed here from both files on the same validation images.
-    from tumor_runtime.classifier import Classifier
+    from tumor_runtime.inference.classifier import Classifier
 
     ckpt = torch.load(trained / "model.pth", weights_only=True)
     files = [Path(ckpt["data"]["root"]) / f for f in ckpt["data"]["val_files"]]
     runs = {name: Classifier.load(exported / name).predict(files) for name in ("model.onnx", "model.int8.onnx")}
-    probs = {name: np.array([[r["probabilities"][c] for c in ckpt["classes"]] for r in recs])
-             for name, recs in runs.items()}
+    probs = {
+        name: np.array([[r["probabilities"][c] for c in ckpt["classes"]] for r in recs]) for name, recs in runs.items()
+    }
     agreement = float((probs["model.onnx"].argmax(1) == probs["model.int8.onnx"].argmax(1)).mean())
     assert report["parity"]["top1_agreement"] == pytest.approx(agreement)
     assert report["parity"]["max_probability_diff"] == pytest.approx(
-        np.abs(probs["model.onnx"] - probs["model.int8.onnx"]).max(), abs=1e-5)
+        np.abs(probs["model.onnx"] - probs["model.int8.onnx"]).max(), abs=1e-5
+    )
     labels = [ckpt["classes"].index(f.parent.name) for f in files]
     from sklearn.metrics import fbeta_score
 
@@ -114,14 +120,17 @@ def test_gate_refuses_and_writes_nothing(trained, tmp_path, monkeypatch):
     from tumor_export.cli import main
 
     int8_scores_lower(monkeypatch, 0.5)  # no layer in float can win it back
-    result = CliRunner().invoke(main, ["--checkpoint", str(trained / "model.pth"), "--out", str(tmp_path), "--int8",
-                                       "--calibration-size", "8"])
+    result = CliRunner().invoke(
+        main, ["--checkpoint", str(trained / "model.pth"), "--out", str(tmp_path), "--int8", "--calibration-size", "8"]
+    )
     assert result.exit_code == 1, result.output
     assert "below FP32" in result.output and "Traceback" not in result.output
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing written, no scratch folder left either
     with pytest.raises(GateError):
-        run_export(ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=8),
-                   log=lambda m: None)
+        run_export(
+            ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=8),
+            log=lambda m: None,
+        )
 
 
 def test_interrupted_export_keeps_earlier_files(trained, tmp_path, monkeypatch):
@@ -135,14 +144,18 @@ def test_interrupted_export_keeps_earlier_files(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "write_metadata", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_export(ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=16),
-                   log=lambda m: None)
+        run_export(
+            ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=16),
+            log=lambda m: None,
+        )
     assert {p.name: sha256_file(p) for p in tmp_path.iterdir()} == before
 
 
 def test_calibration_is_reproducible(trained, exported, tmp_path):
-    run_export(ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=32),
-               log=lambda m: None)
+    run_export(
+        ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=32),
+        log=lambda m: None,
+    )
     assert sha256_file(tmp_path / "model.int8.onnx") == sha256_file(exported / "model.int8.onnx")
 
 
@@ -165,13 +178,16 @@ def test_threshold_keeps_sensitivity_with_fewest_false_alarms():
     t = choose_threshold(scores, is_tumor)
     assert (scores[is_tumor] >= t).mean() >= 0.995
     assert t <= 0.5
-    strict = choose_threshold(np.r_[np.full(10, 0.1), np.full(1000, 0.9)], np.r_[np.zeros(10, bool), np.ones(1000, bool)])
+    strict = choose_threshold(
+        np.r_[np.full(10, 0.1), np.full(1000, 0.9)], np.r_[np.zeros(10, bool), np.ones(1000, bool)]
+    )
     assert strict == 0.5  # capped: never less sensitive than P(tumor) > P(notumor)
     loose = choose_threshold(np.linspace(0.001, 0.3, 200), np.ones(200, bool))
     assert loose == pytest.approx(np.linspace(0.001, 0.3, 200)[1])  # floor(0.005 * 200) = 1 miss allowed
 
 
 # The pipeline's parts, on an untrained 32 px model (seconds, no training).
+
 
 @pytest.fixture
 def small(tmp_path):
@@ -191,8 +207,14 @@ def test_options_refuse_a_nan_drop_and_a_zero_calibration_size(tmp_path):
     with pytest.raises(ValueError, match=r"^--calibration-size must be an integer in \[1, 1000000\], got 0$"):
         ExportOptions(tmp_path, calibration_size=0).check()
     defaults = ExportOptions(tmp_path)
-    assert (defaults.calibration_size, defaults.calibration_method, defaults.activation_type, defaults.max_f2_drop,
-            defaults.seed, defaults.int8) == (256, "percentile", "u8", 0.005, 0, False)
+    assert (
+        defaults.calibration_size,
+        defaults.calibration_method,
+        defaults.activation_type,
+        defaults.max_f2_drop,
+        defaults.seed,
+        defaults.int8,
+    ) == (256, "percentile", "u8", 0.005, 0, False)
 
 
 def test_the_evaluation_set_is_eval_else_the_recorded_split_else_an_error(small, tmp_path):
@@ -201,20 +223,22 @@ def test_the_evaluation_set_is_eval_else_the_recorded_split_else_an_error(small,
     files, labels = pipeline.evaluation_set(ExportOptions(path), ckpt, required=True)
     assert [str(f.relative_to(root)) for f in files] == ckpt["data"]["val_files"]
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    files, labels = pipeline.evaluation_set(ExportOptions(path, eval=root), ckpt, required=True)
+    files, labels = pipeline.evaluation_set(ExportOptions(path, eval_dir=root), ckpt, required=True)
     assert len(files) == 24 and labels.tolist() == sorted(labels.tolist())
     with pytest.raises(DataError) as caught:
-        pipeline.evaluation_set(ExportOptions(path, eval=tmp_path / "absent"), ckpt, required=True)
+        pipeline.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "absent"), ckpt, required=True)
     assert str(caught.value) == f"--eval folder {tmp_path / 'absent'} does not exist"
     with pytest.raises(DataError, match="^--eval: "):
-        pipeline.evaluation_set(ExportOptions(path, eval=tmp_path / "run"), ckpt, required=True)
+        pipeline.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "run"), ckpt, required=True)
     moved = ckpt | {"data": ckpt["data"] | {"root": str(tmp_path / "elsewhere")}}
     assert pipeline.evaluation_set(ExportOptions(path), moved, required=False) is None
     with pytest.raises(DataError) as caught:
         pipeline.evaluation_set(ExportOptions(path), moved, required=True)
-    assert str(caught.value).startswith(f"--int8 needs labelled images for the parity gate and images to calibrate "
-                                        f"on; the validation split recorded in the checkpoint is not under "
-                                        f"{tmp_path / 'elsewhere'}: pass --eval DIR")
+    assert str(caught.value).startswith(
+        f"--int8 needs labelled images for the parity gate and images to calibrate "
+        f"on; the validation split recorded in the checkpoint is not under "
+        f"{tmp_path / 'elsewhere'}: pass --eval DIR"
+    )
 
 
 def test_calibration_leaves_out_the_evaluation_images_and_names_a_missing_folder(small, tmp_path):
@@ -272,16 +296,17 @@ def test_commit_vouches_for_old_or_new_at_every_step_and_drops_stale_files(tmp_p
         real_replace(src, dst)
 
     monkeypatch.setattr(pipeline.os, "replace", watching_replace)
-    pipeline.commit(out, {"model.onnx": scratch / "model.onnx"}, stale=["model.int8.onnx"], log=said.append)
+    manifest.commit(out, {"model.onnx": scratch / "model.onnx"}, stale=["model.int8.onnx"], log=said.append)
     assert seen == [{"files": {"model.onnx": new}, "replacing": {"model.onnx": old["model.onnx"]}}]
     assert json.loads((out / "manifest.json").read_text()) == {"files": {"model.onnx": new}}
     assert not (out / "model.int8.onnx").exists() and (out / "model.onnx").read_bytes() == b"new fp32"
     assert said == ["Removed model.int8.onnx: it was exported from an earlier checkpoint"]
     (out / "manifest.json").write_text("{broken")
     (scratch / "model.int8.onnx").write_bytes(b"new int8")
-    pipeline.commit(out, {"model.int8.onnx": scratch / "model.int8.onnx"}, stale=[], log=said.append)
-    assert json.loads((out / "manifest.json").read_text()) == {"files": {"model.int8.onnx": sha256_file(
-        out / "model.int8.onnx")}}  # an unreadable manifest is rebuilt from what this export writes
+    manifest.commit(out, {"model.int8.onnx": scratch / "model.int8.onnx"}, stale=[], log=said.append)
+    assert json.loads((out / "manifest.json").read_text()) == {
+        "files": {"model.int8.onnx": sha256_file(out / "model.int8.onnx")}
+    }  # an unreadable manifest is rebuilt from what this export writes
 
 
 def test_an_fp32_export_without_images_is_checked_on_fixed_inputs(small, tmp_path):
@@ -302,8 +327,9 @@ def test_an_fp32_export_without_images_is_checked_on_fixed_inputs(small, tmp_pat
 def test_an_int8_export_scores_both_models_and_records_its_calibration(small, tmp_path):
     path, root = small
     said = []
-    report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=1.0, calibration_size=8),
-                        log=said.append)
+    report = run_export(
+        ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=1.0, calibration_size=8), log=said.append
+    )
     assert sorted(report["files"]) == ["model.int8.onnx", "model.onnx"]
     assert report["evaluation"] == {"source": "validation split in checkpoint", "images": 8}
     calibration = report["calibration"]
@@ -334,8 +360,11 @@ def test_the_gate_refuses_an_int8_model_that_loses_more_than_allowed(small, tmp_
         return gate_module.Scored(int8.probabilities, int8.f2 - 0.5, int8.summary), kept, trials
 
     monkeypatch.setattr(gate_module, "quantize_with_gate", worse)
-    with pytest.raises(GateError, match=r"^int8 macro F2 -?\d\.\d{4} is 0\.5000 below FP32 \d\.\d{4} \(allowed 0\.1\) even "
-                                        r"with \d+ layers in float; nothing written$"):
+    with pytest.raises(
+        GateError,
+        match=r"^int8 macro F2 -?\d\.\d{4} is 0\.5000 below FP32 \d\.\d{4} \(allowed 0\.1\) even "
+        r"with \d+ layers in float; nothing written$",
+    ):
         run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=0.1, calibration_size=8))
     assert not (tmp_path / "e" / "model.int8.onnx").exists()
 
@@ -352,13 +381,17 @@ def test_a_checkpoint_from_before_the_crop_and_the_recorded_split_exports_end_to
     an int8 export with --eval calibrates, gates and fits the OOD score on whole frames, and says so."""
     path, root = small
     ckpt = torch.load(path, weights_only=True)
-    old = ckpt | {"preprocess": {k: v for k, v in ckpt["preprocess"].items() if k != "crop"},
-                  "data": {"root": str(root), "train_dir": str(root)}}
+    old = ckpt | {
+        "preprocess": {k: v for k, v in ckpt["preprocess"].items() if k != "crop"},
+        "data": {"root": str(root), "train_dir": str(root)},
+    }
     save_atomic(old, path)
     held_out = make_dataset(tmp_path / "eval", per_class=3)
     said = []
-    report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, eval=held_out, max_f2_drop=1.0,
-                                      calibration_size=8), log=said.append)
+    report = run_export(
+        ExportOptions(path, out=tmp_path / "e", int8=True, eval_dir=held_out, max_f2_drop=1.0, calibration_size=8),
+        log=said.append,
+    )
     assert sorted(report["files"]) == ["model.int8.onnx", "model.onnx"] and set(report["ood"]) == set(report["files"])
     assert report["evaluation"] == {"source": str(held_out), "images": 12}
     assert report["calibration"]["folder"] == root.name
@@ -369,7 +402,8 @@ def test_a_checkpoint_from_before_the_crop_and_the_recorded_split_exports_end_to
 
 
 def test_a_checkpoint_that_recorded_no_data_exports_fp32_and_never_calibrates_on_the_working_folder(
-        small, tmp_path, monkeypatch):
+    small, tmp_path, monkeypatch
+):
     """No "data" at all: FP32 exports unscored; int8 with --eval but no --calibration names the missing training
     folder instead of drawing images from the current directory (Path("") is ".")."""
     path, root = small
@@ -381,13 +415,15 @@ def test_a_checkpoint_that_recorded_no_data_exports_fp32_and_never_calibrates_on
     assert report["fp32"] is None and report["ood"] is None and sorted(report["files"]) == ["model.onnx"]
     with pytest.raises(DataError) as caught:
         run_export(ExportOptions(path, out=tmp_path / "e", int8=True))
-    assert str(caught.value) == ("--int8 needs labelled images for the parity gate and images to calibrate on; the "
-                                 "validation split is not recorded in the checkpoint: pass --eval DIR (DIR/<class>/...)"
-                                 " and --calibration DIR")
+    assert str(caught.value) == (
+        "--int8 needs labelled images for the parity gate and images to calibrate on; the "
+        "validation split is not recorded in the checkpoint: pass --eval DIR (DIR/<class>/...)"
+        " and --calibration DIR"
+    )
     with pytest.raises(DataError) as caught:
-        run_export(ExportOptions(path, out=tmp_path / "e", int8=True, eval=root))
+        run_export(ExportOptions(path, out=tmp_path / "e", int8=True, eval_dir=root))
     assert str(caught.value) == "the checkpoint records no training folder to calibrate on; pass --calibration DIR"
-    report = run_export(ExportOptions(path, out=tmp_path / "e", eval=root), log=said.append)
+    report = run_export(ExportOptions(path, out=tmp_path / "e", eval_dir=root), log=said.append)
     assert report["fp32"] is not None and report["ood"] is None
     assert said[-1] == "No training and validation images at hand: exported without the out-of-distribution flag."
 
@@ -396,9 +432,9 @@ def test_a_brain_crop_model_is_calibrated_gated_and_thresholded_on_cropped_slice
     """The slices behind every export decision are the ones the runtime will feed this model (its crop): the
     calibration sample, the gate's scores and the tumour threshold chosen on them."""
     from tumor_export.calibration import load_inputs, load_slices, sample_files
-    from tumor_runtime.contract import INPUT_NAME, PROBABILITIES
-    from tumor_runtime.preprocess import normalize
-    from tumor_runtime.tumor import screening_stats, tumor_probability
+    from tumor_runtime.core.contract import INPUT_NAME, PROBABILITIES
+    from tumor_runtime.core.scoring import screening_stats, tumor_probability
+    from tumor_runtime.imaging.transform import normalize
 
     root = make_dataset(tmp_path / "data", per_class=6)
     path = model_checkpoint(tmp_path / "run" / "model.pth", size=32, crop="brain")

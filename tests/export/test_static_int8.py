@@ -10,11 +10,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.onnx_fakes import conv_model, metadata, save_model
+from tests.helpers.onnx_fakes import conv_model, metadata, save_model
 from tumor_export.calibration import ArrayReader
 from tumor_export.onnx_export import ExportError
-from tumor_export.static_int8 import (float_only_nodes, int8_convolutions, prepare_graph, quantizable_nodes,
-                                      quantize_int8, quiet_logging)
+from tumor_export.static_int8 import (
+    float_only_nodes,
+    int8_convolutions,
+    prepare_graph,
+    quantizable_nodes,
+    quantize_int8,
+    quiet_logging,
+)
 
 
 def test_the_export_reports_fused_int8_convolutions(exported):
@@ -24,6 +30,7 @@ def test_the_export_reports_fused_int8_convolutions(exported):
 
 
 # The quantizer's settings, read off the written graph (a stand-in model: no training).
+
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
@@ -60,16 +67,23 @@ def test_quiet_logging_silences_the_root_logger_only_meanwhile():
 
 
 @pytest.mark.parametrize("activation, zero_point_type", [("u8", onnx.TensorProto.UINT8), ("s8", onnx.TensorProto.INT8)])
-def test_qdq_with_per_channel_int8_weights_and_the_asked_activation_type(prepared, tmp_path, activation,
-                                                                         zero_point_type):
+def test_qdq_with_per_channel_int8_weights_and_the_asked_activation_type(
+    prepared, tmp_path, activation, zero_point_type
+):
     reader = calibration()
     while reader.get_next() is not None:  # a spent reader: quantize_int8 rewinds it
         pass
     quantize_int8(prepared, tmp_path / "q.onnx", reader, activation=activation)
     graph = nodes(tmp_path / "q.onnx")
     init = {i.name: i for i in graph.initializer}
-    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and init.get(n.input[0]) is not None
-                 and init[n.input[0]].data_type == onnx.TensorProto.INT8 and len(init[n.input[0]].dims) == 4]
+    weight_dq = [
+        n
+        for n in graph.node
+        if n.op_type == "DequantizeLinear"
+        and init.get(n.input[0]) is not None
+        and init[n.input[0]].data_type == onnx.TensorProto.INT8
+        and len(init[n.input[0]].dims) == 4
+    ]
     assert len(weight_dq) == 2  # both convolutions' weights
     assert all(numpy_helper.to_array(init[n.input[1]]).shape == (4,) for n in weight_dq)  # one scale per channel
     assert all(not numpy_helper.to_array(init[n.input[2]]).any() for n in weight_dq)  # symmetric: zero points 0
@@ -95,8 +109,9 @@ def test_calibration_methods_give_different_ranges(prepared, tmp_path):
         quantize_int8(prepared, tmp_path / f"{method}.onnx", calibration(), method=method)
         graph = nodes(tmp_path / f"{method}.onnx")
         init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        scales[method] = sorted(float(init[n.input[1]]) for n in graph.node
-                                if n.op_type == "QuantizeLinear" and init[n.input[1]].ndim == 0)
+        scales[method] = sorted(
+            float(init[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear" and init[n.input[1]].ndim == 0
+        )
     assert scales["minmax"] != scales["percentile"]
 
 
@@ -106,34 +121,48 @@ def test_a_convolution_left_in_float_unannounced_is_refused(prepared, tmp_path):
     assert counts == {"QLinearConv": 1, "Conv": 1, "float_by_design": 1}
     with pytest.raises(ExportError) as caught:
         int8_convolutions(tmp_path / "q.onnx", prepared, [])
-    assert str(caught.value) == ("1 convolution(s) of the int8 model would run in float in ONNX Runtime "
-                                 "(not fused into QLinearConv)")
+    assert str(caught.value) == (
+        "1 convolution(s) of the int8 model would run in float in ONNX Runtime (not fused into QLinearConv)"
+    )
     quantize_int8(prepared, tmp_path / "both.onnx", calibration(), keep_float=["conv1", "conv2"])
     with pytest.raises(ExportError, match="^1 convolution"):  # two in float, one of them announced
         int8_convolutions(tmp_path / "both.onnx", prepared, ["conv1"])
     quantize_int8(prepared, tmp_path / "all.onnx", calibration())
-    assert int8_convolutions(tmp_path / "all.onnx", prepared, []) == {"QLinearConv": 2, "Conv": 0,
-                                                                       "float_by_design": 0}
+    assert int8_convolutions(tmp_path / "all.onnx", prepared, []) == {"QLinearConv": 2, "Conv": 0, "float_by_design": 0}
 
 
 def test_a_tensor_read_by_two_layers_gets_a_quantization_pair_for_each(tmp_path):
     """The CAM head shares the last feature map with the classifier: its own Q/DQ pair keeps the classifier's
     path quantized (and fused) exactly as without the head."""
     rng = np.random.default_rng(1)
-    init = [numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name) for name, shape in
-            (("W1", (4, 1, 3, 3)), ("W2", (4, 4, 1, 1)), ("W3", (4, 4, 1, 1)), ("W4", (4, 4)), ("B4", (4,)))]
-    nodes = [helper.make_node("Conv", ["image", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["shared"], name="relu1"),
-             helper.make_node("Conv", ["shared", "W2"], ["c2"], name="conv2"),
-             helper.make_node("Conv", ["shared", "W3"], ["c3"], name="conv3"),
-             helper.make_node("Add", ["c2", "c3"], ["sum"], name="add"),
-             helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="gap"),
-             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "W4", "B4"], ["logits"], name="gemm", transB=1),
-             helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1)]
-    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                                              ["N", 1, 32, 32])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])], init)
+    init = [
+        numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
+        for name, shape in (
+            ("W1", (4, 1, 3, 3)),
+            ("W2", (4, 4, 1, 1)),
+            ("W3", (4, 4, 1, 1)),
+            ("W4", (4, 4)),
+            ("B4", (4,)),
+        )
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["shared"], name="relu1"),
+        helper.make_node("Conv", ["shared", "W2"], ["c2"], name="conv2"),
+        helper.make_node("Conv", ["shared", "W3"], ["c3"], name="conv3"),
+        helper.make_node("Add", ["c2", "c3"], ["sum"], name="add"),
+        helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "W4", "B4"], ["logits"], name="gemm", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 32, 32])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4])],
+        init,
+    )
     prepare_graph(save_model(graph, tmp_path / "m.onnx", metadata(input_size=32)), tmp_path / "pre.onnx")
     quantize_int8(tmp_path / "pre.onnx", tmp_path / "q.onnx", calibration())
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
@@ -161,6 +190,7 @@ def test_what_the_quantizer_prints_stays_off_the_users_terminal(tmp_path, monkey
         def call(*args, **kwargs):
             print("quantizer chatter")
             return real(*args, **kwargs)
+
         return call
 
     monkeypatch.setattr(static_int8, "quant_pre_process", chatty(static_int8.quant_pre_process))

@@ -1,4 +1,5 @@
-"""`tumor-train` under bad inputs and faults: NaN options, unreadable classes, symlinks, full disks, interrupts, resume checks."""
+"""`tumor-train` under bad inputs and faults: NaN options, unreadable classes, symlinks, full disks, interrupts,
+resume checks."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import REPO, make_dataset
-from tests.helpers import infer, one_line_error, run
-from tumor_runtime.fileio import sha256_file
+from tests.helpers.datasets import REPO, make_dataset
+from tests.helpers.processes import infer, one_line_error, run
+from tumor_runtime.core.fileio import sha256_file
 
 pytestmark = pytest.mark.faults  # the bad-input and fault sweep: pytest -m faults
 
@@ -75,10 +76,11 @@ def test_10_weights_survive_when_outputs_cannot_be_written(dataset, tmp_path, mo
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trainer.report, "plot_curves", disk_full)
+    monkeypatch.setattr(trainer.plots, "plot_curves", disk_full)
     out = tmp_path / "o"
-    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "1",
-                                                "--width", "8"])
+    result = CliRunner().invoke(
+        trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "1", "--width", "8"]
+    )
     assert result.exit_code == 2 and "checkpoint.pth" in result.output
     best = torch.load(out / "checkpoint.pth", weights_only=True)["best"]
     assert best["state_dict"] is not None
@@ -104,8 +106,9 @@ def test_12_train_errors_before_training(dataset, tmp_path, case):
 def test_14_resume_restores_the_configuration(dataset, tmp_path, monkeypatch):
     out = tmp_path / "o"
     interrupt_in_epoch(monkeypatch, 2)
-    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "3",
-                                                "--width", "8"])
+    result = CliRunner().invoke(
+        trainer_cli(), ["--data", str(dataset), "--out", str(out), "--epochs", "3", "--width", "8"]
+    )
     assert result.exit_code == 130
     monkeypatch.undo()
     conflict = CliRunner().invoke(trainer_cli(), ["--out", str(out), "--resume", "--epochs", "60"])
@@ -126,8 +129,9 @@ def test_14_resume_checks_the_checkpoint_before_the_data(tmp_path):
 
 def test_15_ctrl_c_in_epoch_1_says_there_is_no_checkpoint(dataset, tmp_path, monkeypatch):
     interrupt_in_epoch(monkeypatch, 1)
-    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"),
-                                                "--epochs", "2", "--width", "8"])
+    result = CliRunner().invoke(
+        trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"), "--epochs", "2", "--width", "8"]
+    )
     assert result.exit_code == 130
     assert "no checkpoint" in result.output and not (tmp_path / "o" / "checkpoint.pth").exists()
 
@@ -150,9 +154,10 @@ def test_18_ctrl_c_while_writing_training_outputs(dataset, tmp_path, monkeypatch
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer.report, "plot_curves", interrupt)
-    result = CliRunner().invoke(trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"),
-                                                "--epochs", "1", "--width", "8"])
+    monkeypatch.setattr(trainer.plots, "plot_curves", interrupt)
+    result = CliRunner().invoke(
+        trainer_cli(), ["--data", str(dataset), "--out", str(tmp_path / "o"), "--epochs", "1", "--width", "8"]
+    )
     assert result.exit_code == 130 and "--resume" in result.output
     assert (tmp_path / "o" / "checkpoint.pth").is_file()
 
@@ -160,8 +165,9 @@ def test_18_ctrl_c_while_writing_training_outputs(dataset, tmp_path, monkeypatch
 def test_22_summaries_have_no_raw_floats(dataset, int8, tmp_path):
     import re
 
-    trained_line = run("tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "1",
-                                       "--width", "8"]).stdout.splitlines()[-1]
+    trained_line = run(
+        "tumor_train", ["--data", dataset, "--out", tmp_path / "o", "--epochs", "1", "--width", "8"]
+    ).stdout.splitlines()[-1]
     evaluation = infer([make_dataset(tmp_path / "e", per_class=2), "--evaluate", "--model", int8]).stdout
     for text in (trained_line, evaluation):
         assert not re.search(r"\d\.\d{5,}", text), text
@@ -171,13 +177,27 @@ def test_an_interrupted_fold_continues_through_the_cv_command_never_alone(tmp_pa
     """Round four, item 4: resuming a --cv fold as a plain run would train it on a new split of its own
     validation images; the message names the --cv command, and --resume of a fold folder is refused."""
     data = make_dataset(tmp_path / "d", per_class=6)
-    cv_args = ["--data", str(data), "--out", str(tmp_path / "cv"), "--cv", "2", "--epochs", "2", "--width", "8",
-               "--size", "32"]
+    cv_args = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "cv"),
+        "--cv",
+        "2",
+        "--epochs",
+        "2",
+        "--width",
+        "8",
+        "--size",
+        "32",
+    ]
     interrupt_in_epoch(monkeypatch, 4)  # fold 2, epoch 2: fold 2 has the checkpoint of its epoch 1
     stopped = CliRunner().invoke(trainer_cli(), cv_args)
     assert stopped.exit_code == 130
-    assert ("Stopped: fold 2 of 2: interrupted in epoch 2; run the same tumor-train --cv 2 command again: finished "
-            "folds are reused and fold 2 continues from its last checkpoint, if one was saved") in stopped.output
+    assert (
+        "Stopped: fold 2 of 2: interrupted in epoch 2; run the same tumor-train --cv 2 command again: finished "
+        "folds are reused and fold 2 continues from its last checkpoint, if one was saved"
+    ) in stopped.output
     alone = CliRunner().invoke(trainer_cli(), ["--out", str(tmp_path / "cv" / "fold-2"), "--resume"])
     assert alone.exit_code == 2 and "is a fold of a --cv run" in alone.output
     monkeypatch.undo()
@@ -195,8 +215,21 @@ def test_a_val_list_beside_a_validation_folder_is_refused(tmp_path):
     make_dataset(tmp_path / "d" / "Train", per_class=4)
     make_dataset(tmp_path / "d" / "Validation", per_class=2, seed=3)
     (tmp_path / "list.txt").write_text("Train/glioma/img_000.jpg\n")
-    result = run("tumor_train", ["--data", tmp_path / "d", "--out", tmp_path / "o", "--epochs", "1", "--width", "8",
-                                 "--val-list", tmp_path / "list.txt"])
+    result = run(
+        "tumor_train",
+        [
+            "--data",
+            tmp_path / "d",
+            "--out",
+            tmp_path / "o",
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--val-list",
+            tmp_path / "list.txt",
+        ],
+    )
     one_line_error(result)
     assert "--val-list and " in result.stderr and "both name the validation images" in result.stderr
     assert not (tmp_path / "o" / "model.pth").exists()

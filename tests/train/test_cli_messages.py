@@ -7,7 +7,7 @@ import shlex
 
 from click.testing import CliRunner
 
-from tests.conftest import make_dataset
+from tests.helpers.datasets import make_dataset
 
 
 def train(args: list[str]):
@@ -40,4 +40,6 @@ def test_a_final_fit_says_export_needs_a_labelled_folder(tmp_path):
     lines = train(["--data", data, "--out", tmp_path / "fit", "--val-fraction", "0"])
     assert "Final fit: 1 epoch on every image, no validation split." in lines
     assert not any(line.startswith("Testing/") for line in lines)
-    assert lines[-1].endswith(f"tumor-export --checkpoint {tmp_path / 'fit' / 'model.pth'} --int8 --evaluate LABELLED_DIR")
+    assert lines[-1].endswith(
+        f"tumor-export --checkpoint {tmp_path / 'fit' / 'model.pth'} --int8 --evaluate LABELLED_DIR"
+    )

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tumor_runtime.errors import OptionError
+from tumor_runtime.core.errors import OptionError
 from tumor_train.config import TrainConfig
 
 
@@ -63,3 +63,16 @@ def test_known_keeps_exactly_the_fields(options):
     names = {f.name for f in fields(TrainConfig)}
     kept = TrainConfig.known(options | {"epochs": 3})
     assert kept == {k: v for k, v in (options | {"epochs": 3}).items() if k in names}
+
+
+def test_every_config_field_a_message_names_is_an_option_of_tumor_train():
+    """Resume and --cv conflicts name the option to change: each config field's flag exists (--size, not
+    --image-size; --teacher, not --teachers), and the fields no option sets are said to be fields."""
+    from tumor_train.cli import main
+    from tumor_train.config import NO_OPTION, flag
+
+    options = {opt for param in main.params for opt in param.opts}
+    without = {f for f in TrainConfig.__dataclass_fields__ if flag(f) not in options}
+    assert without == NO_OPTION
+    assert flag("image_size") == "--size" and flag("teachers") == "--teacher" and flag("lr") == "--lr"
+    assert flag("dropout") == "dropout (in train/config.py)"

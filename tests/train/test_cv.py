@@ -3,31 +3,45 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import make_dataset
-from tumor_runtime.errors import UsageError
-from tumor_runtime.metrics import summarize
+from tests.helpers.datasets import make_dataset
+from tumor_runtime.core.errors import UsageError
+from tumor_runtime.core.scoring import summarize
 from tumor_train import cv
 from tumor_train.config import TrainConfig
 from tumor_train.data import DataError
-from tumor_train.report import plt
+from tumor_train.plots import plt
 
 
 def record(fold, f2, accuracy=0.9, sensitivity=1.0, best=3):
-    return {"fold": fold, "best_epoch": best, "validation_images": 10, "f2_macro": f2, "accuracy": accuracy,
-            "tumor_sensitivity": sensitivity}
+    return {
+        "fold": fold,
+        "best_epoch": best,
+        "validation_images": 10,
+        "f2_macro": f2,
+        "accuracy": accuracy,
+        "tumor_sensitivity": sensitivity,
+    }
 
 
 def test_fold_record_takes_the_validation_figures_and_the_best_epoch():
-    metrics = {"best_epoch": 7, "validation": {"n_images": 12, "f2_macro": 0.5, "accuracy": 0.25,
-                                               "tumor_sensitivity": None, "other": 1}}
-    assert cv.fold_record(2, metrics) == {"fold": 2, "best_epoch": 7, "validation_images": 12, "f2_macro": 0.5,
-                                          "accuracy": 0.25, "tumor_sensitivity": None}
+    metrics = {
+        "best_epoch": 7,
+        "validation": {"n_images": 12, "f2_macro": 0.5, "accuracy": 0.25, "tumor_sensitivity": None, "other": 1},
+    }
+    assert cv.fold_record(2, metrics) == {
+        "fold": 2,
+        "best_epoch": 7,
+        "validation_images": 12,
+        "f2_macro": 0.5,
+        "accuracy": 0.25,
+        "tumor_sensitivity": None,
+    }
 
 
 def test_load_failures_name_the_training_split(tmp_path, fake_training):
@@ -42,15 +56,27 @@ def test_load_failures_name_the_training_split(tmp_path, fake_training):
 def test_the_folds_follow_the_seed(tmp_path, fake_training):
     data = make_dataset(tmp_path / "data", per_class=6)
     for seed in (0, 0, 1):
-        cv.run_cv(replace(TrainConfig(), data=str(data), out=str(tmp_path / f"cv{len(fake_training)}"),
-                          image_size=32, width=8, seed=seed), 2)
+        cv.run_cv(
+            replace(
+                TrainConfig(),
+                data=str(data),
+                out=str(tmp_path / f"cv{len(fake_training)}"),
+                image_size=32,
+                width=8,
+                seed=seed,
+            ),
+            2,
+        )
     first, again, other = ([str(p) for p in prepared.val.paths] for _, prepared, _ in fake_training[::2])
     assert first == again and first != other
 
 
 def test_summary_is_mean_and_sample_std_skipping_missing_values():
-    folds = [record(1, 0.9, sensitivity=None, best=2), record(2, 0.8, sensitivity=0.5, best=4),
-             record(3, 0.7, sensitivity=None, best=6)]
+    folds = [
+        record(1, 0.9, sensitivity=None, best=2),
+        record(2, 0.8, sensitivity=0.5, best=4),
+        record(3, 0.7, sensitivity=None, best=6),
+    ]
     summary = cv.summarize_folds(folds)
     assert summary["f2_macro"] == {"mean": pytest.approx(0.8), "std": pytest.approx(0.1)}
     assert summary["best_epoch"] == {"mean": 4.0, "std": 2.0}
@@ -65,12 +91,15 @@ def test_check_folds_names_the_fold_without_validation_or_without_a_class():
     cv.check_folds([(np.array([0, 2]), np.array([1, 3])), (np.array([1, 3]), np.array([0, 2]))], labels, ["a", "b"])
     with pytest.raises(DataError) as caught:
         cv.check_folds([(np.array([0, 2]), np.array([1, 3])), (np.array([0, 1]), np.array([2, 3]))], labels, ["a", "b"])
-    assert str(caught.value) == ("2-fold cross-validation needs more images: fold 2 would have 2 validation images "
-                                 "and no training image of b; use fewer folds")
+    assert str(caught.value) == (
+        "2-fold cross-validation needs more images: fold 2 would have 2 validation images "
+        "and no training image of b; use fewer folds"
+    )
     with pytest.raises(DataError) as caught:
         cv.check_folds([(np.array([0, 1, 2, 3]), np.array([], int))], labels, ["a", "b"])
-    assert str(caught.value) == ("1-fold cross-validation needs more images: fold 1 would have 0 validation images; "
-                                 "use fewer folds")
+    assert str(caught.value) == (
+        "1-fold cross-validation needs more images: fold 1 would have 0 validation images; use fewer folds"
+    )
 
 
 @pytest.fixture
@@ -83,8 +112,10 @@ def fake_training(monkeypatch):
         calls.append((cfg, prepared, place))
         assert resume == (Path(cfg.out) / "checkpoint.pth").is_file()
         labels = prepared.val.labels
-        return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
-                "best_epoch": len(calls)}
+        return {
+            "validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
+            "best_epoch": len(calls),
+        }
 
     monkeypatch.setattr(cv, "train_on", fake_train_on)
     return calls
@@ -99,14 +130,19 @@ def test_run_cv_trains_each_fold_into_its_folder_and_writes_the_report(tmp_path,
         assert prepared.info == {"train_dir": str(data), "cv_fold": k, "cv_folds": 3, "skipped_files": []}
         assert prepared.root == data and prepared.train_dir == data and prepared.test is None
         assert prepared.classes == ["glioma", "meningioma", "notumor", "pituitary"]
-        assert len(prepared.train.labels) + len(prepared.val.labels) == 24 and prepared.train.images.shape[1:] == (32, 32)
+        assert len(prepared.train.labels) + len(prepared.val.labels) == 24 and prepared.train.images.shape[1:] == (
+            32,
+            32,
+        )
         assert prepared.val_files == [str(p.relative_to(data)) for p in prepared.val.paths]
     assert all(place is not None and place.device.type == "cpu" for _, _, place in fake_training)
     assert (tmp_path / "cv" / "cv.json").read_text() == json.dumps(report, indent=2)
     assert [f["fold"] for f in report["folds"]] == [1, 2, 3]
     printed = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in printed if line.startswith("fold")] == ["fold 1/3", "fold 2/3", "fold 3/3"]
-    assert all(" train / " in line and line.endswith(" validation images") for line in printed if line.startswith("fold"))
+    assert all(
+        " train / " in line and line.endswith(" validation images") for line in printed if line.startswith("fold")
+    )
     assert report["k"] == 3 and report["complete"] is True and report["config"]["image_size"] == 32
     assert [f["best_epoch"] for f in report["folds"]] == [1, 2, 3]
     assert report["summary"]["best_epoch"] == {"mean": 2.0, "std": 1.0}
@@ -119,8 +155,14 @@ def test_run_cv_reuses_only_the_same_fold_and_resumes_an_interrupted_one(tmp_pat
     cv.run_cv(cfg, 2)
     fold1, fold2 = tmp_path / "cv" / "fold-1", tmp_path / "cv" / "fold-2"
     assert json.loads((fold1 / cv.FOLD_RECORD).read_text())["val_files"] == sorted(fake_training[0][1].val_files)
-    (fold1 / "metrics.json").write_text(json.dumps({"best_epoch": 42, "validation": {
-        "n_images": 8, "f2_macro": 0.5, "accuracy": 0.5, "tumor_sensitivity": 0.5}}))
+    (fold1 / "metrics.json").write_text(
+        json.dumps(
+            {
+                "best_epoch": 42,
+                "validation": {"n_images": 8, "f2_macro": 0.5, "accuracy": 0.5, "tumor_sensitivity": 0.5},
+            }
+        )
+    )
     (fold2 / "checkpoint.pth").write_bytes(b"an interrupted fold's checkpoint")
     fake_training.clear()
     report = cv.run_cv(replace(cfg, threads=1), 2)  # the machine's options may change
@@ -149,8 +191,9 @@ def test_a_fold_folder_without_a_record_is_refused(tmp_path, fake_training):
 def test_run_cv_refuses_torchrun_and_bad_options_before_reading_data(tmp_path, monkeypatch, fake_training):
     cfg = replace(TrainConfig(), data=str(tmp_path / "absent"), out=str(tmp_path / "cv"))
     monkeypatch.setattr(cv, "launched_by_torchrun", lambda: True)
-    with pytest.raises(UsageError, match="^--cv runs its folds one after another in one process: start it "
-                                         "without torchrun$"):
+    with pytest.raises(
+        UsageError, match="^--cv runs its folds one after another in one process: start it without torchrun$"
+    ):
         cv.run_cv(cfg, 3)
     with pytest.raises(ValueError, match="^lr must be"):
         cv.run_cv(replace(cfg, lr=-1.0), 3)
@@ -159,7 +202,7 @@ def test_run_cv_refuses_torchrun_and_bad_options_before_reading_data(tmp_path, m
 
 def test_the_plot_labels_its_axes_and_gives_mean_and_std_in_the_legend(tmp_path, monkeypatch):
     captured = {}
-    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig, path=path))
+    monkeypatch.setattr("tumor_train.plots.save_figure", lambda fig, path: captured.update(fig=fig, path=path))
     cv.plot_cv([record(1, 0.9), record(2, 0.8, sensitivity=None)], tmp_path / "cv.png")
     ax = captured["fig"].axes[0]
     assert captured["path"] == tmp_path / "cv.png"
@@ -181,7 +224,7 @@ def test_the_plot_labels_its_axes_and_gives_mean_and_std_in_the_legend(tmp_path,
 
 def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatch):
     captured = {}
-    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig))
+    monkeypatch.setattr("tumor_train.plots.save_figure", lambda fig, path: captured.update(fig=fig))
     cv.plot_cv([record(1, 0.9, sensitivity=None)], tmp_path / "cv.png")
     legend = [t.get_text() for t in captured["fig"].axes[0].get_legend().get_texts()]
     assert legend == ["f2 macro: 0.9000 ± 0.0000", "accuracy: 0.9000 ± 0.0000", "tumor sensitivity"]
@@ -190,7 +233,7 @@ def test_a_figure_without_any_value_labels_its_bars_by_name(tmp_path, monkeypatc
 
 def test_a_figure_of_folds_without_any_score_spans_zero_to_one(tmp_path, monkeypatch):
     captured = {}
-    monkeypatch.setattr("tumor_train.report.save_figure", lambda fig, path: captured.update(fig=fig))
+    monkeypatch.setattr("tumor_train.plots.save_figure", lambda fig, path: captured.update(fig=fig))
     cv.plot_cv([record(1, None, accuracy=None, sensitivity=None)], tmp_path / "cv.png")
     ax = captured["fig"].axes[0]
     assert ax.get_ylim() == (0.0, 1.0) and ax.get_legend().get_title().get_fontsize() == 8

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import CLASSES, make_dataset
-from tumor_runtime.preprocess import load_gray, normalize
+from tests.helpers.datasets import CLASSES, make_dataset
+from tumor_runtime.imaging.transform import load_gray, normalize
 from tumor_train import data
 from tumor_train.config import TrainConfig
 from tumor_train.data import DataError
@@ -20,14 +20,19 @@ from tumor_train.data import DataError
 def test_find_splits_prefers_the_first_known_name_and_treats_a_class_layout_as_train(tmp_path):
     for name in ("Train", "Training", "Val", "Validation", "Test", "Testing"):
         (tmp_path / name).mkdir()
-    assert data.find_splits(tmp_path) == {"train": tmp_path / "Train", "validation": tmp_path / "Validation",
-                                          "test": tmp_path / "Testing"}
+    assert data.find_splits(tmp_path) == {
+        "train": tmp_path / "Train",
+        "validation": tmp_path / "Validation",
+        "test": tmp_path / "Testing",
+    }
     plain = make_dataset(tmp_path / "plain", per_class=1)
     assert data.find_splits(plain) == {"train": plain, "validation": None, "test": None}
     with pytest.raises(DataError) as caught:
         data.find_splits(tmp_path / "absent")
-    assert str(caught.value) == (f"data folder {tmp_path / 'absent'} does not exist; point --data at a folder with "
-                                 "Train/<class>/ (or Training/<class>/) or <class>/ subfolders")
+    assert str(caught.value) == (
+        f"data folder {tmp_path / 'absent'} does not exist; point --data at a folder with "
+        "Train/<class>/ (or Training/<class>/) or <class>/ subfolders"
+    )
 
 
 def test_class_names_are_sorted_visible_folders_and_need_notumor(tmp_path):
@@ -38,8 +43,10 @@ def test_class_names_are_sorted_visible_folders_and_need_notumor(tmp_path):
     (tmp_path / "notumor").rmdir()
     with pytest.raises(DataError) as caught:
         data.class_names(tmp_path)
-    assert str(caught.value) == (f"{tmp_path} has no 'notumor' class folder (found glioma, pituitary): the kit screens "
-                                 "for tumors against slices without one, so the data needs notumor/")
+    assert str(caught.value) == (
+        f"{tmp_path} has no 'notumor' class folder (found glioma, pituitary): the kit screens "
+        "for tumors against slices without one, so the data needs notumor/"
+    )
     (tmp_path / "pituitary").rmdir()
     with pytest.raises(DataError) as caught:
         data.class_names(tmp_path)
@@ -56,8 +63,9 @@ def test_list_images_caps_each_class_and_names_an_empty_one(tmp_path):
         f.unlink()
     with pytest.raises(DataError) as caught:
         data.list_images(root, CLASSES)
-    assert str(caught.value) == (f"class folder {root / 'meningioma'} is missing or has no images (.jpg .png .bmp .tif "
-                                 ".dcm)")
+    assert str(caught.value) == (
+        f"class folder {root / 'meningioma'} is missing or has no images (.jpg .png .bmp .tif .dcm)"
+    )
     with pytest.raises(DataError, match="must hold class folders named"):
         data.list_images(tmp_path, CLASSES)
 
@@ -81,8 +89,9 @@ def test_decoding_skips_and_names_unreadable_files_and_counts_progress(tmp_path)
     assert bar.count == 3 and split.labels.tolist() == [0, 2] and split.paths == [files[0], files[1]]
     assert np.array_equal(split.images[1], load_gray(files[1], 40, "brain"))
     assert split.skipped == [(str(tmp_path / "bad.jpg"), "not a readable image (UnidentifiedImageError)")]
-    assert [str(w.message) for w in caught] == [f"skipping {tmp_path / 'bad.jpg'}: not a readable image "
-                                                "(UnidentifiedImageError)"]
+    assert [str(w.message) for w in caught] == [
+        f"skipping {tmp_path / 'bad.jpg'}: not a readable image (UnidentifiedImageError)"
+    ]
     with pytest.warns(UserWarning, match="^skipping .*bad.jpg: not a readable image"):
         empty = data.decode_images([tmp_path / "bad.jpg"], np.array([0]), 40)
     assert empty.images.shape == (0, 40, 40) and empty.images.dtype == np.uint8
@@ -92,14 +101,20 @@ def test_require_every_class_names_the_class_left_without_images():
     split = data.ImageSet(np.zeros((2, 4, 4), np.uint8), np.array([0, 2]), [])
     with pytest.raises(DataError) as caught:
         data.require_every_class(split, ["a", "b", "c", "d"], "validation")
-    assert str(caught.value) == ("no readable validation images for class b, d: every file of it was skipped as "
-                                 "unreadable (see the warnings above)")
+    assert str(caught.value) == (
+        "no readable validation images for class b, d: every file of it was skipped as "
+        "unreadable (see the warnings above)"
+    )
     data.require_every_class(data.ImageSet(split.images, np.array([0, 1]), []), ["a", "b"], "train")
 
 
 def test_subset_keeps_images_labels_and_paths_together():
-    split = data.ImageSet(np.arange(3)[:, None, None].astype(np.uint8) * np.ones((3, 2, 2), np.uint8),
-                          np.array([5, 6, 7]), ["a", "b", "c"], skipped=[("x", "y")])
+    split = data.ImageSet(
+        np.arange(3)[:, None, None].astype(np.uint8) * np.ones((3, 2, 2), np.uint8),
+        np.array([5, 6, 7]),
+        ["a", "b", "c"],
+        skipped=[("x", "y")],
+    )
     sub = split.subset([2, 0])
     assert sub.images[:, 0, 0].tolist() == [2, 0] and sub.labels.tolist() == [7, 5] and sub.paths == ["c", "a"]
     assert sub.skipped == [] and split.subset([]).images.shape == (0, 2, 2)
@@ -239,9 +254,11 @@ def test_prepare_data_reads_validation_and_test_folders_and_checks_their_classes
     (tmp_path / "r" / "Validation" / "extra").mkdir()
     with pytest.raises(DataError) as caught:
         data.prepare_data(config(tmp_path / "r"))
-    assert str(caught.value) == (f"{tmp_path / 'r/Validation'} holds classes extra, glioma, meningioma, notumor, "
-                                 f"pituitary, but {tmp_path / 'r/Training'} holds glioma, meningioma, notumor, "
-                                 "pituitary: they must be the same")
+    assert str(caught.value) == (
+        f"{tmp_path / 'r/Validation'} holds classes extra, glioma, meningioma, notumor, "
+        f"pituitary, but {tmp_path / 'r/Training'} holds glioma, meningioma, notumor, "
+        "pituitary: they must be the same"
+    )
 
 
 def test_prepare_data_refuses_too_few_images_to_split(tmp_path):
@@ -273,3 +290,22 @@ def test_a_test_folder_missing_a_readable_class_is_named_as_the_test_split(tmp_p
         warnings.simplefilter("ignore")
         data.prepare_data(config(tmp_path / "r"))
     assert str(caught.value).startswith("no readable test images for class glioma: ")
+
+
+def test_a_val_list_may_name_files_with_dot_slash_or_absolutely_inside_the_root(tmp_path):
+    """The same two files named three ways: relative, "./"-relative and absolute inside the dataset root."""
+    root = make_dataset(tmp_path / "d", per_class=2)
+    split = data.decode_images(sorted(root.rglob("*.jpg")), np.repeat(np.arange(4), 2), 32)
+    listing = tmp_path / "val.txt"
+    expected = [str(root / "glioma/img_001.jpg"), str(root / "notumor/img_000.jpg")]
+    for lines in (
+        ["glioma/img_001.jpg", "notumor/img_000.jpg"],
+        ["./glioma/img_001.jpg", "./notumor//img_000.jpg"],
+        expected,
+    ):
+        listing.write_text("\n".join(lines) + "\n")
+        _, val = data.split_by_list(split, listing, root)
+        assert sorted(map(str, val.paths)) == expected, lines
+    listing.write_text(f"{tmp_path / 'elsewhere.jpg'}\n")
+    with pytest.raises(DataError, match="not among the training images"):
+        data.split_by_list(split, listing, root)

@@ -37,7 +37,7 @@ def test_grouped_split_keeps_a_huge_group_in_training():
 
 
 def test_duplicate_groups_join_copies_and_near_copies_only(tmp_path):
-    from tests.conftest import synthetic_image
+    from tests.helpers.datasets import synthetic_image
     from tumor_train.dedup import duplicate_groups
 
     rng = np.random.default_rng(0)
@@ -99,7 +99,7 @@ def test_grouped_split_guard_and_share_are_exact():
 
 
 def test_duplicate_groups_across_chunks(tmp_path):
-    from tests.conftest import synthetic_image
+    from tests.helpers.datasets import synthetic_image
     from tumor_train.dedup import duplicate_groups, thumbnails
 
     rng = np.random.default_rng(3)
@@ -131,7 +131,7 @@ def test_thumbnails_are_box_filtered_and_normalised():
 
 def test_a_correlation_equal_to_the_threshold_joins(tmp_path):
     """'At least `threshold`': a pair exactly at the threshold is one group."""
-    from tests.conftest import synthetic_image
+    from tests.helpers.datasets import synthetic_image
     from tumor_train.dedup import duplicate_groups, thumbnails
 
     rng = np.random.default_rng(3)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.helpers import model_checkpoint
-from tumor_runtime.errors import OptionError
+from tests.helpers.checkpoints import model_checkpoint
+from tumor_runtime.core.errors import OptionError
 from tumor_train.cli import main
-from tumor_train.checkpoint import load_model
 from tumor_train.distill import Teachers
+from tumor_train.model_file import load_model
 
 
 @pytest.fixture
@@ -25,8 +25,9 @@ def teacher(tmp_path):
 
 def teachers_of(folder, weight=0.5, temperature=2.0, copies=1) -> Teachers:
     classes = torch.load(folder / "model.pth", weights_only=True)["classes"]
-    return Teachers.load([str(folder / "model.pth")] * copies, "brain", classes, temperature, weight,
-                         torch.device("cpu"))
+    return Teachers.load(
+        [str(folder / "model.pth")] * copies, "brain", classes, temperature, weight, torch.device("cpu")
+    )
 
 
 def test_soft_targets_are_the_teachers_mean_softened_probabilities(teacher):
@@ -55,7 +56,8 @@ def test_the_loss_blends_cross_entropy_and_a_kl_that_is_zero_when_the_student_ag
     assert teachers_of(teacher, weight=1.0).blend(hard, disagreeing, warped) > 0.01
     # two copies of one teacher are that teacher
     assert teachers_of(teacher, weight=1.0, copies=2).blend(hard, disagreeing, warped) == pytest.approx(
-        float(teachers_of(teacher, weight=1.0).blend(hard, disagreeing, warped)), rel=1e-5)
+        float(teachers_of(teacher, weight=1.0).blend(hard, disagreeing, warped)), rel=1e-5
+    )
 
 
 def test_a_teacher_with_other_classes_or_another_crop_is_refused(teacher):
@@ -68,15 +70,41 @@ def test_a_teacher_with_other_classes_or_another_crop_is_refused(teacher):
 
 def test_training_with_a_teacher_records_it_and_a_bad_teacher_is_one_line(trained, dataset, tmp_path):
     out = tmp_path / "student"
-    result = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(out), "--epochs", "1", "--width", "8",
-                                       "--size", "64", "--teacher", str(trained / "model.pth")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--size",
+            "64",
+            "--teacher",
+            str(trained / "model.pth"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "distilling from 1 teachers" in result.output
     config = json.loads((out / "metrics.json").read_text())["config"]
     assert config["teachers"] == [str(trained / "model.pth")] and config["distill_weight"] == 0.5
     (tmp_path / "junk.pth").write_bytes(b"not a model")
-    bad = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(tmp_path / "o2"), "--epochs", "1",
-                                    "--teacher", str(tmp_path / "junk.pth")])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "o2"),
+            "--epochs",
+            "1",
+            "--teacher",
+            str(tmp_path / "junk.pth"),
+        ],
+    )
     assert bad.exit_code == 2 and "junk.pth" in bad.output and "Traceback" not in bad.output
 
 
@@ -104,8 +132,14 @@ def test_a_larger_batch_is_resized_with_antialiasing_to_the_teachers_side(teache
 
 def test_teachers_are_frozen_in_evaluation_mode_and_keep_their_input_statistics(teacher, tmp_path):
     model_checkpoint(tmp_path / "other.pth", size=48, mean=0.1, std=0.5, seed=1)
-    teachers = Teachers.load([str(teacher / "model.pth"), str(tmp_path / "other.pth")], "brain",
-                             ["glioma", "meningioma", "notumor", "pituitary"], 2.0, 0.5, torch.device("cpu"))
+    teachers = Teachers.load(
+        [str(teacher / "model.pth"), str(tmp_path / "other.pth")],
+        "brain",
+        ["glioma", "meningioma", "notumor", "pituitary"],
+        2.0,
+        0.5,
+        torch.device("cpu"),
+    )
     assert teachers.inputs == [(32, 0.3, 0.2), (48, 0.1, 0.5)]
     assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in teachers.models)
     assert (teachers.temperature, teachers.weight) == (2.0, 0.5)
@@ -116,8 +150,10 @@ def test_refusals_name_the_teacher_and_the_difference(teacher):
     classes = ["glioma", "meningioma", "notumor", "pituitary"]
     with pytest.raises(OptionError) as caught:
         Teachers.load([path], "none", classes, 2.0, 0.5, torch.device("cpu"))
-    assert str(caught.value) == (f"teacher {path} was trained with crop 'brain', this run uses 'none': teachers must "
-                                 "see the slice as the student does")
+    assert str(caught.value) == (
+        f"teacher {path} was trained with crop 'brain', this run uses 'none': teachers must "
+        "see the slice as the student does"
+    )
     with pytest.raises(OptionError) as caught:
         Teachers.load([path], "brain", classes[::-1], 2.0, 0.5, torch.device("cpu"))
     assert str(caught.value) == f"teacher {path} knows the classes {classes}, not {classes[::-1]}"
@@ -125,7 +161,7 @@ def test_refusals_name_the_teacher_and_the_difference(teacher):
 
 def test_a_teacher_from_before_the_brain_crop_saw_whole_frames(teacher):
     """Checkpoints written before `preprocess.crop` existed were trained on the whole frame."""
-    from tumor_train.checkpoint import save_atomic
+    from tumor_train.model_file import save_atomic
 
     path = teacher / "model.pth"
     ckpt = torch.load(path, weights_only=True)
@@ -133,8 +169,10 @@ def test_a_teacher_from_before_the_brain_crop_saw_whole_frames(teacher):
     assert len(Teachers.load([str(path)], "none", ckpt["classes"], 2.0, 0.5, torch.device("cpu")).models) == 1
     with pytest.raises(OptionError) as caught:
         Teachers.load([str(path)], "brain", ckpt["classes"], 2.0, 0.5, torch.device("cpu"))
-    assert str(caught.value) == (f"teacher {path} was trained with crop 'none', this run uses 'brain': teachers must "
-                                 "see the slice as the student does")
+    assert str(caught.value) == (
+        f"teacher {path} was trained with crop 'none', this run uses 'brain': teachers must "
+        "see the slice as the student does"
+    )
 
 
 def test_teachers_go_to_the_training_device_in_channels_last(teacher):
@@ -156,5 +194,28 @@ def test_a_teacher_with_non_finite_weights_is_refused(teacher, tmp_path):
     ckpt["state_dict"][name].view(-1)[0] = float("nan")
     torch.save(ckpt, tmp_path / "nan.pth")
     with pytest.raises(OptionError, match=rf"^teacher .*nan.pth has non-finite weights \({name}\): it cannot teach$"):
-        Teachers.load([str(tmp_path / "nan.pth")], ckpt["preprocess"].get("crop", "none"), ckpt["classes"], 2.0, 0.5,
-                      torch.device("cpu"))
+        Teachers.load(
+            [str(tmp_path / "nan.pth")],
+            ckpt["preprocess"].get("crop", "none"),
+            ckpt["classes"],
+            2.0,
+            0.5,
+            torch.device("cpu"),
+        )
+
+
+@pytest.mark.parametrize(
+    "path, said",
+    [
+        ("/dev/null", "is a character device, not a torch checkpoint file"),
+        (".", "is a folder, not a torch checkpoint file"),
+        ("absent.pth", "does not exist"),
+    ],
+)
+def test_a_teacher_that_is_not_a_file_says_what_it_is(path, said):
+    """`--teacher /dev/null` is a device, not a missing file: the message says which."""
+    from tumor_train.model_file import CheckpointError
+
+    with pytest.raises(CheckpointError) as caught:
+        Teachers.load([path], "brain", ["glioma", "notumor"], 2.0, 0.5, torch.device("cpu"))
+    assert said in str(caught.value)

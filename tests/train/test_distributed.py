@@ -12,15 +12,25 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import make_dataset
-from tests.helpers import free_port
+from tests.helpers.datasets import make_dataset
+from tests.helpers.processes import free_port
 from tumor_train import distributed
 from tumor_train.cli import main
 from tumor_train.distributed import DeviceError, Placement, resolve_device, shard
 
 TINY = ["--epochs", "2", "--width", "8", "--threads", "1"]
-OUTPUTS = {"accuracy.png", "f2.png", "checkpoint.pth", "confusion_matrix.png", "history.csv", "loss.png", "metrics.json",
-           "model.pth", "model_quantized.pth", "predictions.png"}
+OUTPUTS = {
+    "accuracy.png",
+    "f2.png",
+    "checkpoint.pth",
+    "confusion_matrix.png",
+    "history.csv",
+    "loss.png",
+    "metrics.json",
+    "model.pth",
+    "model_quantized.pth",
+    "predictions.png",
+}
 
 
 def relative_difference(a: dict, b: dict) -> float:
@@ -31,8 +41,9 @@ def relative_difference(a: dict, b: dict) -> float:
 
 def test_explicit_cpu_device_is_recorded(tmp_path):
     data = make_dataset(tmp_path / "d", per_class=8)
-    result = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / "o"), "--device", "cpu",
-                                       "--epochs", "1", "--width", "8"])
+    result = CliRunner().invoke(
+        main, ["--data", str(data), "--out", str(tmp_path / "o"), "--device", "cpu", "--epochs", "1", "--width", "8"]
+    )
     assert result.exit_code == 0, result.output
     placement = json.loads((tmp_path / "o" / "metrics.json").read_text())["placement"]
     assert placement["device"] == "cpu" and placement["world_size"] == 1 and placement["torch"] == torch.__version__
@@ -45,15 +56,29 @@ def test_unavailable_device_is_one_line_exit_2(tmp_path, device):
     result = CliRunner().invoke(main, ["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--device", device])
     assert result.exit_code == 2 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("Error")] == [
-        next(line for line in result.stderr.splitlines() if line.startswith("Error: --device"))]
+        next(line for line in result.stderr.splitlines() if line.startswith("Error: --device"))
+    ]
     assert not (tmp_path / "o").exists()
 
 
 def torchrun(args, nproc: int = 2) -> subprocess.CompletedProcess:
     port = free_port()
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "tumor_train", *map(str, args)],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "tumor_train",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_two_process_gloo_run_matches_one_process(tmp_path):
@@ -69,11 +94,14 @@ def test_two_process_gloo_run_matches_one_process(tmp_path):
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert metrics["placement"]["world_size"] == 2 and [h["epoch"] for h in metrics["history"]] == [1, 2]
     for seed in ("0", "1"):
-        single = CliRunner().invoke(main, ["--data", str(data), "--out", str(tmp_path / f"one{seed}"), "--device",
-                                           "cpu", "--seed", seed, *TINY])
+        single = CliRunner().invoke(
+            main, ["--data", str(data), "--out", str(tmp_path / f"one{seed}"), "--device", "cpu", "--seed", seed, *TINY]
+        )
         assert single.exit_code == 0, single.output
-    weights = {name: torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)["model"]
-               for name in ("ddp", "one0", "one1")}
+    weights = {
+        name: torch.load(tmp_path / name / "checkpoint.pth", weights_only=True)["model"]
+        for name in ("ddp", "one0", "one1")
+    }
     assert relative_difference(weights["ddp"], weights["one0"]) < 0.05
     assert relative_difference(weights["one1"], weights["one0"]) > 0.5
     state = torch.load(tmp_path / "ddp" / "checkpoint.pth", weights_only=True)
@@ -119,8 +147,10 @@ def test_cuda_without_a_gpu_says_what_this_torch_has(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError) as caught:
         resolve_device("cuda:0")
-    assert str(caught.value) == (f"--device cuda:0: no CUDA device is available here (torch {torch.__version__}, "
-                                 f"built with CUDA {torch.version.cuda}); use --device cpu")
+    assert str(caught.value) == (
+        f"--device cuda:0: no CUDA device is available here (torch {torch.__version__}, "
+        f"built with CUDA {torch.version.cuda}); use --device cpu"
+    )
 
 
 def test_torchrun_is_recognised_by_its_world_size(monkeypatch):
@@ -155,8 +185,9 @@ def fake_process_group(monkeypatch):
         monkeypatch.setenv(name, value)
     backends, state = [], {"up": False}
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: state["up"])
-    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: (backends.append(backend),
-                                                                                  state.update(up=True)))
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend: (backends.append(backend), state.update(up=True))
+    )
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
     return backends
@@ -178,8 +209,13 @@ def test_under_torchrun_each_gpu_process_takes_its_local_rank_s_gpu(fake_process
     place = distributed.setup("auto")
     assert place == Placement(torch.device("cuda", 1), rank=3, world=4, local_rank=1)
     assert chosen == [torch.device("cuda", 1)] and fake_process_group == ["nccl"]
-    assert place.describe() == {"device": "cuda:1", "world_size": 4, "torch": str(torch.__version__),
-                                "cuda": torch.version.cuda, "device_name": "Fake GPU 1"}
+    assert place.describe() == {
+        "device": "cuda:1",
+        "world_size": 4,
+        "torch": str(torch.__version__),
+        "cuda": torch.version.cuda,
+        "device_name": "Fake GPU 1",
+    }
 
 
 def test_under_torchrun_without_a_local_rank_the_first_gpu_is_taken(fake_process_group, monkeypatch):

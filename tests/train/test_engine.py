@@ -8,23 +8,30 @@ training images, augmentation that pads with the border instead of black.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests.conftest import CLASSES, make_dataset
-from tumor_runtime.metrics import summarize
-from tumor_train import cv
+from tests.helpers.datasets import CLASSES, make_dataset
+from tumor_runtime.core.scoring import summarize
+from tumor_train import cv, engine
 from tumor_train.config import TrainConfig
 from tumor_train.data import augment, to_input
-from tumor_train import engine
-from tumor_train.checkpoint import CheckpointError, save_atomic
-from tumor_train.engine import (TrainingState, autocast, cpu_state, ema_update, evaluate, lr_lambda, predict,
-                                train_one_epoch)
+from tumor_train.engine import (
+    TrainingState,
+    autocast,
+    cpu_state,
+    ema_update,
+    evaluate,
+    lr_lambda,
+    predict,
+    train_one_epoch,
+)
+from tumor_train.model_file import CheckpointError, save_atomic
 from tumor_train.models import build_model, model_args_for
 
 
@@ -54,8 +61,15 @@ class NoisyInTraining(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 4))
+        self.body = nn.Sequential(
+            nn.Conv2d(1, 4, 3),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Dropout(0.5),
+            nn.Linear(4, 4),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -76,8 +90,9 @@ def test_evaluation_runs_the_model_in_eval_mode_on_unaugmented_inputs():
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     again = predict(model.train(), images, 0.4, 0.2).numpy()  # called from training mode: the same answer
     np.testing.assert_allclose(again, expected, rtol=1e-5, atol=1e-6)
-    assert stats["loss"] == pytest.approx(float(nn.functional.cross_entropy(torch.log(torch.from_numpy(expected)),
-                                                                            labels)), rel=1e-4)
+    assert stats["loss"] == pytest.approx(
+        float(nn.functional.cross_entropy(torch.log(torch.from_numpy(expected)), labels)), rel=1e-4
+    )
 
 
 def test_augmentation_pads_with_black_whatever_the_border():
@@ -95,8 +110,7 @@ def test_augmentation_pads_with_black_whatever_the_border():
 def test_augmentation_keeps_black_black_and_stays_in_range():
     batch = torch.rand(6, 1, 24, 24)
     batch[:, :, :4] = 0
-    out = augment(batch, torch.Generator().manual_seed(2), rotation=0, translate=0, scale=0, hflip=0,
-                  intensity=0.3)
+    out = augment(batch, torch.Generator().manual_seed(2), rotation=0, translate=0, scale=0, hflip=0, intensity=0.3)
     assert out.min() >= 0 and out.max() <= 1
     assert out[:, :, :3].max() < 1e-4  # gamma and contrast leave the background black
 
@@ -108,8 +122,7 @@ def test_every_fold_trains_without_its_validation_images_and_each_image_is_valid
     def fake_train_on(cfg, prepared, place=None, **kwargs):
         seen.append(prepared)
         labels = prepared.val.labels
-        return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)},
-                "best_epoch": 1}
+        return {"validation": summarize(labels, labels, prepared.classes) | {"n_images": len(labels)}, "best_epoch": 1}
 
     monkeypatch.setattr(cv, "train_on", fake_train_on)
     monkeypatch.setattr(cv, "plot_cv", lambda records, path: None)
@@ -140,8 +153,25 @@ def test_the_exported_weights_are_the_average_not_the_last_step(dataset, tmp_pat
     from tumor_train.cli import main
 
     out = tmp_path / "o"
-    result = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(out), "--epochs", "2", "--width", "8",
-                                       "--size", "64", "--val-fraction", "0", "--batch-size", "4"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--width",
+            "8",
+            "--size",
+            "64",
+            "--val-fraction",
+            "0",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     shipped = torch.load(out / "model.pth", weights_only=True)["state_dict"]
@@ -162,8 +192,23 @@ def test_each_epoch_validates_the_weight_average_that_is_shipped(dataset, tmp_pa
     from tumor_train.cli import main
 
     out = tmp_path / "o"
-    result = CliRunner().invoke(main, ["--data", str(dataset), "--out", str(out), "--epochs", "2", "--width", "8",
-                                       "--size", "64", "--batch-size", "4"])  # steps enough for EMA != raw
+    result = CliRunner().invoke(
+        main,
+        [
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--width",
+            "8",
+            "--size",
+            "64",
+            "--batch-size",
+            "4",
+        ],
+    )  # steps enough for EMA != raw
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     chosen = next(row for row in metrics["history"] if row["epoch"] == metrics["best_epoch"])
@@ -171,6 +216,7 @@ def test_each_epoch_validates_the_weight_average_that_is_shipped(dataset, tmp_pa
 
 
 # The training state and one epoch, in-process on a tiny model.
+
 
 def tiny_state(**changes):
     settings = {"width": 4, "epochs": 3, "batch_size": 4, "lr": 0.01, "weight_decay": 0.1, "seed": 3}
@@ -185,8 +231,9 @@ def test_bf16_is_used_only_where_the_cpu_says_it_has_it(monkeypatch, tmp_path):
 
     def opening(text):
         fake.write_text(text)
-        monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path,
-                                                                              *a, **k))
+        monkeypatch.setattr(
+            "builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k)
+        )
 
     opening("flags\t: fpu avx2 avx512_bf16 sse\n")
     assert engine.cpu_has_native_bf16()
@@ -221,8 +268,9 @@ def test_the_state_starts_from_the_config():
     assert group["lr"] == pytest.approx(0.01 * lr_lambda(cfg, 2)(0))
     assert state.model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
     assert state.generator.initial_seed() == 3
-    assert all(torch.equal(a, b) for a, b in zip(state.ema.module.state_dict().values(),
-                                                   state.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(state.ema.module.state_dict().values(), state.model.state_dict().values())
+    )
 
 
 def test_one_epoch_trains_updates_the_average_and_reports_its_batches():
@@ -246,7 +294,9 @@ def test_one_epoch_trains_updates_the_average_and_reports_its_batches():
     assert bar.steps == 3 and len(bar.postfix) == 1 and set(bar.postfix[0]) == {"loss", "f2"}  # batches of 4, 4, 2
     assert set(result) == {"loss", "accuracy", "f2"} and result["loss"] > 0 and 0 <= result["accuracy"] <= 1
     assert state.scheduler.last_epoch == 3 and state.ema.n_averaged.item() == 3
-    changed = [k for k, v in state.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])]
+    changed = [
+        k for k, v in state.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, before[k])
+    ]
     assert changed and not torch.equal(state.ema.module.features[0][0].weight, state.model.features[0][0].weight)
 
 
@@ -270,8 +320,10 @@ def test_a_resume_restores_everything_and_refuses_other_model_options(tmp_path):
     cfg, args, state = tiny_state()
     images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 32, 32), dtype=np.uint8))
     train_one_epoch_of(state, images, torch.tensor([0, 1, 2, 3] * 2), cfg)
-    save_atomic(state.checkpoint(cfg, 1, [{"epoch": 1}], {"epoch": 1, "f2": 0.5, "state_dict": None}, CLASSES),
-                tmp_path / "checkpoint.pth")
+    save_atomic(
+        state.checkpoint(cfg, 1, [{"epoch": 1}], {"epoch": 1, "f2": 0.5, "state_dict": None}, CLASSES),
+        tmp_path / "checkpoint.pth",
+    )
     saved = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert saved["arch"] == "compact" and saved["model_args"] == args and saved["world_size"] == 1
     _, _, fresh = tiny_state()
@@ -284,8 +336,10 @@ def test_a_resume_restores_everything_and_refuses_other_model_options(tmp_path):
     other = TrainingState.create(replace(cfg, width=8), wider, 2)
     with pytest.raises(CheckpointError) as caught:
         other.restore(tmp_path / "checkpoint.pth", replace(cfg, width=8), CLASSES)
-    assert str(caught.value) == (f"{tmp_path / 'checkpoint.pth'} was trained as compact {args}, not compact {wider}: "
-                                 "resume with the same model options")
+    assert str(caught.value) == (
+        f"{tmp_path / 'checkpoint.pth'} was trained as compact {args}, not compact {wider}: "
+        "resume with the same model options"
+    )
     renamed = ["astrocytoma", *CLASSES[1:]]  # a class folder renamed between the start and the resume
     with pytest.raises(CheckpointError, match="was trained on the classes .*but --data has .*astrocytoma"):
         tiny_state()[2].restore(tmp_path / "checkpoint.pth", cfg, renamed)
@@ -357,8 +411,9 @@ def test_an_epoch_with_teachers_blends_each_batch_loss_with_their_answer():
 
     class Teachers:
         def blend(self, hard, logits, warped):
-            calls.append((logits.dtype, tuple(logits.shape), tuple(warped.shape), float(warped.min()),
-                          float(warped.max())))
+            calls.append(
+                (logits.dtype, tuple(logits.shape), tuple(warped.shape), float(warped.min()), float(warped.max()))
+            )
             return hard * 0 + 5.0
 
     state.teachers = Teachers()
@@ -371,7 +426,7 @@ def test_an_epoch_with_teachers_blends_each_batch_loss_with_their_answer():
 
 def test_under_ddp_the_step_calls_the_wrapper_around_the_model(monkeypatch):
     """A gloo group of one process stands in for torchrun: the state wraps the CPU model in DDP (no device ids)."""
-    from tests.helpers import free_port
+    from tests.helpers.processes import free_port
     from tumor_train.distributed import Placement
 
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tumor_runtime.errors import OptionError
+from tumor_runtime.core.errors import OptionError
 from tumor_train.models import build_model, conv_bn, count_parameters, model_args_for
 
 

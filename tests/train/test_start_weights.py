@@ -10,20 +10,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import make_dataset
-from tumor_runtime.errors import OptionError
-from tumor_runtime.fileio import sha256_file
+from tests.helpers.datasets import make_dataset
+from tumor_runtime.core.errors import OptionError
+from tumor_runtime.core.fileio import sha256_file
 from tumor_train import pretrained
-from tumor_train.checkpoint import load_model
 from tumor_train.cli import main
 from tumor_train.config import TrainConfig
 from tumor_train.dynamic_int8 import quantize_linear
 from tumor_train.engine import TrainingState, train_one_epoch
+from tumor_train.model_file import load_model
 from tumor_train.models import MobileNetV2Trunk, build_model, model_args_for
 
 REAL_WEIGHTS = pretrained.cache_file()
-needs_weights = pytest.mark.skipif(not REAL_WEIGHTS.is_file(),
-                                   reason="no ImageNet weights in the hub cache: run tools/pretrained.sh (.ci/run does)")
+needs_weights = pytest.mark.skipif(
+    not REAL_WEIGHTS.is_file(), reason="no ImageNet weights in the hub cache: run tools/pretrained.sh (.ci/run does)"
+)
 
 
 def train(args):
@@ -32,7 +33,7 @@ def train(args):
 
 def one_line(result):
     assert result.exit_code == 2, result.output
-    lines = [line[line.index("Error: "):] for line in result.output.splitlines() if "Error: " in line]
+    lines = [line[line.index("Error: ") :] for line in result.output.splitlines() if "Error: " in line]
     assert len(lines) == 1 and "Traceback" not in result.output, result.output  # progress bars may precede it
     return lines[0]
 
@@ -107,8 +108,22 @@ def test_a_file_with_another_hash_is_not_placed_or_used(empty_hub, tmp_path):
 @needs_weights
 def test_pretrained_file_places_the_weights_and_mobilenet_trains_from_them(empty_hub, tmp_path):
     data = make_dataset(tmp_path / "data", per_class=6)
-    result = train(["--data", data, "--arch", "mobilenet_v2", "--pretrained-file", REAL_WEIGHTS, "--size", "64",
-                    "--epochs", "1", "--out", tmp_path / "m"])
+    result = train(
+        [
+            "--data",
+            data,
+            "--arch",
+            "mobilenet_v2",
+            "--pretrained-file",
+            REAL_WEIGHTS,
+            "--size",
+            "64",
+            "--epochs",
+            "1",
+            "--out",
+            tmp_path / "m",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert sha256_file(empty_hub / REAL_WEIGHTS.name) == sha256_file(REAL_WEIGHTS)
     model, ckpt = load_model(tmp_path / "m" / "model.pth")
@@ -137,22 +152,42 @@ def test_init_starts_from_the_given_weights(tmp_path):
     saved = torch.load(first, weights_only=True)["state_dict"]
     assert all(torch.equal(state.model.state_dict()[k], v) for k, v in saved.items())
     assert all(torch.equal(state.ema.module.state_dict()[k], v) for k, v in saved.items())  # the average too
-    result = train(["--data", data, "--epochs", "1", "--width", "8", "--size", "32", "--init", first,
-                    "--out", tmp_path / "again"])
+    result = train(
+        ["--data", data, "--epochs", "1", "--width", "8", "--size", "32", "--init", first, "--out", tmp_path / "again"]
+    )
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--width", "12"], "give the same --arch, --width and classes"),
-    (["--classes", "glioma,meningioma_x,notumor,pituitary"], "its outputs would be mislabelled"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--width", "12"], "give the same --arch, --width and classes"),
+        (["--classes", "glioma,meningioma_x,notumor,pituitary"], "its outputs would be mislabelled"),
+    ],
+)
 def test_init_from_another_architecture_or_classes_is_refused(tmp_path, change, message):
     data, first = trained_model(tmp_path, "first")
     width = change[1] if change[0] == "--width" else "8"
     if change[0] == "--classes":
         data = make_dataset(tmp_path / "other", per_class=6, classes=change[1].split(","))
-    line = one_line(train(["--data", data, "--epochs", "1", "--width", width, "--size", "32", "--init", first,
-                           "--out", tmp_path / "bad"]))
+    line = one_line(
+        train(
+            [
+                "--data",
+                data,
+                "--epochs",
+                "1",
+                "--width",
+                width,
+                "--size",
+                "32",
+                "--init",
+                first,
+                "--out",
+                tmp_path / "bad",
+            ]
+        )
+    )
     assert message in line and not (tmp_path / "bad" / "model.pth").exists()
 
 

@@ -17,14 +17,14 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tests.conftest import make_dataset
-from tumor_runtime.errors import OutputError
+from tests.helpers.datasets import make_dataset
+from tumor_runtime.core.errors import OutputError
 from tumor_train import trainer
-from tumor_train.checkpoint import load_model
 from tumor_train.cli import main
 from tumor_train.config import TrainConfig
 from tumor_train.data import prepare_data
 from tumor_train.dynamic_int8 import load_quantized
+from tumor_train.model_file import load_model
 
 FAST = ["--epochs", "1", "--width", "8"]
 
@@ -34,8 +34,17 @@ def train(args):
 
 
 def test_outputs_exist_and_load(trained):
-    for name in ("model.pth", "model_quantized.pth", "metrics.json", "history.csv", "accuracy.png", "f2.png", "loss.png",
-                 "confusion_matrix.png", "predictions.png"):
+    for name in (
+        "model.pth",
+        "model_quantized.pth",
+        "metrics.json",
+        "history.csv",
+        "accuracy.png",
+        "f2.png",
+        "loss.png",
+        "confusion_matrix.png",
+        "predictions.png",
+    ):
         assert (trained / name).stat().st_size > 0, name
     model, ckpt = load_model(trained / "model.pth")
     x = torch.zeros(3, 1, 227, 227)
@@ -58,7 +67,7 @@ def test_outputs_exist_and_load(trained):
 
 def test_learns_the_synthetic_task(tmp_path):
     """Not a smoke test: a few epochs must beat chance clearly on the easy generated classes."""
-    from tests.conftest import make_dataset
+    from tests.helpers.datasets import make_dataset
 
     data = make_dataset(tmp_path / "d", per_class=24)
     result = train(["--data", data, "--out", tmp_path / "o", "--epochs", "10", "--width", "8", "--lr", "0.003"])
@@ -101,7 +110,7 @@ def test_ctrl_c_keeps_checkpoint_and_exits_cleanly(dataset, tmp_path, monkeypatc
 
 
 def test_duplicates_stay_on_one_side(tmp_path):
-    from tests.conftest import make_dataset
+    from tests.helpers.datasets import make_dataset
 
     data = make_dataset(tmp_path / "d", per_class=10)
     rng = np.random.default_rng(1)
@@ -125,8 +134,11 @@ def test_duplicates_stay_on_one_side(tmp_path):
 def test_corrupt_image_is_skipped_and_named(dataset, tmp_path):
     (dataset / "glioma" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (dataset / "notumor" / "notes.png").write_text("hello")
-    result = subprocess.run([sys.executable, "-m", "tumor_train", "--data", str(dataset), "--out", str(tmp_path / "o"),
-                             *FAST], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tumor_train", "--data", str(dataset), "--out", str(tmp_path / "o"), *FAST],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "broken.jpg" in result.stderr and "notes.png" in result.stderr
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
@@ -134,7 +146,7 @@ def test_corrupt_image_is_skipped_and_named(dataset, tmp_path):
 
 
 def test_reference_layout_with_validation_and_testing(tmp_path):
-    from tests.conftest import make_dataset
+    from tests.helpers.datasets import make_dataset
 
     root = tmp_path / "Data"
     make_dataset(root / "Train", per_class=6, seed=1)
@@ -147,12 +159,15 @@ def test_reference_layout_with_validation_and_testing(tmp_path):
     assert metrics["test"]["n_images"] == 12
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--arch", "resnet"], "'resnet' is not one of 'compact', 'alexnet', 'mobilenet_v2'"),
-    (["--data", "/no/such/folder"], "does not exist"),
-    ([], "Data does not exist"),
-    (["--epochs", "0"], "--epochs"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "resnet"], "'resnet' is not one of 'compact', 'alexnet', 'mobilenet_v2'"),
+        (["--data", "/no/such/folder"], "does not exist"),
+        ([], "Data does not exist"),
+        (["--epochs", "0"], "--epochs"),
+    ],
+)
 def test_bad_arguments_one_line_exit_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = subprocess.run([sys.executable, "-m", "tumor_train", *args], capture_output=True, text=True)
@@ -165,8 +180,11 @@ def test_bad_arguments_one_line_exit_2(args, message, tmp_path, monkeypatch):
 def test_empty_class_folder_is_an_error(dataset, tmp_path):
     for f in (dataset / "pituitary").iterdir():
         f.unlink()
-    result = subprocess.run([sys.executable, "-m", "tumor_train", "--data", str(dataset), "--out", str(tmp_path / "o")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "tumor_train", "--data", str(dataset), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "pituitary" in result.stderr
 
@@ -193,7 +211,7 @@ def test_augment_flip_only_mirrors_and_keeps_shape():
 
 
 def test_cross_validation_writes_every_fold_and_resumes(tmp_path):
-    from tests.conftest import make_dataset
+    from tests.helpers.datasets import make_dataset
 
     data = make_dataset(tmp_path / "d", per_class=6)
     out = tmp_path / "cv"
@@ -214,7 +232,6 @@ def test_cross_validation_writes_every_fold_and_resumes(tmp_path):
 
 
 # The run's pieces in-process, on a tiny model (32 px, width 4): guards, interruptions, outputs.
-
 
 
 def tiny(tmp_path, **changes):
@@ -238,8 +255,9 @@ def test_one_run_per_output_folder_and_the_lock_file_goes_with_it(tmp_path):
         with pytest.raises(OutputError) as caught:
             with trainer.lock_output(tmp_path):
                 pass
-        assert str(caught.value) == (f"another tumor-train is writing to {tmp_path}: wait for it to end, or choose "
-                                     "another --out")
+        assert str(caught.value) == (
+            f"another tumor-train is writing to {tmp_path}: wait for it to end, or choose another --out"
+        )
         with trainer.lock_output(tmp_path, enabled=False):  # the other ranks of a torchrun job do not lock
             pass
     assert not (tmp_path / trainer.LOCK).exists()
@@ -252,9 +270,11 @@ def test_a_checkpoint_the_disk_refuses_says_what_is_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "save_atomic", full)
     with pytest.raises(OutputError) as caught:
         trainer.save_checkpoint({}, tmp_path / "checkpoint.pth", 3)
-    assert str(caught.value) == (f"could not save the checkpoint after epoch 3 (No space left on device); the "
-                                 f"checkpoint of epoch 2 in {tmp_path / 'checkpoint.pth'} is intact: free space, then "
-                                 f"tumor-train --out {tmp_path} --resume")
+    assert str(caught.value) == (
+        f"could not save the checkpoint after epoch 3 (No space left on device); the "
+        f"checkpoint of epoch 2 in {tmp_path / 'checkpoint.pth'} is intact: free space, then "
+        f"tumor-train --out {tmp_path} --resume"
+    )
     with pytest.raises(OutputError) as caught:
         trainer.save_checkpoint({}, tmp_path / "checkpoint.pth", 1)
     assert str(caught.value).endswith("; no checkpoint was written yet")
@@ -295,8 +315,10 @@ def test_an_interrupt_in_epoch_2_points_at_the_checkpoint_of_epoch_1(tmp_path, m
     with pytest.raises(trainer.Interrupted) as caught:
         trainer.train_on(cfg, prepare_data(cfg))
     out = tmp_path / "out"
-    assert str(caught.value) == (f"interrupted in epoch 2; the checkpoint after epoch 1 is in {out / 'checkpoint.pth'}: "
-                                 f"continue with tumor-train --out {out} --resume")
+    assert str(caught.value) == (
+        f"interrupted in epoch 2; the checkpoint after epoch 1 is in {out / 'checkpoint.pth'}: "
+        f"continue with tumor-train --out {out} --resume"
+    )
     assert caught.value.terminated is False
     assert torch.load(out / "checkpoint.pth", weights_only=False)["epoch"] == 1
 
@@ -316,9 +338,20 @@ def test_the_outputs_record_the_run(tmp_path):
     cfg = tiny(tmp_path)
     metrics = trainer.train_on(cfg, prepare_data(cfg))
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == sorted([
-        "checkpoint.pth", "model.pth", "model_quantized.pth", "metrics.json", "history.csv", "f2.png", "accuracy.png",
-        "loss.png", "confusion_matrix.png", "predictions.png"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "checkpoint.pth",
+            "model.pth",
+            "model_quantized.pth",
+            "metrics.json",
+            "history.csv",
+            "f2.png",
+            "accuracy.png",
+            "loss.png",
+            "confusion_matrix.png",
+            "predictions.png",
+        ]
+    )
     assert metrics == json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["train_images"] + metrics["data"]["validation_images"] == 16
     assert metrics["data"]["skipped_count"] == 0 and metrics["effective_batch_size"] == 32
@@ -326,11 +359,19 @@ def test_the_outputs_record_the_run(tmp_path):
     assert metrics["best_epoch"] == max(metrics["history"], key=lambda h: h["val_f2"])["epoch"]
     assert metrics["config"]["image_size"] == 32 and metrics["placement"]["device"] == "cpu"
     ckpt = torch.load(out / "model.pth", weights_only=True)
-    assert ckpt["preprocess"] == {"size": 32, "mean": metrics["data"]["mean"], "std": metrics["data"]["std"],
-                                  "grayscale": True, "resize": "pil-bilinear", "crop": "none"}
+    assert ckpt["preprocess"] == {
+        "size": 32,
+        "mean": metrics["data"]["mean"],
+        "std": metrics["data"]["std"],
+        "grayscale": True,
+        "resize": "pil-bilinear",
+        "crop": "none",
+    }
     assert ckpt["best_epoch"] == metrics["best_epoch"] and ckpt["val_f2"] == metrics["validation"]["f2_macro"]
-    assert ckpt["versions"]["torch"] == metadata.version("torch") and len(ckpt["data"]["val_files"]) == \
-        metrics["data"]["validation_images"]
+    assert (
+        ckpt["versions"]["torch"] == metadata.version("torch")
+        and len(ckpt["data"]["val_files"]) == metrics["data"]["validation_images"]
+    )
 
 
 def test_an_interrupt_in_epoch_1_says_no_checkpoint_exists_yet(tmp_path, monkeypatch):
@@ -338,12 +379,13 @@ def test_an_interrupt_in_epoch_1_says_no_checkpoint_exists_yet(tmp_path, monkeyp
     monkeypatch.setattr(trainer, "run_epoch", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(trainer.Interrupted) as caught:
         trainer.train_on(cfg, prepare_data(cfg))
-    assert str(caught.value) == ("interrupted in epoch 1; no checkpoint was written yet (none is saved before "
-                                 "epoch 1 ends)")
+    assert str(caught.value) == (
+        "interrupted in epoch 1; no checkpoint was written yet (none is saved before epoch 1 ends)"
+    )
 
 
 def test_a_termination_while_writing_outputs_says_where_the_weights_are(tmp_path, monkeypatch):
-    from tumor_runtime.cli_common import Terminated
+    from tumor_runtime.core.signals import Terminated
 
     cfg = tiny(tmp_path, epochs=1)
     monkeypatch.setattr(trainer, "write_outputs", lambda *args: (_ for _ in ()).throw(Terminated()))
@@ -351,8 +393,10 @@ def test_a_termination_while_writing_outputs_says_where_the_weights_are(tmp_path
         trainer.train_on(cfg, prepare_data(cfg))
     out = tmp_path / "out"
     assert caught.value.terminated is True
-    assert str(caught.value) == (f"interrupted while writing the outputs; the trained weights are in "
-                                 f"{out / 'checkpoint.pth'}: tumor-train --out {out} --resume writes them again")
+    assert str(caught.value) == (
+        f"interrupted while writing the outputs; the trained weights are in "
+        f"{out / 'checkpoint.pth'}: tumor-train --out {out} --resume writes them again"
+    )
 
 
 def test_teachers_are_loaded_with_the_runs_crop_classes_and_distillation_settings(tmp_path, monkeypatch):
@@ -362,16 +406,26 @@ def test_teachers_are_loaded_with_the_runs_crop_classes_and_distillation_setting
     monkeypatch.setattr(distill.Teachers, "load", classmethod(lambda cls, *args: seen.append(args) or None))
     cfg = tiny(tmp_path, epochs=1, teachers=["t.pth"], distill_temperature=3.0, distill_weight=0.25)
     trainer.train_on(cfg, prepare_data(cfg))
-    assert seen == [(["t.pth"], "none", ["glioma", "meningioma", "notumor", "pituitary"], 3.0, 0.25,
-                     torch.device("cpu"))]
+    assert seen == [
+        (["t.pth"], "none", ["glioma", "meningioma", "notumor", "pituitary"], 3.0, 0.25, torch.device("cpu"))
+    ]
 
 
 def test_the_history_and_metrics_name_every_figure(tmp_path):
     cfg = tiny(tmp_path, epochs=1)
     metrics = trainer.train_on(cfg, prepare_data(cfg))
     row = metrics["history"][0]
-    assert set(row) == {"epoch", "lr", "train_loss", "train_accuracy", "train_f2", "val_loss", "val_accuracy",
-                        "val_f2", "seconds"}
+    assert set(row) == {
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_accuracy",
+        "train_f2",
+        "val_loss",
+        "val_accuracy",
+        "val_f2",
+        "seconds",
+    }
     assert row["lr"] > 0
     assert metrics["parameters"] == sum(p.numel() for p in load_model(tmp_path / "out" / "model.pth")[0].parameters())
     assert torch.load(tmp_path / "out" / "model.pth", weights_only=True)["data"]["train_dir"] == str(tmp_path / "data")
@@ -380,6 +434,8 @@ def test_the_history_and_metrics_name_every_figure(tmp_path):
 def test_the_final_fit_note_is_spelled_out(tmp_path):
     cfg = tiny(tmp_path, val_fraction=0.0, epochs=1)
     note = trainer.train_on(cfg, prepare_data(cfg))["note"]
-    assert note == ("final fit: every image trained for a fixed number of epochs and the last weight average is the "
-                    "model; there is no validation split. The evidence is the cross-validation report (tumor-train "
-                    "--cv) of the same recipe.")
+    assert note == (
+        "final fit: every image trained for a fixed number of epochs and the last weight average is the "
+        "model; there is no validation split. The evidence is the cross-validation report (tumor-train "
+        "--cv) of the same recipe."
+    )

@@ -1,0 +1,92 @@
+"""Dynamic batching for the server: concurrent requests share one model call.
+
+Each request's uploads are decoded in the thread pool (from memory), then queued. One worker
+task takes everything queued, up to `max_batch` slices, waits at most `max_wait_ms` for more
+only while the batch is not full and other requests are still decoding, and runs the model on
+the whole batch off the event loop. A lone request is never held back: with nothing else in
+flight it runs at once. Results go back to each request in its own order, as tumor-infer gives
+them (the same `Classifier.classify`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+CALLS_KEPT = 1000  # batch sizes remembered: a server that runs for months must not grow
+MAX_BATCH = 32  # slices per model call
+MAX_WAIT_MS = 2.0  # the longest a batch waits for requests that are still decoding
+
+
+@dataclass
+class Job:
+    items: list  # what each row is named after (upload names, DICOM frames)
+    decoded: list  # Classifier.decode results, one per item
+    heatmaps: bool
+    done: asyncio.Future  # set to the job's rows, or to the exception its batch raised
+
+
+class Batcher:
+    def __init__(self, classifier, pool, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
+        self.classifier, self.pool = classifier, pool
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        self.decoding = 0  # requests between "received" and "queued": worth waiting for
+        self.worker: asyncio.Task | None = None
+        self.calls: deque[int] = deque(maxlen=CALLS_KEPT)  # the last batch sizes (tests, benchmark): bounded
+
+    async def classify(self, items: list, heatmaps: bool = False) -> list[dict]:
+        """Decode `items` in the pool, then have them classified in a shared batch; the records in order."""
+        loop = asyncio.get_running_loop()
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.worker = loop.create_task(self.run())
+        self.decoding += 1
+        try:
+            decoded = await loop.run_in_executor(self.pool, lambda: [self.classifier.decode(x) for x in items])
+        finally:
+            self.decoding -= 1
+        job = Job(items, decoded, heatmaps, loop.create_future())
+        await self.queue.put(job)
+        return await job.done
+
+    async def gather(self) -> list[Job]:
+        """The next batch: everything queued (up to max_batch slices), waiting briefly only for requests
+        that are decoding right now. Heat-map jobs run apart (they fetch another output)."""
+        assert self.queue is not None  # made by the first submit
+        jobs = [await self.queue.get()]
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while sum(len(j.items) for j in jobs) < self.max_batch:
+            if not self.queue.empty():
+                job = self.queue.get_nowait()
+            elif self.decoding and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.0002)
+                continue
+            else:
+                break
+            if job.heatmaps != jobs[0].heatmaps:
+                self.queue.put_nowait(job)  # the other kind waits for the next batch
+                break
+            jobs.append(job)
+        return jobs
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self.gather()
+            chunk = [(i, item) for i, item in enumerate(x for j in jobs for x in j.items)]
+            decoded = [d for j in jobs for d in j.decoded]
+            self.calls.append(len(chunk))
+            try:
+                records = await loop.run_in_executor(
+                    self.pool, lambda: list(self.classifier.classify(chunk, decoded, jobs[0].heatmaps))
+                )
+            except Exception as exc:  # a failing batch fails its requests, not the server
+                for job in jobs:
+                    job.done.set_exception(exc)
+                continue
+            start = 0
+            for job in jobs:
+                job.done.set_result(records[start : start + len(job.items)])
+                start += len(job.items)
