@@ -116,7 +116,7 @@ def require_every_class(split: ImageSet, classes: list[str], name: str) -> None:
         )
 
 
-def relative_to_root(path: Path, root: Path) -> str:
+def relative_to_root(path: str | os.PathLike, root: Path) -> str:
     """`path` relative to the dataset root without resolving symlinks (class folders may be links)."""
     return os.path.relpath(os.path.abspath(path), os.path.abspath(root))
 
