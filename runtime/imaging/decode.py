@@ -47,21 +47,25 @@ MODE_BYTES = {
 DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-HOT_PIXEL_PERCENTILE = 99.99  # above this rank, a maximum more than twice as bright is a hot pixel
+HOT_PIXEL_PERCENTILE = 99.9  # above this rank, a maximum more than twice as bright is a hot pixel or a marker
+HOT_PIXEL_FALLBACK = 99.99  # where the 99.9th percentile is still background (a tiny bright object)
 BIT_DEPTHS = (8, 10, 12, 14, 16, 20, 24, 31)
 
 
 def white_point(values: np.ndarray, integer: bool) -> float:
     """The value that maps to 255.
 
-    The brightest pixel sets it, unless fewer than 0.01 % of the pixels are brighter than half
-    of it (isolated hot pixels): then the 99.99th percentile does. Integer images are then
-    scaled by the smallest bit depth that holds it (8, 10, 12, 14, 16 ... bits), because MRI
+    The brightest pixel sets it, unless fewer than 0.1 % of the pixels are brighter than half
+    of it (hot pixels, or a burned-in marker: a 3x3 one is 0.014 % of a 256 x 256 slice): then the
+    99.9th percentile does (the 99.99th where that is still the black background). Integer images are
+    then scaled by the smallest bit depth that holds it (8, 10, 12, 14, 16 ... bits), because MRI
     exports store 12-bit data in 16 bits: the same slice stored as 8-bit, 12-in-16 or full
     16-bit gives the same pixels (to rounding) and the same answer. Float images use the value.
     """
     brightest = float(values.max())
     typical = float(np.percentile(values, HOT_PIXEL_PERCENTILE, method="higher"))
+    if typical <= 0:
+        typical = float(np.percentile(values, HOT_PIXEL_FALLBACK, method="higher"))
     white = typical if typical < brightest / 2 else brightest
     if integer:
         return float(next((2**bits - 1 for bits in BIT_DEPTHS if white <= 2**bits - 1), white))

@@ -123,12 +123,21 @@ def frames_held(header) -> int:
 
 def context(ds) -> dict:
     """The identifiers a user needs to join a row back to the study; nothing else from the header."""
-    number = getattr(ds, "InstanceNumber", None)
     return {
         "sop_instance_uid": str(getattr(ds, "SOPInstanceUID", "")) or None,
         "series_instance_uid": str(getattr(ds, "SeriesInstanceUID", "")) or None,
-        "instance_number": int(number) if number not in (None, "") else None,
+        "instance_number": instance_number(ds),
     }
+
+
+def instance_number(ds) -> int | None:
+    """InstanceNumber as an integer; None when absent or malformed (a header field to join rows back by must not
+    turn a readable image into an error row)."""
+    try:
+        value = getattr(ds, "InstanceNumber", None)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError, OverflowError, AttributeError):  # "abc", "1.5e3", a multi-value, a bad tag
+        return None
 
 
 def first(value) -> float | None:

@@ -310,3 +310,16 @@ def test_twelve_bit_data_gives_the_eight_bit_pixels(tmp_path):
     assert Image.open(tmp_path / "twelve.png").mode.startswith("I")
     out = load_gray(tmp_path / "twelve.png", 64)
     assert np.abs(out.astype(int) - gray).max() <= 1  # scaled by 4095, not by 65535 (which would be black)
+
+
+def test_a_burned_in_marker_does_not_darken_a_deep_slice():
+    """A 3x3 saturated marker (0.014 % of a 256 x 256 slice) on 8-bit data stored in 16 bits: the slice keeps its
+    brightness (the marker clips at 255) instead of being scaled as 12-bit data, 16x darker."""
+    rng = np.random.default_rng(3)
+    tissue = np.zeros((256, 256), np.uint16)
+    tissue[40:220, 50:210] = rng.integers(20, 201, (180, 160))
+    marked = tissue.copy()
+    marked[5:8, 5:8] = 4095
+    plain, with_marker = rescale_to_8bit(tissue), rescale_to_8bit(marked)
+    assert np.array_equal(with_marker[40:220, 50:210], plain[40:220, 50:210])
+    assert (with_marker[5:8, 5:8] == 255).all() and plain.max() >= 200

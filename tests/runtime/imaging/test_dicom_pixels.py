@@ -378,3 +378,13 @@ def test_a_damaged_modality_lut_sequence_is_that_files_error_row(tmp_path):
     assert result.returncode == 1, result.stderr
     rows = result.stdout.strip().splitlines()[1:]
     assert len(rows) == 2 and "LUT cannot be applied" in rows[0] and rows[1].split(",")[1], rows
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("7", 7), (" 12 ", 12), ("abc", None), ("", None), ("1.5", None), (None, None)]
+)
+def test_a_malformed_instance_number_leaves_the_row_readable(value, expected):
+    """InstanceNumber only joins rows back to the study: a malformed one is None, never an error row."""
+    from types import SimpleNamespace
+
+    assert dicom.context(SimpleNamespace(InstanceNumber=value))["instance_number"] == expected
