@@ -34,12 +34,22 @@ BRAIN_MIN_LEVEL = 10
 BRAIN_LINE_SHARE = 0.02  # a row/column counts only if this share of it is head: isolated specks do not
 BRAIN_MIN_SIDE = 0.25  # a box smaller than this share of the frame's short side is a speck, not a head: no crop
 BRAIN_MARGIN = 0.04  # added around the box, as a share of its long side
+BRAIN_GAP_SHARE = 0.03  # dark rows/columns inside the head (up to this share of the side) do not split it
 
 
 def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
-    """First and last index (inclusive) whose count reaches `minimum`; None if none does."""
+    """The run of rows (or columns) that holds the head: first and last index (inclusive) of the run of counts
+    reaching `minimum` (gaps of up to BRAIN_GAP_SHARE of the side bridged) with the most head pixels; None if no
+    count does. A bright frame border, a corner label or a line of burned-in text is a run of its own, apart
+    from the head, so it no longer stretches the box to the whole frame."""
     hits = np.flatnonzero(counts >= minimum)
-    return (int(hits[0]), int(hits[-1])) if hits.size else None
+    if not hits.size:
+        return None
+    breaks = np.flatnonzero(np.diff(hits) > BRAIN_GAP_SHARE * len(counts) + 1)
+    starts, ends = np.r_[hits[0], hits[breaks + 1]], np.r_[hits[breaks], hits[-1]]
+    total = np.r_[0, np.cumsum(counts)]
+    best = int(np.argmax(total[ends + 1] - total[starts]))  # the run with the most head pixels
+    return int(starts[best]), int(ends[best])
 
 
 def brain_box(gray: np.ndarray, histogram: list[int] | None = None) -> tuple[int, int, int, int] | None:
@@ -56,10 +66,16 @@ def brain_box(gray: np.ndarray, histogram: list[int] | None = None) -> tuple[int
     counts = np.bincount(gray.ravel(), minlength=256) if histogram is None else histogram
     bright = int(np.searchsorted(np.cumsum(counts), 0.99 * gray.size))  # the 99th percentile level
     mask = gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)
-    rows = _head_span(mask.sum(axis=1, dtype=np.int32), max(1.0, BRAIN_LINE_SHARE * w))
-    cols = _head_span(mask.sum(axis=0, dtype=np.int32), max(1.0, BRAIN_LINE_SHARE * h))
-    if rows is None or cols is None:
+    row_min, col_min = max(1.0, BRAIN_LINE_SHARE * w), max(1.0, BRAIN_LINE_SHARE * h)
+    rows = _head_span(mask.sum(axis=1, dtype=np.int32), row_min)
+    if rows is None:
         return None
+    # Columns counted within the head's rows, then rows within its columns: a label beside the head in one
+    # direction is a separate run in the other.
+    cols = _head_span(mask[rows[0] : rows[1] + 1].sum(axis=0, dtype=np.int32), col_min)
+    if cols is None:
+        return None
+    rows = _head_span(mask[:, cols[0] : cols[1] + 1].sum(axis=1, dtype=np.int32), row_min) or rows
     box_h, box_w = rows[1] - rows[0] + 1, cols[1] - cols[0] + 1
     if max(box_h, box_w) < BRAIN_MIN_SIDE * min(h, w):
         return None

@@ -131,3 +131,23 @@ def test_the_model_metadata_decides_the_crop(tmp_path):
     assert new.card()["input"]["crop"] == "brain"
     with pytest.raises(ModelError, match="crop 'skull'"):
         Classifier.load(tiny_model(tmp_path / "bad.onnx", 64, input_size=64, crop="skull"), threads=1, verify=False)
+
+
+@pytest.mark.parametrize("artifact", ["bright border", "corner label", "text line"])
+def test_what_is_burned_into_the_frame_does_not_turn_the_crop_off(artifact):
+    """A 2-pixel bright frame border, a bright label box in a corner and a line of burned-in text are each a run of
+    rows or columns apart from the head: the box is the clean slice's (to a few pixels), not the whole frame."""
+    from tests.helpers.datasets import SAMPLES
+
+    clean = np.asarray(Image.open(sorted(SAMPLES.rglob("*.jpg"))[0]).convert("L")).copy()
+    expected = brain_box(clean)
+    assert expected is not None
+    marked = clean.copy()
+    if artifact == "bright border":
+        marked[:2, :] = marked[-2:, :] = marked[:, :2] = marked[:, -2:] = 255
+    elif artifact == "corner label":
+        marked[3:15, 3:40] = 255
+    else:
+        marked[-8:-4, 10:-10:3] = 255  # a dotted line of "characters" along the bottom
+    got = brain_box(marked)
+    assert got is not None and max(abs(a - b) for a, b in zip(got, expected)) <= 6, (got, expected)
