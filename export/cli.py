@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from tumor_runtime import __version__
 from tumor_runtime.core import scoring
-from tumor_runtime.core.command import FiniteFloat
+from tumor_runtime.core.command import FiniteFloat, version_option
 from tumor_runtime.core.errors import EXIT_PARTIAL
 
 
@@ -64,7 +63,7 @@ from tumor_runtime.core.errors import EXIT_PARTIAL
     help="Largest macro-F2 loss (0 to 1) int8 may have against FP32 before layers are kept in float.",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds the calibration sample.")
-@click.version_option(__version__, "--version", prog_name="tumor-export")
+@version_option("tumor-export")
 def main(
     checkpoint,
     out,

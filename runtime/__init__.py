@@ -7,12 +7,6 @@ The Python API is re-exported here, loaded on first use so that `tumor-infer --v
 """
 
 from importlib import import_module
-from importlib import metadata as _metadata
-
-try:
-    __version__ = _metadata.version("tumor-kit")  # one literal: pyproject.toml's
-except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 _API = {
     "Classifier": "tumor_runtime.inference.classifier",
@@ -25,7 +19,21 @@ _API = {
 __all__ = ["__version__", *_API]
 
 
-def __getattr__(name: str):  # PEP 562: the API's modules load when first named
+def installed_version() -> str:
+    """pyproject.toml's version, as installed (one literal); read on first use: importlib.metadata costs 20 ms
+    of every command's start-up."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("tumor-kit")
+    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str):  # PEP 562: the API's modules (and the version) load when first named
+    if name == "__version__":
+        globals()["__version__"] = version = installed_version()
+        return version
     if name in _API:
         return getattr(import_module(_API[name]), name)
     raise AttributeError(f"module 'tumor_runtime' has no attribute {name!r}")

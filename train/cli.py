@@ -10,8 +10,7 @@ import warnings
 import click
 from click.core import ParameterSource
 
-from tumor_runtime import __version__
-from tumor_runtime.core.command import FiniteFloat, fail
+from tumor_runtime.core.command import FiniteFloat, fail, version_option
 from tumor_runtime.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from tumor_train.architectures import ARCHITECTURES
 from tumor_train.config import TrainConfig, flag
@@ -193,7 +192,7 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
     "with (only --data, --threads and --device may change).",
 )
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
-@click.version_option(__version__, "--version", prog_name="tumor-train")
+@version_option("tumor-train")
 def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     """Train a brain-tumor MRI classifier (glioma, meningioma, notumor, pituitary).
 

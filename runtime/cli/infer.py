@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import click
 
-from tumor_runtime import __version__
-from tumor_runtime.core.command import FiniteFloat
+from tumor_runtime.core.command import FiniteFloat, version_option
 from tumor_runtime.core.errors import EXIT_OK, EXIT_PARTIAL
 from tumor_runtime.core.options import MAX_BATCH_SIZE
 
@@ -83,7 +82,7 @@ FORMATS = ["table", "csv", "json", "jsonl"]
     "(e.g. 127.0.0.1:6379 for a local `ray start --head`). Same rows as a local run; --threads is "
     "then the CPUs of each Ray actor [0 = 2]. Inputs must be readable at the same path on every node.",
 )
-@click.version_option(__version__, "--version", prog_name="tumor-infer")
+@version_option("tumor-infer")
 def main(**options) -> None:
     """Classify brain MRI slices (JPEG, PNG, BMP, TIFF) as glioma, meningioma, notumor or pituitary.
 

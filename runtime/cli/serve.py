@@ -8,8 +8,7 @@ import socket
 
 import click
 
-from tumor_runtime import __version__
-from tumor_runtime.core.command import FiniteFloat
+from tumor_runtime.core.command import FiniteFloat, version_option
 from tumor_runtime.core.options import MAX_UPLOAD_MB, UPLOAD_MB_RANGE
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl-C: stop accepting, give in-flight requests this long, then exit
@@ -107,7 +106,7 @@ def check_token(token: str) -> None:
     show_default=True,
     help="One line per request on stderr: time, client, method and path, status, milliseconds.",
 )
-@click.version_option(__version__, "--version", prog_name="tumor-serve")
+@version_option("tumor-serve")
 def main(model, host, port, workers, token, max_upload_mb, threads, tumor_threshold, backend, access_log) -> None:
     """Serve the classifier over HTTP (TorchServe's inference API) with a web page at /.
 

@@ -100,3 +100,18 @@ def require_extra(extra: str, command: str) -> None:
     if missing:
         name = "train" if extra == "export" else extra  # the export stage ships in the [train] extra
         fail(missing_extra(command, name, missing))
+
+
+def version_option(prog: str):
+    """--version for a command: "<prog>, version <version>" (click's wording), the version read only when asked."""
+
+    def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            import tumor_runtime
+
+            click.echo(f"{prog}, version {tumor_runtime.__version__}")
+            ctx.exit()
+
+    return click.option(
+        "--version", is_flag=True, expose_value=False, is_eager=True, callback=show, help="Show the version and exit."
+    )
