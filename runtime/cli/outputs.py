@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from tumor_runtime.core.errors import EXIT_OK, EXIT_PARTIAL
+from tumor_runtime.cli.writers import Writer, evaluation_output, one_line
+from tumor_runtime.core.errors import EXIT_OK, EXIT_PARTIAL, ModelError, UsageError
+from tumor_runtime.core.fileio import atomic_path, atomic_write_bytes
+from tumor_runtime.core.provenance import seen_in_training
+from tumor_runtime.core.scoring import evaluate_records
+from tumor_runtime.core.signals import DeferredInterrupts
+from tumor_runtime.inference.heatmap import heatmap_name, overlay_png
+from tumor_runtime.inference.records import NO_CAM
 
 
 class Counted:
@@ -43,7 +50,6 @@ def say_written(counted: Counted, target: Path | None, heatmaps: str | None, eva
 
 def output_target(output: str | None, inputs: list) -> Path | None:
     """The regular file that -o names (symlinks followed), or None for stdout; refuses anything else."""
-    from tumor_runtime.core.errors import UsageError
 
     if output is None or output == "-":
         return None
@@ -78,7 +84,6 @@ def destination(target: Path | None):
         yield sys.stdout
         sys.stdout.flush()  # a full disk shows up here, inside the error handling
         return
-    from tumor_runtime.core.fileio import atomic_path
 
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as stream:
         yield stream
@@ -86,8 +91,6 @@ def destination(target: Path | None):
 
 def heatmap_folder(folder: str, classifier) -> None:
     """Refuse before any work: a model without heat-maps, or a folder that cannot be written."""
-    from tumor_runtime.core.errors import ModelError, UsageError
-    from tumor_runtime.inference.records import NO_CAM
 
     if not classifier.has_cam:
         raise ModelError(NO_CAM)
@@ -99,8 +102,6 @@ def heatmap_folder(folder: str, classifier) -> None:
 
 def write_heatmap(rec: dict, folder: str) -> None:
     """DIR/<name>.<hash>.png for a classified input; the record gets its path under "heatmap"."""
-    from tumor_runtime.core.fileio import atomic_write_bytes
-    from tumor_runtime.inference.heatmap import heatmap_name, overlay_png
 
     png = overlay_png(rec)
     rec["heatmap"] = None
@@ -119,8 +120,6 @@ def progress(classifier, files, rows, quiet: bool, heatmaps: str | None = None):
             if heatmaps:
                 write_heatmap(rec, heatmaps)
             if rec["error"]:
-                from tumor_runtime.cli.writers import one_line
-
                 name = one_line(rec["path"].encode("utf-8", "backslashreplace").decode("utf-8"))
                 click.echo(f"{chr(10) if show else ''}error: {name}: {rec['error']}", err=True)
             if bar is not None:
@@ -130,8 +129,6 @@ def progress(classifier, files, rows, quiet: bool, heatmaps: str | None = None):
 
 def write_records(classifier, records, fmt: str, stream) -> int:
     """Stream rows; on an interrupt the JSON array is still closed, so stdout stays valid JSON."""
-    from tumor_runtime.cli.writers import Writer
-    from tumor_runtime.core.signals import DeferredInterrupts
 
     failed = flagged = 0
     writer = Writer(stream, fmt, classifier.info.classes)
@@ -157,9 +154,6 @@ def write_records(classifier, records, fmt: str, stream) -> int:
 
 
 def write_evaluation(classifier, records, labels, fmt: str, stream) -> int:
-    from tumor_runtime.cli.writers import evaluation_output
-    from tumor_runtime.core.provenance import seen_in_training
-    from tumor_runtime.core.scoring import evaluate_records
 
     info, paths = classifier.info, []
 

@@ -28,7 +28,10 @@ from starlette.routing import Route
 
 from tumor_runtime.core.errors import ImageError
 from tumor_runtime.core.options import MAX_FRAMES_PER_REQUEST, MAX_UPLOAD_MB
+from tumor_runtime.imaging.decode import EncodedImage
+from tumor_runtime.imaging.dicom import frames_of
 from tumor_runtime.imaging.formats import ACCEPT, FORMAT_NAMES, sniff
+from tumor_runtime.inference.heatmap import overlay_png
 from tumor_runtime.serving.guard import Guard, enable_access_log, error
 from tumor_runtime.serving.service import Service
 
@@ -90,7 +93,6 @@ def classify_dicom(service: Service, uploads: list[tuple[str, bytes]], heatmap: 
     frames are listed and read exactly as tumor-infer does; rows named after the upload. 413 past
     MAX_FRAMES_PER_REQUEST frames in all (counted from the headers, before any is decoded); stops between
     frames once `gone` is set."""
-    from tumor_runtime.imaging.dicom import frames_of
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
@@ -131,7 +133,6 @@ async def until_gone(request: Request, gone: threading.Event) -> None:
 
 def with_overlays(rows: list[dict]) -> list[dict]:
     """Each record's heat-map overlay as base64 PNG (its "cam" and "slice" taken out)."""
-    from tumor_runtime.inference.heatmap import overlay_png
 
     for rec in rows:
         png = overlay_png(rec)
@@ -143,7 +144,6 @@ async def classify(request: Request, service: Service, uploads: list[tuple[str, 
     """Images are decoded from memory and classified in batches shared with concurrent requests
     (`batching.Batcher`); a request with DICOM files takes tumor-infer's file path, and stops when its client
     goes."""
-    from tumor_runtime.imaging.decode import EncodedImage
 
     loop = asyncio.get_running_loop()
     if any(sniff(data, name) == ".dcm" for name, data in uploads):
