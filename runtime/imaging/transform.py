@@ -37,19 +37,22 @@ BRAIN_MARGIN = 0.04  # added around the box, as a share of its long side
 BRAIN_GAP_SHARE = 0.03  # dark rows/columns inside the head (up to this share of the side) do not split it
 
 
-def _head_span(counts: np.ndarray, minimum: float) -> tuple[int, int] | None:
-    """The run of rows (or columns) that holds the head: first and last index (inclusive) of the run of counts
-    reaching `minimum` (gaps of up to BRAIN_GAP_SHARE of the side bridged) with the most head pixels; None if no
-    count does. A bright frame border, a corner label or a line of burned-in text is a run of its own, apart
-    from the head, so it no longer stretches the box to the whole frame."""
+def _head_span(counts: np.ndarray, minimum: float) -> tuple[tuple[int, int] | None, int]:
+    """(first and last index (inclusive) of the run that holds the head, how many runs there were): the run of
+    counts reaching `minimum` (gaps of up to BRAIN_GAP_SHARE of the side bridged) with the most head pixels;
+    (None, 0) if no count does. A bright frame border, a corner label or a line of burned-in text is a run of
+    its own, apart from the head, so it no longer stretches the box to the whole frame."""
     hits = np.flatnonzero(counts >= minimum)
     if not hits.size:
-        return None
+        return None, 0
     breaks = np.flatnonzero(np.diff(hits) > BRAIN_GAP_SHARE * len(counts) + 1)
-    starts, ends = np.r_[hits[0], hits[breaks + 1]], np.r_[hits[breaks], hits[-1]]
-    total = np.r_[0, np.cumsum(counts)]
-    best = int(np.argmax(total[ends + 1] - total[starts]))  # the run with the most head pixels
-    return int(starts[best]), int(ends[best])
+    if not breaks.size:  # one run, as in most slices: no more work
+        return (int(hits[0]), int(hits[-1])), 1
+    starts = np.concatenate((hits[:1], hits[breaks + 1]))
+    ends = np.concatenate((hits[breaks], hits[-1:]))
+    total = np.cumsum(counts)
+    best = int(np.argmax(total[ends] - total[starts] + counts[starts]))  # the run with the most head pixels
+    return (int(starts[best]), int(ends[best])), len(starts)
 
 
 def brain_box(gray: np.ndarray, histogram: list[int] | None = None) -> tuple[int, int, int, int] | None:
@@ -65,17 +68,18 @@ def brain_box(gray: np.ndarray, histogram: list[int] | None = None) -> tuple[int
     h, w = gray.shape
     counts = np.bincount(gray.ravel(), minlength=256) if histogram is None else histogram
     bright = int(np.searchsorted(np.cumsum(counts), 0.99 * gray.size))  # the 99th percentile level
-    mask = gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)
+    # The head mask as float32: its row and column counts are matrix-vector products (BLAS), exact to 2**24.
+    mask = (gray > max(BRAIN_MIN_LEVEL, BRAIN_LEVEL * bright)).astype(np.float32)
     row_min, col_min = max(1.0, BRAIN_LINE_SHARE * w), max(1.0, BRAIN_LINE_SHARE * h)
-    rows = _head_span(mask.sum(axis=1, dtype=np.int32), row_min)
+    rows, _ = _head_span(mask @ np.ones(w, np.float32), row_min)
     if rows is None:
         return None
     # Columns counted within the head's rows, then rows within its columns: a label beside the head in one
     # direction is a separate run in the other.
-    cols = _head_span(mask[rows[0] : rows[1] + 1].sum(axis=0, dtype=np.int32), col_min)
+    cols, _ = _head_span(np.ones(rows[1] - rows[0] + 1, np.float32) @ mask[rows[0] : rows[1] + 1], col_min)
     if cols is None:
         return None
-    rows = _head_span(mask[:, cols[0] : cols[1] + 1].sum(axis=1, dtype=np.int32), row_min) or rows
+    rows = _head_span(mask[:, cols[0] : cols[1] + 1] @ np.ones(cols[1] - cols[0] + 1, np.float32), row_min)[0] or rows
     box_h, box_w = rows[1] - rows[0] + 1, cols[1] - cols[0] + 1
     if max(box_h, box_w) < BRAIN_MIN_SIDE * min(h, w):
         return None
