@@ -120,6 +120,7 @@ def export_command(
 ) -> None:
     from tumor_export.pipeline import ExportOptions, run_export
     from tumor_runtime.core.command import fail
+    from tumor_runtime.core.signals import interrupted_exit_code
 
     opts = ExportOptions(
         checkpoint=Path(checkpoint),
@@ -137,8 +138,12 @@ def export_command(
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
     except OSError as exc:
         fail(f"could not write the export: {exc.strerror or exc}", EXIT_PARTIAL)
-    click.echo(format_report(report))
-    click.echo(written_line(report, opts), err=True)
+    try:
+        click.echo(format_report(report))
+        click.echo(written_line(report, opts), err=True)
+    except KeyboardInterrupt as exc:  # the export is committed: say so, not "the output folder is unchanged"
+        click.echo(f"Stopped: interrupted after the export was written. {written_line(report, opts)}", err=True)
+        sys.exit(interrupted_exit_code(exc))
 
 
 def format_report(report: dict) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from tumor_runtime.core.errors import UsageError
 from tumor_runtime.core.fileio import atomic_write_text
+from tumor_runtime.core.signals import Terminated
 from tumor_train.config import TrainConfig, flag
 from tumor_train.data import PreparedData, class_names, find_splits, grouping_images, load_split, relative_to_root
 from tumor_train.dedup import duplicate_groups, grouped_kfold
@@ -145,7 +146,14 @@ def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
             "complete": len(records) == folds,
         }
         atomic_write_text(out / "cv.json", json.dumps(report, indent=2))
-    plot_cv(records, out / "cv.png")
+    try:
+        plot_cv(records, out / "cv.png")
+    except KeyboardInterrupt as exc:  # every fold is trained and cv.json written: only the figure is missing
+        raise Interrupted(
+            f"interrupted while drawing {out / 'cv.png'}; the {folds} folds and {out / 'cv.json'} are written: run "
+            "the same tumor-train --cv command again to draw it (the folds are reused)",
+            terminated=isinstance(exc, Terminated),
+        ) from None
     return report
 
 

@@ -169,3 +169,19 @@ def test_an_interrupt_that_the_onnx_exporter_wraps_still_exits_130_or_143(
     assert result.returncode == code, (result.returncode, result.stderr)
     assert "internal error" not in result.stderr and "Stopped" in result.stderr
     assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_a_sigterm_just_after_the_export_says_it_was_written(trained, tmp_path, monkeypatch):
+    """SIGTERM while the finished export's report is printed: 143, and a line saying the files were written
+    (they were: the commit is done), not silence or "the output folder is unchanged"."""
+    import tumor_export.cli as export_cli
+    from tumor_runtime.core.signals import Terminated
+
+    def terminated(report):
+        raise Terminated()
+
+    monkeypatch.setattr(export_cli, "format_report", terminated)
+    result = run("tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "e"])
+    assert result.returncode == 143, result.stderr
+    assert "Stopped: interrupted after the export was written. Wrote model.onnx" in result.stderr
+    assert (tmp_path / "e" / "model.onnx").is_file() and (tmp_path / "e" / "manifest.json").is_file()

@@ -233,3 +233,38 @@ def test_a_val_list_beside_a_validation_folder_is_refused(tmp_path):
     one_line_error(result)
     assert "--val-list and " in result.stderr and "both name the validation images" in result.stderr
     assert not (tmp_path / "o" / "model.pth").exists()
+
+
+def test_ctrl_c_while_the_cv_figure_is_drawn_says_what_is_kept(tmp_path, monkeypatch):
+    """Every fold trained and cv.json written, Ctrl-C while cv.png is drawn: 130 and a line saying what is
+    written and that the same command draws it (not "interrupted before training started")."""
+    import tumor_train.cv as cv
+
+    data = make_dataset(tmp_path / "d", per_class=6)
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "cv"),
+        "--cv",
+        "2",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--size",
+        "32",
+    ]
+
+    def interrupted(records, path):
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(cv, "plot_cv", interrupted)
+    stopped = CliRunner().invoke(trainer_cli(), args)
+    assert stopped.exit_code == 130, stopped.output
+    assert "before training started" not in stopped.output
+    assert f"interrupted while drawing {tmp_path / 'cv' / 'cv.png'}; the 2 folds and" in stopped.output
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["complete"]
+    monkeypatch.undo()
+    again = CliRunner().invoke(trainer_cli(), args)
+    assert again.exit_code == 0 and (tmp_path / "cv" / "cv.png").is_file() and "reusing" in again.output
