@@ -57,6 +57,7 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     import socket
 
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # an IPv6 address is written [::1]:6379
     if not host or not port.isdigit():
         raise UsageError(f"--ray {address}: give auto, HOST:PORT or ray://HOST:PORT")
     try:

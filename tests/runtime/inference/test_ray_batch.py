@@ -385,3 +385,20 @@ def test_an_actor_that_cannot_start_is_one_line_naming_the_cause(folder, tmp_pat
         "export one with tumor-export\n"
     )
     assert "Traceback" not in result.stderr and "ERROR" not in result.stderr
+
+
+def test_check_reachable_takes_a_bracketed_ipv6_address():
+    """--ray [::1]:6379, as an IPv6 address is written with a port: reached where something listens there."""
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as listener:
+        try:
+            listener.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback on this machine")
+        listener.listen()
+        port = listener.getsockname()[1]
+        check_reachable(f"[::1]:{port}")
+        check_reachable(f"ray://[::1]:{port}")
