@@ -18,7 +18,7 @@ from tumor_runtime.core.errors import ImageError
 from tumor_runtime.imaging.descriptors import image_descriptors
 from tumor_runtime.imaging.listing import class_of
 from tumor_runtime.imaging.transform import load_gray, normalize
-from tumor_runtime.model.ood import fit, with_thresholds
+from tumor_runtime.model.ood import fit_ood, with_thresholds
 
 SAMPLE = 1024  # training images the score is fitted on (decoded in about a second)
 
@@ -56,7 +56,7 @@ def measurements(path: Path, gray: np.ndarray, pre: dict, batch: int = 64) -> tu
 def attach(path: Path, train: tuple[np.ndarray, np.ndarray], validation: np.ndarray, pre: dict) -> dict:
     """Fit, set the thresholds, write "ood" into `path`'s metadata; returns what the export report records."""
     gray, labels = train
-    model = fit(*measurements(path, gray, pre), labels)
+    model = fit_ood(*measurements(path, gray, pre), labels)
     val_features, val_descriptors = measurements(path, validation, pre)
     model = with_thresholds(model, val_features, val_descriptors)
     write_metadata(path, read_metadata(path) | {"ood": model.to_metadata()})

@@ -34,7 +34,7 @@ def openvino_caveat(backend: str) -> str | None:
     )
 
 
-def choose(backend: str) -> str:
+def choose_backend(backend: str) -> str:
     """The backend `auto` stands for on this machine (or `backend` itself); ValueError for an unknown name."""
     from tumor_runtime.core.errors import OptionError, UsageError
 

@@ -17,7 +17,7 @@ in probabilistic-PCA form (Tipping & Bishop) so that it is cheap and small to st
 
 Each distance is divided by its own threshold, set at export so that `PASS_SHARE` of the
 validation slices pass it; `ood_score` is the larger ratio, and an input is out of distribution
-when it reaches 1. Fitted at export (`fit`, `with_thresholds`); stored under the metadata key
+when it reaches 1. Fitted at export (`fit_ood`, `with_thresholds`); stored under the metadata key
 "ood" (float16, base64). Models exported before this have no "ood": no flag, as before. Chosen by
 measurement against the energy score, the maximum softmax probability, a k-nearest-neighbour
 distance and either measurement alone (see the model card).
@@ -162,7 +162,7 @@ class OodModel:
         return model
 
 
-def fit(features: np.ndarray, descriptors: np.ndarray, labels: np.ndarray) -> OodModel:
+def fit_ood(features: np.ndarray, descriptors: np.ndarray, labels: np.ndarray) -> OodModel:
     """Both measurements from training data (thresholds unset until `with_thresholds`), rounded as stored."""
     model = OodModel(
         fit_gaussian(unit_rows(features), labels, COMPONENTS["features"]),

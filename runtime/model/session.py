@@ -97,7 +97,7 @@ def open_session(
 ):
     """(session, ModelInfo) for a checked, vouched-for tumor-kit model; the session is ONNX Runtime's, or
     OpenVINO's behind the same interface (`tumor_runtime.model.backends`)."""
-    from tumor_runtime.model.backends import OpenVinoSession, choose
+    from tumor_runtime.model.backends import OpenVinoSession, choose_backend
 
     path = Path(path) if path is not None else default_model_path()
     if not path.is_file():
@@ -105,7 +105,7 @@ def open_session(
     refuse_torch_file(path)
     if verify:
         verify_manifest(path)
-    chosen = choose(backend)
+    chosen = choose_backend(backend)
     try:
         if chosen == "openvino":
             session = OpenVinoSession(path, min(threads or available_cores(), available_cores()))

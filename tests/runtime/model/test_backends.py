@@ -66,14 +66,14 @@ def test_the_command_takes_the_backend():
 def test_auto_takes_openvino_only_where_it_is_measured_faster(monkeypatch, flags, installed, expected):
     monkeypatch.setattr(backends, "cpu_flags", lambda: flags)
     monkeypatch.setattr(backends, "installed", lambda name: installed and name == "openvino")
-    assert backends.choose("auto") == expected
+    assert backends.choose_backend("auto") == expected
 
 
 def test_a_missing_or_unknown_backend_is_one_clear_error(monkeypatch):
     from tumor_runtime.core.errors import OptionError, UsageError
 
     with pytest.raises(OptionError, match="backend must be one of"):
-        backends.choose("tensorrt")
+        backends.choose_backend("tensorrt")
     monkeypatch.setattr(backends, "installed", lambda name: False)
     with pytest.raises(UsageError, match=r"\[openvino\] extra"):
         Classifier.load(backend="openvino")
@@ -82,9 +82,9 @@ def test_a_missing_or_unknown_backend_is_one_clear_error(monkeypatch):
 def test_choose_names_the_backends_and_keeps_an_explicit_one():
     from tumor_runtime.core.errors import OptionError
 
-    assert backends.choose("onnxruntime") == "onnxruntime" and backends.choose("openvino") == "openvino"
+    assert backends.choose_backend("onnxruntime") == "onnxruntime" and backends.choose_backend("openvino") == "openvino"
     with pytest.raises(OptionError) as caught:
-        backends.choose("tvm")
+        backends.choose_backend("tvm")
     assert str(caught.value) == "backend must be one of auto, onnxruntime, openvino, not 'tvm'"
 
 
@@ -143,7 +143,7 @@ def test_openvino_on_a_cpu_without_int8_dot_products_says_so_and_auto_avoids_it(
     caveat = backends.openvino_caveat("openvino")
     assert (caveat is not None) == warned and backends.openvino_caveat("onnxruntime") is None
     if backends.installed("openvino"):
-        assert backends.choose("auto") == ("onnxruntime" if warned else "openvino")
+        assert backends.choose_backend("auto") == ("onnxruntime" if warned else "openvino")
     if backends.installed("openvino"):
         from tests.helpers.processes import infer
 

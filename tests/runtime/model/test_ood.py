@@ -52,7 +52,7 @@ def test_thresholds_pass_the_chosen_share_and_survive_storage():
     features, labels = clusters(rng, 500, 40)
     features = np.abs(features)
     descriptors = rng.normal(0, 1, (500, 23)).astype(np.float32)
-    model = ood.with_thresholds(ood.fit(features, descriptors, labels), features, descriptors, 0.99)
+    model = ood.with_thresholds(ood.fit_ood(features, descriptors, labels), features, descriptors, 0.99)
     scores = model.score(features, descriptors)
     assert 0.005 <= model.flags(scores).mean() <= 0.02  # two measurements at 1 % each: 1-2 % flagged
     again = ood.OodModel.from_metadata(model.to_metadata())
@@ -65,7 +65,7 @@ def test_a_damaged_record_refuses_the_model(tmp_path, damage):
     features, labels = clusters(rng, 200, 8)
     descriptors = rng.normal(0, 1, (200, 23)).astype(np.float32)
     record = json.loads(
-        ood.with_thresholds(ood.fit(features, descriptors, labels), features, descriptors).to_metadata()
+        ood.with_thresholds(ood.fit_ood(features, descriptors, labels), features, descriptors).to_metadata()
     )
     if damage == "method":
         record["method"] = "guess"
@@ -336,7 +336,7 @@ def test_each_threshold_sits_at_the_pass_share_of_the_runtimes_own_score(measure
     labels = np.repeat(np.arange(4), 100)
     features = rng.normal(0, 1, (400, 32)) * 40 + 3 * labels[:, None]
     image = rng.normal(0, 1, (400, descriptors.DESCRIPTOR_LENGTH)) * 5 + labels[:, None]
-    model = ood.fit(features, image, labels)
+    model = ood.fit_ood(features, image, labels)
     val_features = rng.normal(0, 1, (800, 32)) * 40
     val_descriptors = rng.normal(0, 1, (800, descriptors.DESCRIPTOR_LENGTH)) * 5
     model = ood.with_thresholds(model, val_features, val_descriptors)
