@@ -25,7 +25,7 @@ import numpy as np
 
 from tumor_runtime.core.errors import ImageError
 from tumor_runtime.core.system import installed, missing_extra
-from tumor_runtime.imaging.decode import rescale_to_8bit
+from tumor_runtime.imaging.decode import MAX_DECODE_BYTES, MAX_PIXELS, rescale_to_8bit
 
 MISSING_EXTRA = missing_extra("DICOM input", "dicom")
 
@@ -234,6 +234,25 @@ def single_frame_gray(path: Path) -> np.ndarray:
     return load_frame(frames[0])[0]
 
 
+def check_frame_size(ds) -> None:
+    """ImageError before a frame is decoded when it is larger than the kit decodes (`decode.MAX_PIXELS`), or its
+    pixels, rescaled through float64 to 8 bits, would take more than `decode.MAX_DECODE_BYTES`: a small
+    compressed file can hold a huge frame, and the upload limit bounds only its bytes."""
+    try:
+        pixels = int(ds.Rows) * int(ds.Columns)
+        stored = int(getattr(ds, "SamplesPerPixel", 1) or 1) * max(1, int(getattr(ds, "BitsAllocated", 16)) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return  # pydicom's decoder reports a header that does not say
+    if pixels > MAX_PIXELS:
+        raise ImageError(f"image too large ({ds.Rows}x{ds.Columns} pixels, limit {MAX_PIXELS})")
+    cost = pixels * (stored + 16)  # the decoded samples, then the float64 values and a temporary
+    if cost > MAX_DECODE_BYTES:
+        raise ImageError(
+            f"image too large to decode ({ds.Rows}x{ds.Columns} pixels need about {cost / 2**20:,.0f} MB, "
+            f"limit {MAX_DECODE_BYTES / 2**20:,.0f} MB)"
+        )
+
+
 def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:
     """(uint8 gray (rows, cols), the row's DICOM context) for one frame; ImageError with the reason."""
     if not installed("pydicom"):
@@ -242,6 +261,7 @@ def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:
 
     ds = read_header(frame.path)
     require_pixel_data(ds)
+    check_frame_size(ds)
     try:
         # Only this frame is read and decoded: a 400-frame file costs 400 frames, not 400 files.
         with open(frame.path, "rb") as fh:

@@ -388,3 +388,24 @@ def test_a_malformed_instance_number_leaves_the_row_readable(value, expected):
     from types import SimpleNamespace
 
     assert dicom.context(SimpleNamespace(InstanceNumber=value))["instance_number"] == expected
+
+
+def test_a_frame_too_large_to_decode_is_refused_before_its_pixels_are_read(tmp_path, monkeypatch):
+    """The decoded size of a DICOM frame (rows x columns x samples, plus the float64 rescale) is bounded before
+    pydicom decodes it: a small compressed file can hold a huge frame."""
+    from types import SimpleNamespace
+
+    from tests.helpers.dicom import write_dicom
+
+    with pytest.raises(ImageError, match=r"^image too large to decode \(5000x5000 pixels need about 429 MB"):
+        dicom.check_frame_size(SimpleNamespace(Rows=5000, Columns=5000, BitsAllocated=16, SamplesPerPixel=1))
+    with pytest.raises(ImageError, match=r"^image too large \(8000x8000 pixels, limit 50000000\)"):
+        dicom.check_frame_size(SimpleNamespace(Rows=8000, Columns=8000, BitsAllocated=8, SamplesPerPixel=1))
+    dicom.check_frame_size(SimpleNamespace(Rows=512, Columns=512, BitsAllocated=16, SamplesPerPixel=1))
+    path = write_dicom(tmp_path / "a.dcm", np.full((64, 64), 900, np.uint16))
+    monkeypatch.setattr(dicom, "MAX_DECODE_BYTES", 64 * 64 * 18 - 1)
+    decoded = []
+    monkeypatch.setattr("pydicom.pixels.pixel_array", lambda *a, **k: decoded.append(1))
+    with pytest.raises(ImageError, match="too large to decode"):
+        dicom.load_frame(dicom.DicomFrame(path, None))
+    assert decoded == []
