@@ -105,7 +105,8 @@ def classify_dicom(service: Service, uploads: list[tuple[str, bytes]], heatmap: 
             raise HTTPException(413, f"the request holds {frames} frames, over the limit of {MAX_FRAMES_PER_REQUEST}")
         assert service.classifier is not None  # requests are answered 503 until the model is loaded
         for (name, _), path in zip(uploads, paths):
-            for rec in service.classifier.iter_predict([path], heatmaps=heatmap):
+            # Threads, never forked workers: a fork would inherit the listening socket (and outlive a SIGTERM).
+            for rec in service.classifier.iter_predict([path], heatmaps=heatmap, processes=False):
                 if gone.is_set():
                     raise ClientGone()
                 rec["path"] = name + rec["path"][len(str(path)) :]  # keeps a DICOM frame's "#n"

@@ -782,7 +782,8 @@ def test_the_work_for_a_client_that_left_stops_between_frames(tmp_path):
     seen = []
 
     class Counting:
-        def iter_predict(self, items, heatmaps=False):
+        def iter_predict(self, items, heatmaps=False, processes=None):
+            assert processes is False  # the server never forks decode workers (they would hold its socket)
             for i in range(3):
                 seen.append(i)
                 yield {"path": f"{items[0]}#{i + 1}", "error": None}
