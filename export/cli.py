@@ -9,6 +9,7 @@ import click
 
 from tumor_runtime.core import scoring
 from tumor_runtime.core.command import FiniteFloat, version_option
+from tumor_runtime.core.contract import FP32_MODEL, INT8_MODEL
 from tumor_runtime.core.errors import EXIT_PARTIAL
 
 
@@ -181,7 +182,7 @@ def percent(share: float | None) -> str:
 def written_line(report: dict, opts) -> str:
     """What was written, where, in how long, and the command that uses it."""
     folder = opts.out or opts.checkpoint.parent
-    model = "model.int8.onnx" if "model.int8.onnx" in report["files"] else "model.onnx"
+    model = INT8_MODEL if INT8_MODEL in report["files"] else FP32_MODEL
     return (
         f"Wrote {', '.join(report['files'])}, export_report.json and manifest.json to {folder}/ in "
         f"{report['seconds']:.1f}s. Next: tumor-infer -m {folder / model} FOLDER/"

@@ -35,7 +35,7 @@ from tumor_export.onnx_export import (
 )
 from tumor_export.static_int8 import describe_nodes, int8_convolutions, prepare_graph
 from tumor_runtime.core import scoring
-from tumor_runtime.core.contract import INPUT_NAME, MODEL_FILES
+from tumor_runtime.core.contract import EXPORT_REPORT, FP32_MODEL, INPUT_NAME, INT8_MODEL, MODEL_FILES
 from tumor_runtime.core.errors import EXIT_PARTIAL, KitError, OutputError
 from tumor_runtime.core.fileio import atomic_write_text, sha256_file
 from tumor_runtime.core.options import finite_in_range, int_in_range
@@ -182,11 +182,11 @@ def run_export(opts: ExportOptions, log=print) -> dict:
         commit(
             out,
             {name: Path(scratch) / name for name in report["files"]},
-            stale=[] if opts.int8 else ["model.int8.onnx"],
+            stale=[] if opts.int8 else [INT8_MODEL],
             log=log,
         )
     report["seconds"] = round(time.perf_counter() - tic, 2)
-    atomic_write_text(out / "export_report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / EXPORT_REPORT, json.dumps(report, indent=2))
     return report
 
 
@@ -203,7 +203,7 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
         "versions": tool_versions(),
         "fp32": None,
     }
-    fp32_path = scratch / "model.onnx"
+    fp32_path = scratch / FP32_MODEL
     log("Exporting FP32 ONNX ...")
     report["cam_output"] = export_fp32(model, pre["size"], fp32_path)
     if not report["cam_output"]:
@@ -304,8 +304,8 @@ def quantize(
     """Calibrate and quantize behind the gate into scratch/model.int8.onnx; GateError if it fails."""
     calib, calib_files = calibration
     log(f"Calibrating int8 ({opts.calibration_method}, {opts.activation_type}) on {len(calib)} images ...")
-    prepared, int8_path = scratch / "model.pre.onnx", scratch / "model.int8.onnx"
-    prepare_graph(scratch / "model.onnx", prepared)
+    prepared, int8_path = scratch / "model.pre.onnx", scratch / INT8_MODEL  # the first: a scratch file
+    prepare_graph(scratch / FP32_MODEL, prepared)
     int8, kept, trials = gate.quantize_with_gate(
         prepared,
         int8_path,

@@ -11,6 +11,7 @@ import click
 from click.core import ParameterSource
 
 from tumor_runtime.core.command import FiniteFloat, fail, version_option
+from tumor_runtime.core.contract import MODEL_FILE, RESUME_FILE
 from tumor_runtime.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from tumor_train.architectures import ARCHITECTURES
 from tumor_train.config import TrainConfig, flag
@@ -266,7 +267,7 @@ def finished_lines(metrics: dict, cfg: TrainConfig) -> list[str]:
         lines = [f"Best epoch {metrics['best_epoch']}: {split_line('validation', val)}."]
     if test is not None:
         lines.append(f"Testing/ ({metrics['data']['test_images']} images): {split_line('test', test)}.")
-    model = os.path.join(cfg.out, "model.pth")
+    model = os.path.join(cfg.out, MODEL_FILE)
     evaluate = "" if val is not None else " --evaluate LABELLED_DIR"  # a final fit records no validation split
     lines.append(
         f"Wrote model.pth, metrics.json and plots to {cfg.out}/. "
@@ -316,7 +317,7 @@ def new_config(options: dict, overwrite: bool) -> TrainConfig:
     from pathlib import Path
 
     out = options["out"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    if not overwrite and any((Path(out) / name).exists() for name in ("model.pth", "checkpoint.pth")):
+    if not overwrite and any((Path(out) / name).exists() for name in (MODEL_FILE, RESUME_FILE)):
         raise UsageError(
             f"{out} already holds a training run: --resume continues it, --overwrite replaces it, "
             "or choose another --out"
@@ -333,7 +334,7 @@ def resumed_config(options: dict) -> TrainConfig:
 
     if not options["out"]:
         raise UsageError("--resume needs --out: the run folder that holds checkpoint.pth")
-    from tumor_train.cv import FOLD_RECORD
+    from tumor_runtime.core.contract import FOLD_RECORD
 
     fold = Path(options["out"]) / FOLD_RECORD
     if fold.is_file():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tumor_runtime.core.contract import CV_REPORT, FOLD_RECORD, METRICS
 from tumor_runtime.core.errors import UsageError
 from tumor_runtime.core.fileio import atomic_write_text
 from tumor_runtime.core.signals import Terminated
@@ -28,7 +29,6 @@ from tumor_train.distributed import launched_by_torchrun, setup
 from tumor_train.trainer import CHECKPOINT, Interrupted, check_writable, train_on
 
 FIELDS = ("f2_macro", "accuracy", "tumor_sensitivity")
-FOLD_RECORD = "fold.json"  # in each OUT/fold-<k>/: what the fold is, so a rerun reuses only the same fold
 PER_MACHINE = ("out", "data", "threads", "device")  # options that may change between reruns of one --cv
 
 
@@ -69,7 +69,7 @@ def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
             f"{folder} holds {fold_difference(saved, identity)}: --overwrite trains every fold again, "
             "or choose another --out"
         )
-    if (folder / "metrics.json").is_file():
+    if (folder / METRICS).is_file():
         return "reuse"
     return "resume" if (folder / CHECKPOINT).is_file() else "train"
 
@@ -145,7 +145,7 @@ def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
             "config": asdict(cfg),
             "complete": len(records) == folds,
         }
-        atomic_write_text(out / "cv.json", json.dumps(report, indent=2))
+        atomic_write_text(out / CV_REPORT, json.dumps(report, indent=2))
     try:
         plot_cv(records, out / "cv.png")
     except KeyboardInterrupt as exc:  # every fold is trained and cv.json written: only the figure is missing
@@ -176,7 +176,7 @@ def run_fold(
     plan = fold_plan(folder, identity, overwrite)
     if plan == "reuse":
         print(f"fold {k}/{folds}: reusing {folder / 'metrics.json'}")
-        return json.loads((folder / "metrics.json").read_text())
+        return json.loads((folder / METRICS).read_text())
     print(
         f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images"
         + (" (resuming its checkpoint)" if plan == "resume" else "")

@@ -22,6 +22,17 @@ import torch
 from tqdm import tqdm
 
 from tumor_runtime.core import provenance
+from tumor_runtime.core.contract import (
+    EXPORT_REPORT,
+    FP32_MODEL,
+    HISTORY,
+    INT8_MODEL,
+    MANIFEST,
+    METRICS,
+    MODEL_FILE,
+    QUANTIZED_FILE,
+    RESUME_FILE,
+)
 from tumor_runtime.core.errors import OutputError
 from tumor_runtime.core.fileio import atomic_write_text
 from tumor_runtime.core.scoring import NEGATIVE_CLASS
@@ -36,7 +47,7 @@ from tumor_train.engine import TrainingState, cpu_has_native_bf16, cpu_state, ev
 from tumor_train.model_file import FORMAT, CheckpointError, save_atomic
 from tumor_train.models import count_parameters, model_args_for
 
-CHECKPOINT = "checkpoint.pth"  # resumable state, rewritten atomically after every epoch
+CHECKPOINT = RESUME_FILE  # resumable state, rewritten atomically after every epoch
 
 
 class Interrupted(Exception):
@@ -267,14 +278,14 @@ def train_on(
         ) from None
 
 
-EXPORTS = ("model.int8.onnx", "model.onnx", "manifest.json", "export_report.json")
+EXPORTS = (INT8_MODEL, FP32_MODEL, MANIFEST, EXPORT_REPORT)
 
 
 def remove_stale_exports(out: Path) -> None:
     """ONNX models beside a new model.pth were exported from the weights it replaced: the runtime would
     run the old model under the new run's name. They go (the manifest first, so nothing vouches for them)."""
     stale = [name for name in EXPORTS if (out / name).exists()]
-    for name in sorted(stale, key=lambda n: n != "manifest.json"):
+    for name in sorted(stale, key=lambda n: n != MANIFEST):
         (out / name).unlink()
     if stale:
         print(
@@ -329,10 +340,10 @@ def write_outputs(
             "val_f2": best["f2"],
             "versions": versions(),
         },
-        out / "model.pth",
+        out / MODEL_FILE,
     )
     remove_stale_exports(out)
-    save_quantized(model, cfg.arch, args, out / "model_quantized.pth")
+    save_quantized(model, cfg.arch, args, out / QUANTIZED_FILE)
     final_fit = len(data.val.labels) == 0
     validation, val_pred = (None, None) if final_fit else split_report(model, data.val, mean, std, classes)
     test = split_report(model, data.test, mean, std, classes)[0] if data.test is not None else None
@@ -366,8 +377,8 @@ def write_outputs(
             "is the model; there is no validation split. The evidence is the cross-validation report "
             "(tumor-train --cv) of the same recipe."
         )
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    plots.write_history(history, out / "history.csv")
+    atomic_write_text(out / METRICS, json.dumps(metrics, indent=2))
+    plots.write_history(history, out / HISTORY)
     plots.plot_curves(history, out, best["epoch"])
     if not final_fit:
         assert validation is not None and val_pred is not None  # every run but a final fit validates

@@ -36,3 +36,12 @@ FP32_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
 MODEL_FILES = (FP32_MODEL, INT8_MODEL)
 DEFAULT_MODEL = INT8_MODEL  # what the runtime loads when no model is named
 MANIFEST = "manifest.json"  # {"files": {name: sha256}} (+ "replacing" while an export commits)
+EXPORT_REPORT = "export_report.json"  # what tumor-export measured and wrote
+# tumor-train's outputs in its --out folder
+MODEL_FILE = "model.pth"  # the trained model: arch, arguments, weights, classes, preprocessing (export reads it)
+RESUME_FILE = "checkpoint.pth"  # resumable state, rewritten atomically after every epoch
+QUANTIZED_FILE = "model_quantized.pth"  # the reference's dynamic int8 model
+METRICS = "metrics.json"  # the run's configuration, scores and timings
+HISTORY = "history.csv"  # one row per epoch
+CV_REPORT = "cv.json"  # a --cv run's folds and their mean and spread
+FOLD_RECORD = "fold.json"  # in each OUT/fold-<k>/: what the fold is, so a rerun reuses only the same fold
