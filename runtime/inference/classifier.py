@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,7 +28,7 @@ from tumor_runtime.imaging.pool import (
 )
 from tumor_runtime.imaging.transform import normalize
 from tumor_runtime.inference.records import NO_CAM, record
-from tumor_runtime.model.info import ModelInfo
+from tumor_runtime.model.info import ModelInfo, model_card
 from tumor_runtime.model.manifest import default_model_path
 from tumor_runtime.model.session import open_session, output_name
 
@@ -57,14 +56,6 @@ def expand_dicom(items: Iterable) -> Iterator:
                 yield Unreadable(Path(item), str(exc))
         else:
             yield item
-
-
-def metadata_json(text: str):
-    """A JSON metadata value for the card; the raw text when it is not JSON (or nested past any sense)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
 
 
 class Classifier:
@@ -140,43 +131,8 @@ class Classifier:
         return cls(session, info, threads, batch_size, tumor_threshold, path)
 
     def card(self) -> dict:
-        """The model card: classes, input, threshold, precision, sha256, version and provenance."""
-        from tumor_runtime.core.fileio import sha256_file
-
-        info, meta = self.info, self.info.metadata
-        card = {
-            "path": str(self.path),
-            "sha256": sha256_file(self.path) if self.path else None,
-            "classes": info.classes,
-            "negative_class": info.negative_class,
-            "input": {
-                "size": info.input_size,
-                "channels": 1,
-                "mean": info.mean,
-                "std": info.std,
-                "resize": meta.get("resize"),
-                "crop": info.crop,
-            },
-            "tumor_threshold": self.tumor_threshold,
-            "precision": meta.get("precision", "unknown"),
-            "out_of_distribution": None
-            if info.ood is None
-            else {
-                "method": "mahalanobis-ppca on pooled features and image descriptors",
-                "flag": "ood_score >= 1",
-                "thresholds": {"features": info.ood.features.threshold, "image": info.ood.image.threshold},
-            },
-            "arch": info.arch,
-            "heatmaps": self.has_cam,
-            "backend": self.backend,
-            "version": None,
-        }
-        for key in ("trained_with", "exported_with", "calibration"):
-            if key in meta:
-                card[key] = metadata_json(meta[key])
-        if isinstance(card.get("exported_with"), dict):
-            card["version"] = card["exported_with"].get("tumor_kit")
-        return card
+        """The model card (`info.model_card`) with this classifier's threshold, heat-maps and backend."""
+        return model_card(self.info, self.path, self.tumor_threshold, self.has_cam, self.backend)
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) at the model's input size -> class probabilities (N, classes)."""

@@ -6,8 +6,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from tumor_runtime.core.errors import ModelError, OptionError
+from tumor_runtime.core.fileio import sha256_file
 from tumor_runtime.core.options import finite_in_range
 from tumor_runtime.imaging.transform import check_transform
 from tumor_runtime.model.ood import OodModel
@@ -93,3 +95,50 @@ def ood_of(meta: dict) -> OodModel | None:
         return OodModel.from_metadata(meta["ood"])
     except ValueError as exc:
         raise ModelError(f"model metadata: {exc}") from None
+
+
+def metadata_json(text: str):
+    """A JSON metadata value for the card; the raw text when it is not JSON (or nested past any sense)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+def model_card(info: ModelInfo, path: Path | None, tumor_threshold: float, has_cam: bool, backend: str) -> dict:
+    """The model card: classes, input, threshold, precision, sha256, version and provenance (--model-info, the
+    server's /models/tumor)."""
+    meta = info.metadata
+    card = {
+        "path": str(path),
+        "sha256": sha256_file(path) if path else None,
+        "classes": info.classes,
+        "negative_class": info.negative_class,
+        "input": {
+            "size": info.input_size,
+            "channels": 1,
+            "mean": info.mean,
+            "std": info.std,
+            "resize": meta.get("resize"),
+            "crop": info.crop,
+        },
+        "tumor_threshold": tumor_threshold,
+        "precision": meta.get("precision", "unknown"),
+        "out_of_distribution": None
+        if info.ood is None
+        else {
+            "method": "mahalanobis-ppca on pooled features and image descriptors",
+            "flag": "ood_score >= 1",
+            "thresholds": {"features": info.ood.features.threshold, "image": info.ood.image.threshold},
+        },
+        "arch": info.arch,
+        "heatmaps": has_cam,
+        "backend": backend,
+        "version": None,
+    }
+    for key in ("trained_with", "exported_with", "calibration"):
+        if key in meta:
+            card[key] = metadata_json(meta[key])
+    if isinstance(card.get("exported_with"), dict):
+        card["version"] = card["exported_with"].get("tumor_kit")
+    return card

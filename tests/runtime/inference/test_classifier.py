@@ -46,12 +46,6 @@ def test_options_are_checked_and_threads_capped_at_the_cores(monkeypatch):
             classifier_module.checked_options(threads, batch, None)
 
 
-def test_metadata_values_are_json_where_they_parse():
-    assert classifier_module.metadata_json('{"a": 1}') == {"a": 1}
-    assert classifier_module.metadata_json("plain text") == "plain text"
-    assert classifier_module.metadata_json("[" * 100000) == "[" * 100000
-
-
 def test_the_card_describes_the_model_and_its_provenance(clf):
     card = clf.card()
     meta = clf.info.metadata

@@ -81,3 +81,11 @@ def test_a_missing_key_names_it():
     del meta["std"]
     with pytest.raises(ModelError, match=r"^model metadata is incomplete \('std'\); export it with tumor-export$"):
         ModelInfo.from_metadata(meta)
+
+
+def test_metadata_values_are_json_where_they_parse():
+    from tumor_runtime.model.info import metadata_json
+
+    assert metadata_json('{"a": 1}') == {"a": 1}
+    assert metadata_json("plain text") == "plain text"
+    assert metadata_json("[" * 100000) == "[" * 100000
