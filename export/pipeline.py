@@ -36,7 +36,7 @@ from tumor_export.onnx_export import (
 from tumor_export.static_int8 import describe_nodes, int8_convolutions, prepare_graph
 from tumor_runtime.core import scoring
 from tumor_runtime.core.contract import EXPORT_REPORT, FP32_MODEL, INPUT_NAME, INT8_MODEL, MODEL_FILES
-from tumor_runtime.core.errors import EXIT_PARTIAL, KitError, OutputError
+from tumor_runtime.core.errors import EXIT_PARTIAL, KitError, OptionError, OutputError
 from tumor_runtime.core.fileio import atomic_write_text, sha256_file
 from tumor_runtime.core.options import finite_in_range, int_in_range
 from tumor_runtime.imaging.listing import class_of
@@ -61,10 +61,17 @@ class ExportOptions:
     eval_dir: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
     max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32, in [0, 1]
     seed: int = 0  # seeds the calibration sample
+    temperature: str | None = None  # "fit" (on held-out evaluation images) or a number, e.g. from a --cv run
 
     def check(self) -> None:
         """ValueError for options that would silently disable a check (NaN or negative allowed drop)."""
         finite_in_range("--max-f2-drop", self.max_f2_drop, 0.0, 1.0)
+        if self.temperature not in (None, "fit"):
+            try:
+                value = float(self.temperature)
+            except ValueError:
+                raise OptionError(f"--temperature must be fit or a number, got {self.temperature!r}") from None
+            finite_in_range("--temperature", value, *scoring.TEMPERATURE_RANGE)
         int_in_range("--calibration-size", self.calibration_size, 1, 1_000_000)
 
 
@@ -228,11 +235,17 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
     if labelled is not None:
         fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
-        threshold = scoring.choose_threshold(
-            scoring.tumor_probability(fp32.probabilities, classes, ckpt["negative_class"]), is_tumor(labels, ckpt)
+        report["temperature"] = temperature_of(opts, ckpt, fp32.probabilities, labels)
+        calibrated_p = scoring.calibrated(fp32.probabilities, report["temperature"]["value"])
+        threshold = scoring.choose_threshold(  # on the probabilities the runtime will give: calibrated
+            scoring.tumor_probability(calibrated_p, classes, ckpt["negative_class"]), is_tumor(labels, ckpt)
         )
-        report["fp32"] = summary(fp32, labels, threshold, ckpt)
+        report["fp32"] = summary(fp32, labels, threshold, ckpt, report["temperature"]["value"])
+    elif opts.temperature is not None:
+        raise DataError("--temperature needs labelled evaluation images (the checkpoint's validation split or --eval)")
     meta = model_metadata(ckpt, threshold)
+    if report.get("temperature") and report["temperature"]["value"] != 1.0:
+        meta["temperature"] = repr(report["temperature"]["value"])
     write_metadata(fp32_path, meta | {"precision": "fp32"})
     report["tumor_threshold"] = threshold
     if opts.int8:
@@ -278,8 +291,31 @@ def is_tumor(labels: np.ndarray, ckpt: dict) -> np.ndarray:
     return np.asarray(labels) != ckpt["classes"].index(ckpt["negative_class"])
 
 
-def summary(scored: gate.Scored, labels: np.ndarray, threshold: float, ckpt: dict) -> dict:
-    tumor_p = scoring.tumor_probability(scored.probabilities, ckpt["classes"], ckpt["negative_class"])
+def temperature_of(opts: ExportOptions, ckpt: dict, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+    """The temperature to store, and the calibration error on the evaluation images before and after it. "fit"
+    fits it there, so those must be images the model never trained on: not a final fit's own split."""
+    if opts.temperature is None:
+        value, source = 1.0, "none"
+    elif opts.temperature == "fit":
+        if opts.eval_dir is None and ckpt.get("data", {}).get("final_fit"):
+            raise DataError(
+                "--temperature fit needs images the model never trained on: a final fit has none; "
+                "give --temperature T from the cross-validation of its recipe, or --eval DIR"
+            )
+        value, source = scoring.fit_temperature(probabilities, labels), "fitted on the evaluation images"
+    else:
+        value, source = float(opts.temperature), "given"
+    return {
+        "value": value,
+        "source": source,
+        "ece_before": scoring.expected_calibration_error(probabilities, labels),
+        "ece_after": scoring.expected_calibration_error(scoring.calibrated(probabilities, value), labels),
+    }
+
+
+def summary(scored: gate.Scored, labels: np.ndarray, threshold: float, ckpt: dict, temperature: float = 1.0) -> dict:
+    probabilities = scoring.calibrated(scored.probabilities, temperature)  # what the runtime will give
+    tumor_p = scoring.tumor_probability(probabilities, ckpt["classes"], ckpt["negative_class"])
     return {
         "f2_macro": scored.f2,
         "accuracy": scored.summary["accuracy"],
@@ -331,7 +367,7 @@ def quantize(
         "format": "QDQ",
         "first_files": [relative_name(f, folder) for f in calib_files[:3]],
     }
-    report["int8"] = summary(int8, labels, report["tumor_threshold"], ckpt)
+    report["int8"] = summary(int8, labels, report["tumor_threshold"], ckpt, report["temperature"]["value"])
     report["parity"] = {
         "f2_drop": fp32.f2 - int8.f2,
         "max_f2_drop": opts.max_f2_drop,

@@ -166,3 +166,53 @@ def evaluate_records(
         is_tumor = np.asarray(y_true, dtype=np.int64) != classes.index(negative)
         result["screening"] = screening_stats(np.asarray(tumor_p, dtype=np.float64), is_tumor, threshold)
     return result
+
+
+TEMPERATURE_RANGE = (0.05, 20.0)  # a temperature outside is a fit gone wrong, not a calibration
+ECE_BINS = 15
+
+
+def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, classes) softmax outputs -> softmax(logits / temperature), computed from the probabilities themselves
+    (log p differs from the logits by a per-row constant): float32, the same shape. Temperature 1: unchanged."""
+    p = np.asarray(probabilities, np.float64)
+    if temperature == 1.0:
+        return np.asarray(probabilities, np.float32)
+    with np.errstate(divide="ignore"):
+        scaled = np.log(np.clip(p, 0.0, None)) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    q = np.exp(scaled)
+    return (q / q.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """|confidence - accuracy| averaged over `bins` equal-width confidence bins, weighted by their share of rows."""
+    p = np.asarray(probabilities, np.float64)
+    confidence, correct = p.max(axis=1), (p.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [
+        abs(confidence[which == b].mean() - correct[which == b].mean()) * np.mean(which == b)
+        for b in range(bins)
+        if np.any(which == b)
+    ]
+    return float(np.sum(gaps))
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises the negative log-likelihood of `labels` (held-out rows only: never the
+    images a model trained on), by golden-section search over log T in TEMPERATURE_RANGE."""
+    labels = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        q = calibrated(probabilities, float(np.exp(log_t))).astype(np.float64)
+        return float(-np.log(np.clip(q[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+    low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        if nll(a) <= nll(b):
+            high = b
+        else:
+            low = a
+    return float(np.exp((low + high) / 2))

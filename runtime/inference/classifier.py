@@ -14,6 +14,7 @@ import numpy as np
 from tumor_runtime.core.contract import CAM_OUTPUT, FEATURES_OUTPUT
 from tumor_runtime.core.errors import ImageError, ModelError
 from tumor_runtime.core.options import MAX_BATCH_SIZE, finite_in_range, int_in_range
+from tumor_runtime.core.scoring import calibrated
 from tumor_runtime.core.system import available_cores
 from tumor_runtime.imaging.decode import EncodedImage
 from tumor_runtime.imaging.descriptors import descriptors_of_thumbnails
@@ -136,13 +137,14 @@ class Classifier:
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W) at the model's input size -> class probabilities (N, classes)."""
-        return self.run(gray, [self.output_name])[0]
+        return calibrated(self.run(gray, [self.output_name])[0], self.info.temperature)
 
     def probabilities_and_cams(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 (N, H, W) -> (probabilities (N, classes), class activation maps (N, classes, h, w))."""
         if not self.has_cam:
             raise ModelError(NO_CAM)
         probs, cams = self.run(gray, [self.output_name, CAM_OUTPUT])
+        probs = calibrated(probs, self.info.temperature)
         return probs, cams
 
     def run(self, gray: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
@@ -209,7 +211,7 @@ class Classifier:
         if batch is not None:
             names = [self.output_name] + [CAM_OUTPUT] * heatmaps + [FEATURES_OUTPUT] * (self.info.ood is not None)
             outputs = self.run(batch, names)
-            probs = outputs[0]
+            probs = calibrated(outputs[0], self.info.temperature)  # the model's temperature, if it has one
             cams = outputs[1] if heatmaps else []
             if self.info.ood is not None:
                 thumbnails = np.stack([decoded[i][3] for i in good])

@@ -11,6 +11,7 @@ from pathlib import Path
 from tumor_runtime.core.errors import ModelError, OptionError
 from tumor_runtime.core.fileio import sha256_file
 from tumor_runtime.core.options import finite_in_range
+from tumor_runtime.core.scoring import TEMPERATURE_RANGE
 from tumor_runtime.imaging.transform import check_transform
 from tumor_runtime.model.ood import OodModel
 
@@ -27,6 +28,7 @@ class ModelInfo:
     metadata: dict
     crop: str = "none"  # "brain": cut to the head before resizing (preprocess.brain_box); older models: none
     ood: OodModel | None = None  # None for models exported without the score
+    temperature: float = 1.0  # probabilities are softmax(logits / temperature); models without one: 1
 
     @classmethod
     def from_metadata(cls, meta: dict) -> ModelInfo:
@@ -42,6 +44,7 @@ class ModelInfo:
                 arch=meta.get("arch", "unknown"),
                 metadata=dict(meta),
                 crop=str(meta.get("crop", "none")),
+                temperature=float(meta.get("temperature", 1.0)),
                 ood=ood_of(meta),
             )
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
@@ -82,6 +85,7 @@ class ModelInfo:
             raise ModelError(f"model metadata {exc}") from None
         try:
             finite_in_range("model metadata tumor_threshold", self.tumor_threshold, 0.0, 1.0)
+            finite_in_range("model metadata temperature", self.temperature, *TEMPERATURE_RANGE)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
         self.training_names  # a damaged record is refused at load, not at the first --evaluate
@@ -123,6 +127,7 @@ def model_card(info: ModelInfo, path: Path | None, tumor_threshold: float, has_c
             "crop": info.crop,
         },
         "tumor_threshold": tumor_threshold,
+        "temperature": info.temperature,  # applied to every probability, confidence and flag
         "precision": meta.get("precision", "unknown"),
         "out_of_distribution": None
         if info.ood is None

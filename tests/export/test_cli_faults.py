@@ -185,3 +185,44 @@ def test_a_sigterm_just_after_the_export_says_it_was_written(trained, tmp_path, 
     assert result.returncode == 143, result.stderr
     assert "Stopped: interrupted after the export was written. Wrote model.onnx" in result.stderr
     assert (tmp_path / "e" / "model.onnx").is_file() and (tmp_path / "e" / "manifest.json").is_file()
+
+
+def test_temperature_fit_given_or_refused(trained, tmp_path):
+    """--temperature fit fits it on the checkpoint's held-out validation split and stores it; a number is stored
+    as given; the runtime then reads it; a word or an absurd value is one line, before any work."""
+    from tumor_export.metadata import read_metadata
+    from tumor_runtime.core.scoring import TEMPERATURE_RANGE
+
+    fitted = run(
+        "tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "f", "--temperature", "fit"]
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    report = json.loads((tmp_path / "f" / "export_report.json").read_text())["temperature"]
+    assert report["source"] == "fitted on the evaluation images"
+    assert TEMPERATURE_RANGE[0] < report["value"] < TEMPERATURE_RANGE[1]
+    assert report["ece_after"] <= report["ece_before"] + 0.02  # the fit minimises the likelihood, not ECE
+    assert float(read_metadata(tmp_path / "f" / "model.onnx")["temperature"]) == pytest.approx(report["value"])
+    assert "Temperature" in fitted.stdout and "expected calibration error" in fitted.stdout
+    given = run(
+        "tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / "g", "--temperature", "2.5"]
+    )
+    assert given.returncode == 0, given.stderr
+    assert Classifier.load(tmp_path / "g" / "model.onnx", threads=1).info.temperature == 2.5
+    for bad in ("warm", "0", "1e9"):
+        result = run(
+            "tumor_export", ["--checkpoint", trained / "model.pth", "--out", tmp_path / bad, "--temperature", bad]
+        )
+        one_line_error(result)
+        assert "--temperature" in result.stderr and not (tmp_path / bad / "model.onnx").exists()
+
+
+def test_a_final_fit_cannot_fit_its_temperature_on_images_it_trained_on(trained, tmp_path):
+    from tumor_train.model_file import save_atomic
+
+    ckpt = torch.load(trained / "model.pth", weights_only=True)
+    save_atomic(ckpt | {"data": ckpt.get("data", {}) | {"final_fit": True}}, tmp_path / "model.pth")
+    result = run(
+        "tumor_export", ["--checkpoint", tmp_path / "model.pth", "--out", tmp_path / "e", "--temperature", "fit"]
+    )
+    one_line_error(result)
+    assert "a final fit has none" in result.stderr and not (tmp_path / "e" / "model.onnx").exists()

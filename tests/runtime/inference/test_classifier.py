@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.comparisons import ACROSS_BATCHES, assert_same_probabilities
-from tests.helpers.datasets import SAMPLES
+from tests.helpers.datasets import CLASSES, SAMPLES
 from tests.helpers.dicom import write_dicom
 from tumor_runtime.core.errors import ModelError
 from tumor_runtime.imaging.listing import Unreadable
@@ -222,3 +222,34 @@ def test_a_model_whose_metadata_has_a_score_but_whose_graph_lost_the_features_is
     assert str(caught.value) == (
         "the model's metadata has an out-of-distribution score but its graph has no 'features' output: export it again"
     )
+
+
+def test_a_models_temperature_reaches_every_probability_confidence_and_flag(tmp_path):
+    """A model whose metadata stores a temperature gives softmax(logits / T) everywhere: probabilities,
+    confidence, tumor_probability and the tumor flag agree with each other and with the same model without it."""
+    from tests.helpers.onnx_fakes import tiny_model
+    from tumor_runtime.core.scoring import calibrated
+
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (64, 64), dtype=np.uint8) for _ in range(6)]
+    plain = Classifier.load(tiny_model(tmp_path / "plain.onnx", 64, input_size=64), threads=1, verify=False)
+    warm = Classifier.load(
+        tiny_model(tmp_path / "warm.onnx", 64, input_size=64, temperature="0.25"), threads=1, verify=False
+    )
+    assert warm.info.temperature == 0.25 and warm.card()["temperature"] == 0.25 and plain.card()["temperature"] == 1
+    for before, after in zip(plain.predict(images), warm.predict(images)):
+        raw = np.array([before["probabilities"][c] for c in CLASSES])
+        expected = calibrated(raw[None], 0.25)[0]
+        got = np.array([after["probabilities"][c] for c in CLASSES])
+        assert np.allclose(got, expected, atol=1e-6) and after["label"] == before["label"]
+        assert after["confidence"] == pytest.approx(float(expected.max()), abs=1e-6)
+        assert after["tumor_probability"] == pytest.approx(1 - float(expected[CLASSES.index("notumor")]), abs=1e-6)
+        assert after["tumor"] == (after["tumor_probability"] >= warm.tumor_threshold)
+
+
+@pytest.mark.parametrize("value", ["0", "nan", "100", "-1"])
+def test_a_temperature_that_is_no_calibration_is_refused_at_load(tmp_path, value):
+    from tests.helpers.onnx_fakes import tiny_model
+
+    with pytest.raises(ModelError, match="temperature"):
+        Classifier.load(tiny_model(tmp_path / "m.onnx", 64, input_size=64, temperature=value), threads=1, verify=False)
