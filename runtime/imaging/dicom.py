@@ -3,7 +3,7 @@
 Pixels, by pydicom's own functions: the Modality LUT (Rescale Slope/Intercept or the Modality
 LUT Sequence), then the VOI LUT (the VOI LUT Sequence, or the first Window Center/Width with
 its VOILUTFunction) mapped onto 0..255 by the LUT's own output range, or without either the
-rule for deep images (`preprocess.rescale_to_8bit`); MONOCHROME1 is inverted; PALETTE COLOR
+rule for deep images (`decode.rescale_to_8bit`); MONOCHROME1 is inverted; PALETTE COLOR
 goes through its palette; colour is reduced with the luma weights. Then the normal preprocessing.
 A multi-frame file gives one row per frame, named `path#frame` (frames count from 1); each
 frame is decoded on its own (not the whole file per frame), and a NumberOfFrames that the

@@ -1,4 +1,4 @@
-"""`Classifier`: the Python API. Decoding runs a few batches ahead of inference (`decoding.DecodePool`)."""
+"""`Classifier`: the Python API. Decoding runs a few batches ahead of inference (`pool.DecodePool`)."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ class Classifier:
         model's input resolution, and "slice": the uint8 input it was computed on (None for error rows;
         ModelError at once if the model has no `cam` output). `processes`: decode in worker processes
         rather than threads (with 2 or more threads, on Linux); None (the default) does so for inputs of more
-        than `decoding.PROCESS_MIN_ITEMS` files, and then lists that many before the first row."""
+        than `pool.PROCESS_MIN_ITEMS` files, and then lists that many before the first row."""
         if heatmaps and not self.has_cam:
             raise ModelError(NO_CAM)
         numbered: Iterator[tuple[int, Any]] = enumerate(expand_dicom(items))  # (position, item): arrays by position

@@ -26,7 +26,7 @@ class ModelInfo:
     tumor_threshold: float
     arch: str
     metadata: dict
-    crop: str = "none"  # "brain": cut to the head before resizing (preprocess.brain_box); older models: none
+    crop: str = "none"  # "brain": cut to the head before resizing (transform.brain_box); older models: none
     ood: OodModel | None = None  # None for models exported without the score
     temperature: float = 1.0  # probabilities are softmax(logits / temperature); models without one: 1
 
