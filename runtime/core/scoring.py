@@ -175,9 +175,9 @@ ECE_BINS = 15
 def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """(N, classes) softmax outputs -> softmax(logits / temperature), computed from the probabilities themselves
     (log p differs from the logits by a per-row constant): float32, the same shape. Temperature 1: unchanged."""
-    p = np.asarray(probabilities, np.float64)
-    if temperature == 1.0:
+    if temperature == 1.0:  # every model without a temperature, on every batch: no float64 copy
         return np.asarray(probabilities, np.float32)
+    p = np.asarray(probabilities, np.float64)
     with np.errstate(divide="ignore"):
         scaled = np.log(np.clip(p, 0.0, None)) / temperature
     scaled -= scaled.max(axis=-1, keepdims=True)

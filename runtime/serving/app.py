@@ -26,11 +26,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from tumor_runtime.core.errors import ImageError
 from tumor_runtime.core.options import MAX_FRAMES_PER_REQUEST, MAX_UPLOAD_MB
 from tumor_runtime.imaging.decode import EncodedImage
-from tumor_runtime.imaging.dicom import frames_of
 from tumor_runtime.imaging.formats import ACCEPT, FORMAT_NAMES, sniff
+from tumor_runtime.inference.classifier import expand_dicom
 from tumor_runtime.inference.heatmap import overlay_png
 from tumor_runtime.serving.guard import Guard, enable_access_log, error
 from tumor_runtime.serving.service import Service
@@ -96,32 +95,23 @@ def classify_dicom(service: Service, uploads: list[tuple[str, bytes]], heatmap: 
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
-        paths = []
+        listed = []  # per upload: its frames as tumor-infer lists them (header only), an error item, or the image
         for i, (name, data) in enumerate(uploads):
-            paths.append(Path(folder) / f"upload{i}{sniff(data, name)}")
-            paths[-1].write_bytes(data)
-        frames = sum(frame_count(path, frames_of) for path in paths)
+            path = Path(folder) / f"upload{i}{sniff(data, name)}"
+            path.write_bytes(data)
+            listed.append((name, path, list(expand_dicom([path]))))
+        frames = sum(len(items) for _, _, items in listed)
         if frames > MAX_FRAMES_PER_REQUEST:
             raise HTTPException(413, f"the request holds {frames} frames, over the limit of {MAX_FRAMES_PER_REQUEST}")
         assert service.classifier is not None  # requests are answered 503 until the model is loaded
-        for (name, _), path in zip(uploads, paths):
+        for name, path, items in listed:
             # Threads, never forked workers: a fork would inherit the listening socket (and outlive a SIGTERM).
-            for rec in service.classifier.iter_predict([path], heatmaps=heatmap, processes=False):
+            for rec in service.classifier.iter_predict(items, heatmaps=heatmap, processes=False):
                 if gone.is_set():
                     raise ClientGone()
                 rec["path"] = name + rec["path"][len(str(path)) :]  # keeps a DICOM frame's "#n"
                 rows.append(rec)
     return rows
-
-
-def frame_count(path: Path, frames_of) -> int:
-    """Frames a DICOM upload would give rows for (1 for a file that will get an error row, or an image)."""
-    if sniff(path.read_bytes()[:132], path.name) != ".dcm":
-        return 1
-    try:
-        return len(frames_of(path))
-    except (ImageError, OSError):
-        return 1
 
 
 async def until_gone(request: Request, gone: threading.Event) -> None:
