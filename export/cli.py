@@ -72,19 +72,7 @@ from tumor_runtime.core.errors import EXIT_PARTIAL
     "threshold is chosen on the calibrated probabilities. [default: none]",
 )
 @version_option("tumor-export")
-def main(
-    checkpoint,
-    out,
-    int8,
-    calibration,
-    calibration_size,
-    calibration_method,
-    activation_type,
-    eval_dir,
-    max_f2_drop,
-    seed,
-    temperature,
-) -> None:
+def main(**options) -> None:
     """Export a trained model to ONNX (FP32) and, with --int8, to a static int8 ONNX model.
 
     Every export is checked (onnx checker, ONNX Runtime against torch) and the int8 model
@@ -97,55 +85,19 @@ def main(
     require_extra("export", "tumor-export")
     raise_on_sigterm()
     try:
-        guarded(
-            export_command,
-            checkpoint,
-            out,
-            int8,
-            calibration,
-            calibration_size,
-            calibration_method,
-            activation_type,
-            eval_dir,
-            max_f2_drop,
-            seed,
-            temperature,
-        )
+        guarded(export_command, options)
     except KeyboardInterrupt as exc:
         click.echo("Stopped: interrupted; the output folder is unchanged", err=True)
         sys.exit(interrupted_exit_code(exc))
 
 
-def export_command(
-    checkpoint,
-    out,
-    int8,
-    calibration,
-    calibration_size,
-    calibration_method,
-    activation_type,
-    eval_dir,
-    max_f2_drop,
-    seed,
-    temperature,
-) -> None:
+def export_command(options: dict) -> None:
     from tumor_export.pipeline import ExportOptions, run_export
     from tumor_runtime.core.command import fail
     from tumor_runtime.core.signals import interrupted_exit_code
 
-    opts = ExportOptions(
-        checkpoint=Path(checkpoint),
-        out=Path(out) if out else None,
-        int8=int8,
-        calibration=Path(calibration) if calibration else None,
-        calibration_size=calibration_size,
-        calibration_method=calibration_method,
-        activation_type=activation_type,
-        eval_dir=Path(eval_dir) if eval_dir else None,
-        max_f2_drop=max_f2_drop,
-        seed=seed,
-        temperature=temperature,
-    )
+    paths = {k: Path(options[k]) if options[k] else None for k in ("checkpoint", "out", "calibration", "eval_dir")}
+    opts = ExportOptions(**(options | paths))
     try:
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
     except OSError as exc:
