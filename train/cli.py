@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from tumor_runtime.core.command import FiniteFloat, fail, version_option
-from tumor_runtime.core.contract import MODEL_FILE, RESUME_FILE
+from tumor_runtime.core.contract import CROPS, MODEL_FILE, RESUME_FILE
 from tumor_runtime.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, UsageError
 from tumor_train.architectures import ARCHITECTURES
 from tumor_train.config import TrainConfig, flag
@@ -105,7 +105,7 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
     "--crop",
     default=DEFAULTS.crop,
     show_default=True,
-    type=click.Choice(["none", "brain"]),
+    type=click.Choice(CROPS),
     help="brain: cut each slice to the square around the head before resizing (the runtime does the "
     "same, from the model's metadata); none: the whole frame.",
 )

@@ -71,9 +71,9 @@ class TrainConfig:
 
     def check(self) -> None:
         """ValueError naming the first field that is not finite and in range."""
+        from tumor_runtime.core.contract import CROPS
         from tumor_runtime.core.errors import OptionError
         from tumor_runtime.core.options import finite_in_range, int_in_range
-        from tumor_runtime.imaging.transform import CROPS
 
         if self.pretrained not in ("imagenet", "none"):
             raise OptionError(f"pretrained must be imagenet or none, not {self.pretrained!r}")

@@ -13,6 +13,7 @@ import click
 from tumor_runtime.core.command import FiniteFloat, version_option
 from tumor_runtime.core.errors import EXIT_OK, EXIT_PARTIAL
 from tumor_runtime.core.options import MAX_BATCH_SIZE
+from tumor_runtime.model.backends import BACKENDS
 
 FORMATS = ["table", "csv", "json", "jsonl"]
 
@@ -69,7 +70,7 @@ FORMATS = ["table", "csv", "json", "jsonl"]
     "--backend",
     default="onnxruntime",
     show_default=True,
-    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    type=click.Choice(BACKENDS),
     help="Inference engine for the same ONNX file: openvino needs the [openvino] extra; auto takes it where "
     "it is installed and the CPU has AMX or AVX-512 VNNI, else onnxruntime.",
 )

@@ -10,6 +10,7 @@ import click
 
 from tumor_runtime.core.command import FiniteFloat, version_option
 from tumor_runtime.core.options import MAX_UPLOAD_MB, UPLOAD_MB_RANGE
+from tumor_runtime.model.backends import BACKENDS
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl-C: stop accepting, give in-flight requests this long, then exit
 
@@ -97,7 +98,7 @@ def check_token(token: str) -> None:
     "--backend",
     default="onnxruntime",
     show_default=True,
-    type=click.Choice(["auto", "onnxruntime", "openvino"]),
+    type=click.Choice(BACKENDS),
     help="Inference engine, as for tumor-infer.",
 )
 @click.option(

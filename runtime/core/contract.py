@@ -32,6 +32,7 @@ OPTIONAL_METADATA = (
 )
 
 # The files of an exported model folder.
+CROPS = ("none", "brain")  # the model metadata's "crop": the whole frame (models before it), or `brain_box`
 FP32_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
 MODEL_FILES = (FP32_MODEL, INT8_MODEL)
 DEFAULT_MODEL = INT8_MODEL  # what the runtime loads when no model is named

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tumor_runtime.core.contract import CROPS
 from tumor_runtime.core.errors import ImageError, OptionError
 from tumor_runtime.imaging.decode import (
     EncodedImage,
@@ -25,7 +26,6 @@ from tumor_runtime.imaging.decode import (
 # Refuse images whose short side is below this: a 1x5000 strip or a 4x4 icon is not a slice (the data is 224 px).
 MIN_SIDE = 32
 RESIZE_METHOD = "pil-bilinear"
-CROPS = ("none", "brain")  # "none": the whole frame (models before the crop); "brain": `brain_box`
 
 # Brain crop: a pixel is "head" above this share of the slice's bright level (its 99th percentile),
 # and never below BRAIN_MIN_LEVEL (JPEG noise in a black border reaches a few levels).
