@@ -141,6 +141,21 @@ def decode_cost(mode: str, pixels: int) -> int:
     return pixels * (MODE_BYTES.get(mode, 8) + (16 if mode in DEEP_MODES else 1))
 
 
+def refuse_too_many_pixels(width: int, height: int) -> None:
+    """ImageError for a frame over MAX_PIXELS (decompression bombs), before it is decoded: PIL images and DICOM."""
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"image too large ({width}x{height} pixels, limit {MAX_PIXELS})")
+
+
+def refuse_costly_decode(width: int, height: int, cost: int, kind: str = "") -> None:
+    """ImageError when decoding a frame would take `cost` bytes, over MAX_DECODE_BYTES. `kind`: "<mode> " or ""."""
+    if cost > MAX_DECODE_BYTES:
+        raise ImageError(
+            f"image too large to decode ({width}x{height} {kind}pixels need about {cost / 2**20:,.0f} MB, "
+            f"limit {MAX_DECODE_BYTES / 2**20:,.0f} MB)"
+        )
+
+
 def open_image(path: str | os.PathLike | EncodedImage, size: int | None = None) -> Image.Image:
     """Open and fully decode an image file (or its bytes in memory), refusing empty files, non-images,
     bombs and multi-frame files.
@@ -167,8 +182,7 @@ def open_image(path: str | os.PathLike | EncodedImage, size: int | None = None) 
     except Exception as exc:  # PIL raises several unrelated types for "not an image"
         raise ImageError(f"not a readable image ({type(exc).__name__})") from None
     with img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ImageError(f"image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS})")
+        refuse_too_many_pixels(img.width, img.height)
         try:
             frames = getattr(img, "n_frames", 1)  # a TIFF walks its directories here: a damaged one raises
         except Exception as exc:
@@ -179,12 +193,7 @@ def open_image(path: str | os.PathLike | EncodedImage, size: int | None = None) 
             # Decode straight to gray (the luma channel: within 2 levels of converting the RGB, 40 % faster),
             # at the smallest DCT scale still at least `size` when one is given (PIL's draft mode).
             img.draft("L", (size, size) if size is not None else img.size)
-        cost = decode_cost(img.mode, img.width * img.height)
-        if cost > MAX_DECODE_BYTES:
-            raise ImageError(
-                f"image too large to decode ({img.width}x{img.height} {img.mode} pixels need about "
-                f"{cost / 2**20:,.0f} MB, limit {MAX_DECODE_BYTES / 2**20:,.0f} MB)"
-            )
+        refuse_costly_decode(img.width, img.height, decode_cost(img.mode, img.width * img.height), f"{img.mode} ")
         try:
             img.load()
             # EXIF Orientation: a phone or a viewer may store the slice rotated and say so in a tag. A JPEG's

@@ -25,7 +25,7 @@ import numpy as np
 
 from tumor_runtime.core.errors import ImageError
 from tumor_runtime.core.system import installed, missing_extra
-from tumor_runtime.imaging.decode import MAX_DECODE_BYTES, MAX_PIXELS, rescale_to_8bit
+from tumor_runtime.imaging.decode import refuse_costly_decode, refuse_too_many_pixels, rescale_to_8bit
 
 MISSING_EXTRA = missing_extra("DICOM input", "dicom")
 
@@ -243,14 +243,8 @@ def check_frame_size(ds) -> None:
         stored = int(getattr(ds, "SamplesPerPixel", 1) or 1) * max(1, int(getattr(ds, "BitsAllocated", 16)) // 8)
     except (AttributeError, TypeError, ValueError):
         return  # pydicom's decoder reports a header that does not say
-    if pixels > MAX_PIXELS:
-        raise ImageError(f"image too large ({ds.Rows}x{ds.Columns} pixels, limit {MAX_PIXELS})")
-    cost = pixels * (stored + 16)  # the decoded samples, then the float64 values and a temporary
-    if cost > MAX_DECODE_BYTES:
-        raise ImageError(
-            f"image too large to decode ({ds.Rows}x{ds.Columns} pixels need about {cost / 2**20:,.0f} MB, "
-            f"limit {MAX_DECODE_BYTES / 2**20:,.0f} MB)"
-        )
+    refuse_too_many_pixels(int(ds.Rows), int(ds.Columns))
+    refuse_costly_decode(int(ds.Rows), int(ds.Columns), pixels * (stored + 16))  # samples, float64 and a temporary
 
 
 def load_frame(frame: DicomFrame) -> tuple[np.ndarray, dict]:

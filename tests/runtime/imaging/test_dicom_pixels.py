@@ -403,7 +403,7 @@ def test_a_frame_too_large_to_decode_is_refused_before_its_pixels_are_read(tmp_p
         dicom.check_frame_size(SimpleNamespace(Rows=8000, Columns=8000, BitsAllocated=8, SamplesPerPixel=1))
     dicom.check_frame_size(SimpleNamespace(Rows=512, Columns=512, BitsAllocated=16, SamplesPerPixel=1))
     path = write_dicom(tmp_path / "a.dcm", np.full((64, 64), 900, np.uint16))
-    monkeypatch.setattr(dicom, "MAX_DECODE_BYTES", 64 * 64 * 18 - 1)
+    monkeypatch.setattr("tumor_runtime.imaging.decode.MAX_DECODE_BYTES", 64 * 64 * 18 - 1)  # where the limit lives
     decoded = []
     monkeypatch.setattr("pydicom.pixels.pixel_array", lambda *a, **k: decoded.append(1))
     with pytest.raises(ImageError, match="too large to decode"):
