@@ -58,13 +58,25 @@ def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
         return None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's instruction-set flags (Linux's /proc/cpuinfo); empty where it cannot be read."""
+def cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of Linux's /proc/cpuinfo ("flags", "model name"); None where it cannot
+    be read or has none."""
     try:
         with open("/proc/cpuinfo") as fh:
-            return set(next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), []))
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith(field)), None)
     except OSError:
-        return set()
+        return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags; empty where they cannot be read."""
+    return set((cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), "?" where it cannot be read: every
+    figure the kit reports is named with it."""
+    return cpuinfo("model name") or "?"
 
 
 def missing_extra(what: str, extra: str, missing: list[str] | tuple[str, ...] = ()) -> str:
@@ -72,13 +84,3 @@ def missing_extra(what: str, extra: str, missing: list[str] | tuple[str, ...] = 
     and how to add it (from a clone of the repository, where the kit's users get it)."""
     absent = f" ({', '.join(missing)} not installed)" if missing else ""
     return f'{what} needs the [{extra}] extra{absent}: pip install -e ".[{extra}]" in a clone of the repository'
-
-
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), "?" where it cannot be read: every
-    figure the kit reports is named with it."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "?")
-    except OSError:
-        return "?"
