@@ -155,7 +155,6 @@ def run_command(opts: InferOptions) -> int:
     from tumor_runtime.core.errors import KitError, RunStopped, UsageError
     from tumor_runtime.imaging.listing import collect, labelled
     from tumor_runtime.inference.classifier import Classifier
-    from tumor_runtime.inference.ray_batch import ray_records
     from tumor_runtime.model.backends import openvino_caveat
 
     try:
@@ -183,17 +182,19 @@ def run_command(opts: InferOptions) -> int:
         target = output_target(opts.output, files)
         if opts.heatmaps:
             heatmap_folder(opts.heatmaps, classifier)
+        if opts.ray_address is not None:
+            from tumor_runtime.inference.ray_driver import isolated_ray_records  # multiprocessing: only for --ray
         rows = (
             classifier.iter_predict(files, heatmaps=bool(opts.heatmaps))
             if opts.ray_address is None
-            else ray_records(
+            else isolated_ray_records(
                 files,
-                opts.model,
-                opts.ray_address,
-                opts.threads or 2,
-                opts.batch_size,
-                opts.tumor_threshold,
-                opts.backend,
+                model=opts.model,
+                address=opts.ray_address,
+                threads=opts.threads or 2,
+                batch_size=opts.batch_size,
+                tumor_threshold=opts.tumor_threshold,
+                backend=opts.backend,
             )
         )
     except KitError as exc:

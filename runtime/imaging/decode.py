@@ -85,7 +85,12 @@ def rescale_to_8bit(values: np.ndarray) -> np.ndarray:
     high = white_point(finite, integer)
     if high <= low:
         return np.zeros(arr.shape, np.uint8)
-    scaled = (np.nan_to_num(arr, nan=low, posinf=high, neginf=low) - low) * (255.0 / (high - low))
+    span = high - low
+    shifted = np.nan_to_num(arr, nan=low, posinf=high, neginf=low) - low
+    with np.errstate(over="ignore"):
+        factor = 255.0 / span
+    # A denormal span (factor inf: 0 * inf is NaN) or one past the float range: divide instead.
+    scaled = shifted * factor if np.isfinite(factor) and np.isfinite(span) else shifted / span * 255.0
     return np.rint(scaled.clip(0, 255)).astype(np.uint8)
 
 

@@ -149,6 +149,24 @@ def first(value) -> float | None:
         return None
 
 
+def rescale_number(ds, keyword: str) -> float | None:
+    """RescaleSlope or RescaleIntercept as one finite number, None where the file has none; ImageError for text,
+    several values or a non-finite one, which pydicom would hand to numpy (an error naming a numpy type)."""
+    if keyword not in ds:
+        return None
+    value = ds[keyword].value
+    values = [value] if isinstance(value, str | bytes) or not hasattr(value, "__len__") else list(value)
+    if len(values) != 1:
+        raise ImageError(f"DICOM {keyword} holds {len(values)} values, not one number")
+    try:
+        number = float(values[0])
+    except (TypeError, ValueError):
+        raise ImageError(f"DICOM {keyword} is {str(values[0]).strip()!r}, not a number") from None
+    if not np.isfinite(number):
+        raise ImageError(f"DICOM {keyword} is {number}, not a finite number")
+    return number
+
+
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
     """(rows, cols, 3) of any depth -> uint8 gray with the luma weights, as for RGB images."""
     from PIL import Image
@@ -207,11 +225,12 @@ def to_8bit(ds, pixels: np.ndarray) -> np.ndarray:
             raise ImageError(f"DICOM palette cannot be applied ({type(exc).__name__})") from None
     if pixels.ndim == 3:
         return rgb_to_gray(pixels)
-    slope = first(getattr(ds, "RescaleSlope", None))
-    if slope is not None and not (np.isfinite(slope) and slope != 0):
-        raise ImageError(f"DICOM RescaleSlope is {slope}: every pixel would map to one value")
+    if rescale_number(ds, "RescaleSlope") == 0:
+        raise ImageError("DICOM RescaleSlope is 0.0: every pixel would map to one value")
+    rescale_number(ds, "RescaleIntercept")
     try:
-        values = apply_modality_lut(pixels, ds)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, without numpy's words
+            values = apply_modality_lut(pixels, ds)
     except Exception as exc:  # a damaged Modality LUT Sequence (an item without LUTDescriptor or LUTData)
         raise ImageError(f"DICOM Modality LUT cannot be applied ({type(exc).__name__})") from None
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():

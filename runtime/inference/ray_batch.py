@@ -48,8 +48,15 @@ class ClassifyPaths:
     def __call__(self, batch: dict) -> dict:
         # A multi-frame DICOM file gives one row per frame: the row count may grow. Decoding stays in threads:
         # Ray gives the actor its CPUs, and forking a process that runs Ray's gRPC threads is unsafe.
-        paths = [str(p) for p in batch["path"]]
-        return {"row": [json.dumps(rec) for rec in self.classifier.iter_predict(paths, processes=False)]}
+        # Actors read absolute paths (their working folder is the cluster's); rows keep the names as given.
+        paths, shown = [str(p) for p in batch["path"]], [str(p) for p in batch["shown"]]
+        rows, index = [], 0
+        for rec in self.classifier.iter_predict(paths, processes=False):  # in input order, a file's frames together
+            while rec["path"] != paths[index] and not rec["path"].startswith(paths[index] + "#"):
+                index += 1
+            rec["path"] = shown[index] + rec["path"][len(paths[index]) :]  # keeps a DICOM frame's "#n"
+            rows.append(json.dumps(rec))
+        return {"row": rows}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -125,7 +132,7 @@ def ray_records(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows in input order, as tumor-infer writes them
     context.enable_progress_bars = False  # the driver shows one bar of its own
-    dataset = ray.data.from_items([{"path": str(p)} for p in paths])
+    dataset = ray.data.from_items([{"path": os.path.abspath(p), "shown": str(p)} for p in paths])
     with warnings.catch_warnings():  # Ray 2.60 calls its own documented max_restarts=0 deprecated (removed in 2.64)
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         rows = dataset.map_batches(

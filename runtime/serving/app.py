@@ -17,10 +17,8 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -31,15 +29,13 @@ from tumor_runtime.imaging.decode import EncodedImage
 from tumor_runtime.imaging.formats import ACCEPT, FORMAT_NAMES, sniff
 from tumor_runtime.inference.classifier import expand_dicom
 from tumor_runtime.inference.heatmap import overlay_png
+from tumor_runtime.inference.records import record
 from tumor_runtime.serving.guard import Guard, enable_access_log, error
 from tumor_runtime.serving.service import Service
-
-if TYPE_CHECKING:  # loaded when the model is, not at import
-    pass
+from tumor_runtime.serving.uploads import read_uploads
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 MODEL_NAME = "tumor"
-BODY_TIMEOUT_S = 60  # the longest a request body may take to arrive
 
 
 def page_html() -> str:
@@ -47,40 +43,11 @@ def page_html() -> str:
     return PAGE.read_text(encoding="utf-8").replace("{{ACCEPT}}", ACCEPT)
 
 
-async def read_body(request: Request, service: Service) -> bytes:
-    """The whole request body, however it is framed (Content-Length or chunked); 413 once it passes the limit."""
-    too_large = HTTPException(413, f"the body is over the {service.max_bytes / 2**20:g} MB limit (--max-upload-mb)")
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > service.max_bytes:
-        raise too_large
-    body = bytearray()
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):  # a client trickling its body does not hold a slot forever
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > service.max_bytes:
-                    raise too_large
-    except TimeoutError:
-        raise HTTPException(408, f"the body did not arrive within {BODY_TIMEOUT_S} s") from None
-    return bytes(body)
-
-
-async def read_uploads(request: Request, service: Service) -> list[tuple[str, bytes]]:
-    """[(name, bytes)] from a raw body or a multipart form; 413 past the size limit for the whole request."""
-    body = await read_body(request, service)
-    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        request._body = body  # Starlette parses the form from this cached body: the limit above held for all parts
-        form = await request.form(max_part_size=service.max_bytes)
-        files = [
-            (f.filename or f"file{i}", await f.read())
-            for i, f in enumerate(v for _, v in form.multi_items() if isinstance(v, UploadFile))
-        ]
-        if not files:
-            raise HTTPException(400, "the form holds no file")
-        return files
-    if not body:
-        raise HTTPException(400, "empty body: send an image, or a multipart form with files")
-    return [(request.query_params.get("filename", "body"), body)]
+def refused_row(service: Service, name: str, data: bytes) -> dict:
+    """The error row of an upload in no accepted format, in a request where others are (all refused: 415)."""
+    assert service.classifier is not None  # requests are answered 503 until the model is loaded
+    reason = f"not a {FORMAT_NAMES} file" if data else "empty file"  # tumor-infer's words for an empty file
+    return record(service.classifier.info, service.classifier.tumor_threshold, name, None, reason)
 
 
 class ClientGone(Exception):
@@ -95,16 +62,25 @@ def classify_dicom(service: Service, uploads: list[tuple[str, bytes]], heatmap: 
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="tumor-serve-") as folder:
-        listed = []  # per upload: its frames as tumor-infer lists them (header only), an error item, or the image
+        # Per upload: its frames as tumor-infer lists them (header only), an error item, or the image; no file
+        # for an upload of no accepted format.
+        listed: list[tuple[str, Path | None, list]] = []
         for i, (name, data) in enumerate(uploads):
-            path = Path(folder) / f"upload{i}{sniff(data, name)}"
-            path.write_bytes(data)
-            listed.append((name, path, list(expand_dicom([path]))))
+            suffix = sniff(data, name)
+            if suffix is None:
+                listed.append((name, None, []))
+                continue
+            file = Path(folder) / f"upload{i}{suffix}"
+            file.write_bytes(data)
+            listed.append((name, file, list(expand_dicom([file]))))
         frames = sum(len(items) for _, _, items in listed)
         if frames > MAX_FRAMES_PER_REQUEST:
             raise HTTPException(413, f"the request holds {frames} frames, over the limit of {MAX_FRAMES_PER_REQUEST}")
         assert service.classifier is not None  # requests are answered 503 until the model is loaded
-        for name, path, items in listed:
+        for (name, path, items), (_, data) in zip(listed, uploads):
+            if path is None:
+                rows.append(refused_row(service, name, data))
+                continue
             # Threads, never forked workers: a fork would inherit the listening socket (and outlive a SIGTERM).
             for rec in service.classifier.iter_predict(items, heatmaps=heatmap, processes=False):
                 if gone.is_set():
@@ -147,7 +123,9 @@ async def classify(request: Request, service: Service, uploads: list[tuple[str, 
             watcher.cancel()
     else:
         assert service.batcher is not None  # made with the classifier
-        rows = await service.batcher.classify([EncodedImage(name, data) for name, data in uploads], heatmap)
+        accepted = [EncodedImage(name, data) for name, data in uploads if sniff(data, name)]
+        answered = iter(await service.batcher.classify(accepted, heatmap))
+        rows = [next(answered) if sniff(data, name) else refused_row(service, name, data) for name, data in uploads]
     return await loop.run_in_executor(service.pool, with_overlays, rows) if heatmap else rows
 
 
@@ -163,7 +141,7 @@ async def answer(request: Request, service: Service) -> JSONResponse:
     assert service.classifier is not None  # checked by `predictions`
     uploads = await read_uploads(request, service)
     unsupported = [name for name, data in uploads if sniff(data, name) is None]
-    if unsupported:
+    if len(unsupported) == len(uploads):  # with some accepted, the others are error rows (as tumor-infer's)
         return error(415, f"{', '.join(unsupported)}: not a {FORMAT_NAMES} file")
     # ?heatmaps=1, as tumor-infer's --heatmaps (and ?heatmap=1, TorchServe-style)
     heatmap = any(request.query_params.get(k, "0").lower() in ("1", "true", "yes") for k in ("heatmaps", "heatmap"))

@@ -8,14 +8,9 @@ import logging
 import secrets
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-
-if TYPE_CHECKING:  # loaded when the model is, not at import
-    pass
-
 
 from tumor_runtime.serving.service import Service
 
@@ -71,8 +66,9 @@ class Guard:
                 await error(401, "missing or wrong bearer token")(scope, receive, send_noted)
             else:
                 await self.app(scope, receive, send_noted)
-        except asyncio.CancelledError:  # shutdown gave up on a request still in flight: end it without a traceback
-            sent.setdefault("status", 503)
+        except asyncio.CancelledError:  # the shutdown grace ended with this request in flight
+            if "status" not in sent:  # else uvicorn would answer a plain-text 500 of its own
+                await error(503, "the server is shutting down; send the request again")(scope, receive, send_noted)
         except Exception as exc:  # never a stack trace in a response
             if "status" in sent:
                 raise  # the response has begun: nothing better can be sent

@@ -409,3 +409,55 @@ def test_a_frame_too_large_to_decode_is_refused_before_its_pixels_are_read(tmp_p
     with pytest.raises(ImageError, match="too large to decode"):
         dicom.load_frame(dicom.DicomFrame(path, None))
     assert decoded == []
+
+
+def with_rescale(path: Path, slope: bytes, intercept: bytes) -> Path:
+    """The file at `path` with its Rescale Slope and Intercept replaced by raw bytes that pydicom would refuse to
+    write (text, several values): written as 8-byte placeholders, then swapped in the file."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = "1.234567", "7.654321"
+    ds.save_as(path)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"1.234567", slope.ljust(8)).replace(b"7.654321", intercept.ljust(8)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "slope, intercept, message",
+    [
+        (b"abcdefgh", b"0", "DICOM RescaleSlope is 'abcdefgh', not a number"),
+        (b"1\\2", b"0", "DICOM RescaleSlope holds 2 values, not one number"),
+        (b"inf", b"0", "DICOM RescaleSlope is inf, not a finite number"),
+        (b"1", b"x", "DICOM RescaleIntercept is 'x', not a number"),
+        (b"1", b"", "DICOM RescaleIntercept is '', not a number"),
+        (b"1", b"-inf", "DICOM RescaleIntercept is -inf, not a finite number"),
+        (b"1e308", b"0", "DICOM rescale gives values that are not finite"),
+        (b"-1e308", b"-1e308", "DICOM rescale gives values that are not finite"),
+    ],
+)
+def test_rescale_values_numpy_cannot_use_are_named_without_numpys_words(tmp_path, slope, intercept, message):
+    """pydicom hands such values to numpy: the row said 'Modality LUT cannot be applied (UFuncTypeError)' and
+    stderr got numpy's overflow warnings."""
+    import warnings
+
+    path = with_rescale(write_dicom(tmp_path / "r.dcm", ramp()), slope, intercept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarnings would reach the user's terminal
+        with pytest.raises(ImageError) as caught:
+            load_frame(DicomFrame(path, None))
+    assert str(caught.value) == message
+
+
+def test_a_denormal_slope_keeps_the_image_instead_of_nan_pixels(tmp_path):
+    """1e-320 makes the range of values denormal: 255 / range overflowed, and 0 * inf made the background NaN."""
+    import warnings
+
+    plain = load_frame(DicomFrame(write_dicom(tmp_path / "a.dcm", ramp()), None))[0]
+    tiny = with_rescale(write_dicom(tmp_path / "b.dcm", ramp()), b"1e-320", b"0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gray = load_frame(DicomFrame(tiny, None))[0]
+    # The same ramp, up to the few bits a denormal keeps and the white point they move.
+    assert gray[0, 0] == 0 and np.corrcoef(gray.ravel(), plain.ravel())[0, 1] > 0.999

@@ -150,7 +150,7 @@ class FakeRay(types.ModuleType):
             def map_batches(self, fn, **kwargs):
                 fake.mapped = (fn, kwargs)
                 actor = fn(**kwargs["fn_constructor_kwargs"])
-                rows = actor({"path": [item["path"] for item in items]})["row"]
+                rows = actor({key: [item[key] for item in items] for key in ("path", "shown")})["row"]
 
                 class Rows:
                     def iter_rows(self):
@@ -278,7 +278,8 @@ def test_each_actor_holds_a_classifier_built_from_the_driver_options(tmp_path):
     assert (classifier.path, classifier.threads, classifier.batch_size) == (model, 1, 3)
     assert classifier.tumor_threshold == 0.25 and classifier.backend == "onnxruntime"
     paths = sorted(SAMPLES.rglob("*.jpg"))[:2]
-    rows = [json.loads(r) for r in actor({"path": np.array([str(p) for p in paths])})["row"]]
+    names = np.array([str(p) for p in paths])
+    rows = [json.loads(r) for r in actor({"path": names, "shown": names})["row"]]
     assert rows == json.loads(json.dumps(classifier.predict([str(p) for p in paths])))
 
 
@@ -369,10 +370,11 @@ def test_auto_joins_only_the_cluster_it_is_told_of(monkeypatch, environment, exp
 
 
 def test_an_actor_that_cannot_start_is_one_line_naming_the_cause(folder, tmp_path):
-    """A model missing on a node: Ray's traceback and exit 70 before; now the kit's own message."""
+    """A model missing on a node: Ray's traceback and exit 70 before; now the kit's own message. Through the
+    isolated driver tumor-infer uses: in-process, Ray's driver may also print "A worker died ..." to stdout."""
     pytest.importorskip("ray")
     program = (
-        "import sys\nfrom tumor_runtime.inference.ray_batch import ray_records\n"
+        "import sys\nfrom tumor_runtime.inference.ray_driver import isolated_ray_records as ray_records\n"
         "from tumor_runtime.core.errors import RunStopped\n"
         f"rows = ray_records({[str(p) for p in sorted(folder.glob('*.jpg'))][:3]!r}, "
         f"model={str(tmp_path / 'gone.onnx')!r}, threads=1)\n"

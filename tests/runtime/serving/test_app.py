@@ -324,9 +324,9 @@ def test_browser_uploads_a_slice_and_reads_the_label(live_server, expected, tmp_
 
 def test_a_body_that_trickles_in_too_slowly_is_408(monkeypatch, live_server):
     """A real client over a socket sends the headers and part of the body, then stalls: 408, not a held slot."""
-    import tumor_runtime.serving.app as server
+    from tumor_runtime.serving import uploads
 
-    monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(uploads, "BODY_TIMEOUT_S", 0.2)
     body = SAMPLE_FILES[0].read_bytes()
     port = int(live_server.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
@@ -572,11 +572,15 @@ def test_the_model_card_hides_the_servers_file_layout(client):
     assert client.get("/ping").json() == {"status": "Healthy"}
 
 
-def test_unsupported_files_are_415_naming_them(client):
+def test_an_unsupported_file_beside_accepted_ones_is_its_own_error_row(client, expected):
+    """Only a request whose every file is refused is 415 (below); one refused file does not cost the others."""
     files = [("files", ("a.gif", b"GIF89a...", "image/gif")), ("files", ("b.jpg", SAMPLE_FILES[0].read_bytes(), "x"))]
     response = client.post("/predictions/tumor", files=files)
-    assert response.status_code == 415
-    assert response.json()["message"] == "a.gif: not a JPEG, PNG, BMP, TIFF or DICOM file"
+    assert response.status_code == 200
+    refused, answered = response.json()
+    assert refused["path"] == "a.gif" and refused["label"] is None
+    assert refused["error"] == "not a JPEG, PNG, BMP, TIFF or DICOM file"
+    assert answered["path"] == "b.jpg" and answered["label"] == expected[SAMPLE_FILES[0].name]["label"]
 
 
 def test_when_every_file_fails_the_400_lists_five_and_counts_the_rest(client):
