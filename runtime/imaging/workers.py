@@ -89,7 +89,10 @@ class WorkerProcesses:
         for _ in range(workers):
             task_read, task_write = context.Pipe(duplex=False)
             result_read, result_write = context.Pipe(duplex=False)
+            # Every parent-side end this worker inherits, its own pair included: a worker holding a copy of its
+            # own task pipe's write end never reads end-of-file there, and waited out STOP_GRACE_S at every close.
             others = [fd for _, tasks, results in self.links for fd in (tasks.fileno(), results.fileno())]
+            others += [task_write.fileno(), result_read.fileno()]
             process = context.Process(target=worker_main, args=(task_read, result_write, others, work), daemon=True)
             process.start()
             task_read.close()
