@@ -160,9 +160,11 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
     "--teacher",
     "teachers",
     multiple=True,
-    type=click.Path(dir_okay=False, exists=True),
+    type=click.Path(exists=True),
     help="A model.pth to distil from (repeat for an ensemble, e.g. the fold models of a --cv run): the loss "
-    "also matches the teachers' mean softened probabilities on each augmented batch.",
+    "also matches the teachers' mean softened probabilities on each augmented batch. With --cv, the folder of "
+    "a --cv run of the teacher on the same folds: fold k distils from its fold-k/model.pth, which never saw "
+    "fold k's validation images.",
 )
 @click.option(
     "--distill-weight",
@@ -230,6 +232,9 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
     if folds == 1:
         fail("--cv needs at least 2 folds")
     options["teachers"] = [os.path.abspath(t) for t in options["teachers"]]  # a list, as the checkpoint stores it
+    folder = next((t for t in options["teachers"] if os.path.isdir(t)), None)
+    if folder and not folds:
+        fail(f"--teacher {folder} is a folder: a --cv folder of teachers goes with --cv; otherwise give a model.pth")
     if launched_by_torchrun() and not options["out"]:
         fail("under torchrun, give --out: every process must write to (and resume from) the same folder")
     try:

@@ -57,6 +57,29 @@ def fold_difference(saved: dict, identity: dict) -> str:
     return "a fold of other images"
 
 
+def fold_teachers(teachers: list[str], identity: dict) -> list[str]:
+    """The teachers of one fold: a model.pth as given, and for a folder (a --cv run of the teacher) its
+    fold-<k>/model.pth, which must be the same fold (K and validation files): a teacher that trained on this
+    fold's validation images would leak them into the student's score. UsageError otherwise."""
+    chosen = []
+    for teacher in teachers:
+        if not Path(teacher).is_dir():
+            chosen.append(teacher)
+            continue
+        fold = Path(teacher) / f"fold-{identity['fold']}"
+        record = fold / FOLD_RECORD
+        saved = json.loads(record.read_text()) if record.is_file() else {}
+        if not (fold / METRICS).is_file() or not (fold / "model.pth").is_file():
+            raise UsageError(f"--teacher {teacher}: its {fold.name} is not finished (no {METRICS} and model.pth)")
+        if saved.get("folds") != identity["folds"] or saved.get("val_files") != identity["val_files"]:
+            raise UsageError(
+                f"--teacher {teacher}: its {fold.name} validated other images than this run's fold "
+                f"{identity['fold']} (another K, --seed or data): its model may have trained on them"
+            )
+        chosen.append(str(fold / "model.pth"))
+    return chosen
+
+
 def fold_plan(folder: Path, identity: dict, overwrite: bool) -> str:
     """ "reuse" a finished fold, "resume" an interrupted one, or "train" it; UsageError for a folder that holds
     another fold (other K, recipe or files), which reusing would mix into this cross-validation."""
@@ -177,6 +200,7 @@ def run_fold(
     if plan == "reuse":
         print(f"fold {k}/{folds}: reusing {folder / 'metrics.json'}")
         return json.loads((folder / METRICS).read_text())
+    cfg = replace(cfg, teachers=fold_teachers(cfg.teachers, identity))  # the fold record keeps the folder as given
     print(
         f"fold {k}/{folds}: {len(train_idx)} train / {len(val_idx)} validation images"
         + (" (resuming its checkpoint)" if plan == "resume" else "")

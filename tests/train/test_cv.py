@@ -238,3 +238,40 @@ def test_a_figure_of_folds_without_any_score_spans_zero_to_one(tmp_path, monkeyp
     ax = captured["fig"].axes[0]
     assert ax.get_ylim() == (0.0, 1.0) and ax.get_legend().get_title().get_fontsize() == 8
     plt.close(captured["fig"])
+
+
+def finish_folds(folder: Path, folds: int) -> None:
+    """What a finished --cv run leaves in each fold folder beside its fold record (the fake writes neither)."""
+    for k in range(1, folds + 1):
+        (folder / f"fold-{k}" / "metrics.json").write_text("{}")
+        (folder / f"fold-{k}" / "model.pth").write_bytes(b"a fold's teacher")
+
+
+def test_a_cv_folder_of_teachers_gives_each_fold_the_teacher_that_never_saw_its_validation(tmp_path, fake_training):
+    """One shared teacher trained on all the images has seen every fold's validation images: the student's
+    fold scores would leak. A teacher's own --cv folder on the same folds gives fold k its fold-k model."""
+    data = make_dataset(tmp_path / "data", per_class=6)
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "teacher"), image_size=32, width=8)
+    cv.run_cv(cfg, 3)
+    finish_folds(tmp_path / "teacher", 3)
+    fake_training.clear()
+    student = replace(cfg, out=str(tmp_path / "student"), teachers=[str(tmp_path / "teacher")])
+    cv.run_cv(student, 3)
+    assert [c.teachers for c, _, _ in fake_training] == [
+        [str(tmp_path / "teacher" / f"fold-{k}" / "model.pth")] for k in (1, 2, 3)
+    ]
+    record = json.loads((tmp_path / "student" / "fold-1" / cv.FOLD_RECORD).read_text())
+    assert record["recipe"]["teachers"] == [str(tmp_path / "teacher")]  # the folder, as given: reruns reuse
+
+
+def test_a_teacher_folder_of_other_folds_or_an_unfinished_fold_is_refused(tmp_path, fake_training):
+    data = make_dataset(tmp_path / "data", per_class=6)
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "teacher"), image_size=32, width=8)
+    cv.run_cv(cfg, 2)  # 2 folds: fold 1 of a 3-fold student validates other images
+    finish_folds(tmp_path / "teacher", 2)
+    student = replace(cfg, out=str(tmp_path / "student"), teachers=[str(tmp_path / "teacher")])
+    with pytest.raises(UsageError, match=r"its fold-1 validated other images than this run's fold 1"):
+        cv.run_cv(student, 3)
+    (tmp_path / "teacher" / "fold-2" / "model.pth").unlink()
+    with pytest.raises(UsageError, match=r"its fold-2 is not finished"):
+        cv.run_cv(replace(student, out=str(tmp_path / "student2")), 2)

@@ -219,3 +219,16 @@ def test_a_teacher_that_is_not_a_file_says_what_it_is(path, said):
     with pytest.raises(CheckpointError) as caught:
         Teachers.load([path], "brain", ["glioma", "notumor"], 2.0, 0.5, torch.device("cpu"))
     assert said in str(caught.value)
+
+
+def test_a_teacher_folder_without_cv_is_one_line_before_any_work(tmp_path):
+    """A --cv folder of teachers is per fold: a plain run has no fold to pick one by."""
+    from click.testing import CliRunner
+
+    from tumor_train.cli import main
+
+    result = CliRunner().invoke(
+        main, ["--data", str(tmp_path), "--teacher", str(tmp_path), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and not (tmp_path / "o").exists()
+    assert f"--teacher {tmp_path} is a folder: a --cv folder of teachers goes with --cv" in result.output
