@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_runtime.core.contract import CV_REPORT, FOLD_RECORD, METRICS
+from tumor_runtime.core.contract import CV_REPORT, FOLD_RECORD, METRICS, MODEL_FILE
 from tumor_runtime.core.errors import UsageError
 from tumor_runtime.core.fileio import atomic_write_text
 from tumor_runtime.core.signals import Terminated
@@ -69,14 +69,14 @@ def fold_teachers(teachers: list[str], identity: dict) -> list[str]:
         fold = Path(teacher) / f"fold-{identity['fold']}"
         record = fold / FOLD_RECORD
         saved = json.loads(record.read_text()) if record.is_file() else {}
-        if not (fold / METRICS).is_file() or not (fold / "model.pth").is_file():
-            raise UsageError(f"--teacher {teacher}: its {fold.name} is not finished (no {METRICS} and model.pth)")
+        if not (fold / METRICS).is_file() or not (fold / MODEL_FILE).is_file():
+            raise UsageError(f"--teacher {teacher}: its {fold.name} is not finished (no {METRICS} and {MODEL_FILE})")
         if saved.get("folds") != identity["folds"] or saved.get("val_files") != identity["val_files"]:
             raise UsageError(
                 f"--teacher {teacher}: its {fold.name} validated other images than this run's fold "
                 f"{identity['fold']} (another K, --seed or data): its model may have trained on them"
             )
-        chosen.append(str(fold / "model.pth"))
+        chosen.append(str(fold / MODEL_FILE))
     return chosen
 
 

@@ -50,6 +50,7 @@ DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 HOT_PIXEL_PERCENTILE = 99.9  # above this rank, a maximum more than twice as bright is a hot pixel or a marker
 HOT_PIXEL_FALLBACK = 99.99  # where the 99.9th percentile is still background (a tiny bright object)
 BIT_DEPTHS = (8, 10, 12, 14, 16, 20, 24, 31)
+EMPTY_FILE = "empty file"  # the error row of a file (or upload) of no bytes
 
 
 def white_point(values: np.ndarray, integer: bool) -> float:
@@ -172,12 +173,12 @@ def open_image(path: str | os.PathLike | EncodedImage, size: int | None = None) 
     if isinstance(path, EncodedImage):
         source = io.BytesIO(path.data)
         if not path.data:
-            raise ImageError("empty file")
+            raise ImageError(EMPTY_FILE)
     else:
         source = Path(path)
         require_regular_file(source)
         if source.stat().st_size == 0:
-            raise ImageError("empty file")
+            raise ImageError(EMPTY_FILE)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from tumor_runtime.core.options import MAX_FRAMES_PER_REQUEST, MAX_UPLOAD_MB
-from tumor_runtime.imaging.decode import EncodedImage
+from tumor_runtime.imaging.decode import EMPTY_FILE, EncodedImage
 from tumor_runtime.imaging.formats import ACCEPT, FORMAT_NAMES, sniff
 from tumor_runtime.inference.classifier import expand_dicom
 from tumor_runtime.inference.heatmap import overlay_png
@@ -46,7 +46,7 @@ def page_html() -> str:
 def refused_row(service: Service, name: str, data: bytes) -> dict:
     """The error row of an upload in no accepted format, in a request where others are (all refused: 415)."""
     assert service.classifier is not None  # requests are answered 503 until the model is loaded
-    reason = f"not a {FORMAT_NAMES} file" if data else "empty file"  # tumor-infer's words for an empty file
+    reason = f"not a {FORMAT_NAMES} file" if data else EMPTY_FILE  # tumor-infer's words for an empty file
     return record(service.classifier.info, service.classifier.tumor_threshold, name, None, reason)
 
 
@@ -113,7 +113,8 @@ async def classify(request: Request, service: Service, uploads: list[tuple[str, 
     goes."""
 
     loop = asyncio.get_running_loop()
-    if any(sniff(data, name) == ".dcm" for name, data in uploads):
+    suffixes = [sniff(data, name) for name, data in uploads]  # None: refused, an error row in its place
+    if ".dcm" in suffixes:
         gone = threading.Event()
         watcher = asyncio.create_task(until_gone(request, gone))
         try:
@@ -123,9 +124,12 @@ async def classify(request: Request, service: Service, uploads: list[tuple[str, 
             watcher.cancel()
     else:
         assert service.batcher is not None  # made with the classifier
-        accepted = [EncodedImage(name, data) for name, data in uploads if sniff(data, name)]
+        accepted = [EncodedImage(name, data) for (name, data), suffix in zip(uploads, suffixes) if suffix]
         answered = iter(await service.batcher.classify(accepted, heatmap))
-        rows = [next(answered) if sniff(data, name) else refused_row(service, name, data) for name, data in uploads]
+        rows = [
+            next(answered) if suffix else refused_row(service, name, data)
+            for (name, data), suffix in zip(uploads, suffixes)
+        ]
     return await loop.run_in_executor(service.pool, with_overlays, rows) if heatmap else rows
 
 
