@@ -71,6 +71,13 @@ from tumor_runtime.core.errors import EXIT_PARTIAL
     "on), or give T (e.g. fitted on a --cv run's out-of-fold predictions). Stored in the model; the tumor "
     "threshold is chosen on the calibrated probabilities. [default: none]",
 )
+@click.option(
+    "--cv",
+    type=click.Path(file_okay=False),
+    help="The tumor-train --cv run of this model's recipe (for a final fit, which has no unseen images): its fold "
+    "models, each on its own validation images, give the temperature, the tumor threshold and the "
+    "out-of-distribution thresholds, so that all three hold for slices the model never saw.",
+)
 @version_option("tumor-export")
 def main(**options) -> None:
     """Export a trained model to ONNX (FP32) and, with --int8, to a static int8 ONNX model.
@@ -96,7 +103,9 @@ def export_command(options: dict) -> None:
     from tumor_runtime.core.command import fail
     from tumor_runtime.core.signals import interrupted_exit_code
 
-    paths = {k: Path(options[k]) if options[k] else None for k in ("checkpoint", "out", "calibration", "eval_dir")}
+    paths = {
+        k: Path(options[k]) if options[k] else None for k in ("checkpoint", "out", "calibration", "eval_dir", "cv")
+    }
     opts = ExportOptions(**(options | paths))
     try:
         report = run_export(opts, log=lambda msg: click.echo(msg, err=True))
@@ -135,10 +144,19 @@ def format_report(report: dict) -> str:
         warning = scoring.threshold_warning(stats)
         if warning:
             lines.append(warning)
+    held_out = report.get("held_out")
+    if held_out:
+        stats, margins = held_out["screening"], held_out["ood_margins"]
+        lines.append(
+            f"On the {held_out['images']} held-out images of {held_out['folder']}: the threshold flags "
+            f"{percent(stats['sensitivity'])} of tumor slices and {percent(stats['false_alarm_rate'])} of no-tumor "
+            f"slices; out-of-distribution margins features {margins['features']:.2f}, image {margins['image']:.2f}"
+        )
     t = report.get("temperature")
     if t and t["source"] != "none":
+        where = "those held-out images" if held_out else "the evaluation images"
         lines.append(
-            f"Temperature {t['value']:.3f} ({t['source']}): expected calibration error on the evaluation images "
+            f"Temperature {t['value']:.3f} ({t['source']}): expected calibration error on {where} "
             f"{t['ece_before']:.4f} -> {t['ece_after']:.4f}"
         )
     return "\n".join(lines)

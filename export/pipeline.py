@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumor_export import gate
+from tumor_export import gate, heldout
 from tumor_export.calibration import (
     ArrayReader,
     CalibrationError,
@@ -61,11 +61,14 @@ class ExportOptions:
     eval_dir: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
     max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32, in [0, 1]
     seed: int = 0  # seeds the calibration sample
-    temperature: str | None = None  # "fit" (on held-out evaluation images) or a number, e.g. from a --cv run
+    temperature: str | None = None  # "fit" (on held-out evaluation images) or a number
+    cv: Path | None = None  # the recipe's --cv run: temperature, tumor and OOD thresholds from its held-out images
 
     def check(self) -> None:
         """ValueError for options that would silently disable a check (NaN or negative allowed drop)."""
         finite_in_range("--max-f2-drop", self.max_f2_drop, 0.0, 1.0)
+        if self.cv is not None and self.temperature is not None:
+            raise OptionError("--cv fits the temperature on its out-of-fold predictions: give --cv or --temperature")
         if self.temperature not in (None, "fit"):
             try:
                 value = float(self.temperature)
@@ -203,6 +206,9 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     labelled = evaluation_set(opts, ckpt, required=opts.int8)
     # required=True for int8: evaluation_set raises rather than give None. Calibration errors come first.
     calibration = calibration_inputs(opts, ckpt, labelled[0]) if opts.int8 and labelled is not None else None
+    if opts.cv is not None and labelled is None:
+        raise DataError("--cv needs labelled evaluation images too (the checkpoint's validation split or --eval)")
+    held_out = heldout.measure(Path(opts.cv), ckpt, scratch, opts.seed, log) if opts.cv is not None else None
     report = {
         "checkpoint": str(opts.checkpoint),
         "arch": ckpt["arch"],
@@ -235,11 +241,16 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
     if labelled is not None:
         fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
-        report["temperature"] = temperature_of(opts, ckpt, fp32.probabilities, labels)
-        calibrated_p = scoring.calibrated(fp32.probabilities, report["temperature"]["value"])
-        threshold = scoring.choose_threshold(  # on the probabilities the runtime will give: calibrated
-            scoring.tumor_probability(calibrated_p, classes, ckpt["negative_class"]), is_tumor(labels, ckpt)
-        )
+        # Temperature and tumor threshold: on held-out predictions when a --cv run gives them, else these images'.
+        probabilities, truth = (held_out.probabilities, held_out.labels) if held_out else (fp32.probabilities, labels)
+        report["temperature"] = temperature_of(opts, ckpt, probabilities, truth)
+        calibrated_p = scoring.calibrated(probabilities, report["temperature"]["value"])
+        tumor_p = scoring.tumor_probability(calibrated_p, classes, ckpt["negative_class"])
+        threshold = scoring.choose_threshold(tumor_p, is_tumor(truth, ckpt))  # on what the runtime gives: calibrated
+        if held_out:
+            report["held_out"] = held_out.report() | {
+                "screening": scoring.screening_stats(tumor_p, is_tumor(truth, ckpt), threshold)
+            }
         report["fp32"] = summary(fp32, labels, threshold, ckpt, report["temperature"]["value"])
     elif opts.temperature is not None:
         raise DataError("--temperature needs labelled evaluation images (the checkpoint's validation split or --eval)")
@@ -252,7 +263,8 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
         assert calibration is not None  # made above for every int8 export
         quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
     validation = None if labelled is None else (labelled[0], eval_slices)
-    report["ood"] = out_of_distribution(scratch, opts, ckpt, validation, log) if report["cam_output"] else None
+    margins = held_out.margins if held_out else None
+    report["ood"] = out_of_distribution(scratch, opts, ckpt, validation, margins, log) if report["cam_output"] else None
     report["files"] = {
         name: {"bytes": (scratch / name).stat().st_size, "sha256": sha256_file(scratch / name)}
         for name in MODEL_FILES
@@ -262,11 +274,17 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
 
 
 def out_of_distribution(
-    scratch: Path, opts: ExportOptions, ckpt: dict, validation: tuple[list[Path], np.ndarray] | None, log
+    scratch: Path,
+    opts: ExportOptions,
+    ckpt: dict,
+    validation: tuple[list[Path], np.ndarray] | None,
+    margins: dict[str, float] | None,
+    log,
 ) -> dict | None:
     """Fit the out-of-distribution score into each model file (tumor_export.ood_fit); None, said in the log,
     without training and validation images at hand (the models then carry no flag, as older exports).
-    `validation`: (the evaluation files, their uint8 slices (N, S, S)); the files are left out of training."""
+    `validation`: (the evaluation files, their uint8 slices (N, S, S)); the files are left out of training.
+    `margins`: from a --cv run (tumor_export.heldout): the thresholds are set for unseen slices."""
     from tumor_export import ood_fit
 
     folder = calibration_folder(opts, ckpt)
@@ -274,14 +292,15 @@ def out_of_distribution(
         log("No training and validation images at hand: exported without the out-of-distribution flag.")
         return None
     log("Fitting the out-of-distribution score ...")
-    train = ood_fit.training_sample(
-        folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1, {p.resolve() for p in validation[0]}
-    )
+    exclude = {p.resolve() for p in validation[0]}
+    train = ood_fit.training_sample(folder, ckpt["classes"], ckpt["preprocess"], opts.seed + 1, exclude)
     if len(train[1]) < 2 * len(ckpt["classes"]):
         log(f"Only {len(train[1])} training images under {folder}: exported without the out-of-distribution flag.")
         return None
+    trained = ood_fit.trained_sample(folder, ckpt["preprocess"], opts.seed + 1, exclude) if margins else None
+    held_out = (margins, trained) if margins and trained is not None else None
     return {
-        name: ood_fit.attach(scratch / name, train, validation[1], ckpt["preprocess"])
+        name: ood_fit.attach(scratch / name, train, validation[1], ckpt["preprocess"], held_out)
         for name in MODEL_FILES
         if (scratch / name).is_file()
     }
@@ -292,15 +311,19 @@ def is_tumor(labels: np.ndarray, ckpt: dict) -> np.ndarray:
 
 
 def temperature_of(opts: ExportOptions, ckpt: dict, probabilities: np.ndarray, labels: np.ndarray) -> dict:
-    """The temperature to store, and the calibration error on the evaluation images before and after it. "fit"
-    fits it there, so those must be images the model never trained on: not a final fit's own split."""
-    if opts.temperature is None:
+    """The temperature to store, and the calibration error before and after it on `probabilities` (N, C): the
+    --cv run's out-of-fold predictions, else the evaluation images'. "fit" fits it on the evaluation images, so
+    those must be images the model never trained on: not a final fit's own split."""
+    if opts.cv is not None:
+        value = scoring.fit_temperature(probabilities, labels)
+        source = f"fitted on the out-of-fold predictions of the {len(labels)} images of {opts.cv}"
+    elif opts.temperature is None:
         value, source = 1.0, "none"
     elif opts.temperature == "fit":
         if opts.eval_dir is None and ckpt.get("data", {}).get("final_fit"):
             raise DataError(
                 "--temperature fit needs images the model never trained on: a final fit has none; "
-                "give --temperature T from the cross-validation of its recipe, or --eval DIR"
+                "give --cv DIR, the tumor-train --cv run of its recipe, or --eval DIR"
             )
         value, source = scoring.fit_temperature(probabilities, labels), "fitted on the evaluation images"
     else:

@@ -49,6 +49,30 @@ def trained(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def recipe(tmp_path_factory):
+    """One tiny recipe on one generated dataset: a 2-fold --cv run (fold 2 trained alone first, as a second
+    process would with --cv-fold) and a final fit."""
+    from click.testing import CliRunner
+
+    from tumor_train.cli import main
+
+    root = tmp_path_factory.mktemp("recipe")
+    data = make_dataset(root / "data", per_class=12)
+    make_dataset(root / "eval", per_class=3, seed=7)  # the final fit's evaluation images (it trains on all of data)
+    args = ["--data", str(data), "--epochs", "2", "--width", "16", "--lr", "0.01"]
+    part = CliRunner().invoke(main, args + ["--out", str(root / "cv"), "--cv", "2", "--cv-fold", "2"])
+    assert part.exit_code == 0, part.output
+    assert "folds 2 of 2: macro F2" in part.output and "without --cv-fold writes the complete one" in part.output
+    assert not (root / "cv" / "fold-1").exists()
+    full = CliRunner().invoke(main, args + ["--out", str(root / "cv"), "--cv", "2"])
+    assert full.exit_code == 0, full.output
+    assert "fold 2/2: reusing" in full.output and "2-fold grouped CV: macro F2" in full.output
+    final = CliRunner().invoke(main, args + ["--out", str(root / "final"), "--val-fraction", "0"])
+    assert final.exit_code == 0, final.output
+    return root
+
+
+@pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory) -> Path:
     """The tiny model exported to FP32 and int8 once per session; returns its folder."""
     from tumor_export.pipeline import ExportOptions, run_export

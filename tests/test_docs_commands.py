@@ -45,7 +45,7 @@ ALL = [(doc.name, command) for doc in DOCS for command in shell_commands(doc)]
 
 
 @pytest.fixture(scope="module")
-def place(tmp_path_factory, trained):
+def place(tmp_path_factory, trained, recipe):
     """A working folder where every placeholder of the README names something real and small."""
     root = tmp_path_factory.mktemp("docs")
     (root / "artifacts").symlink_to(REPO / "artifacts")
@@ -61,8 +61,8 @@ def place(tmp_path_factory, trained):
     shutil.copy(trained / "model.pth", root / "model.pth")
     (root / "runs" / "20261127-150000").mkdir(parents=True)
     shutil.copy(trained / "model.pth", root / "runs" / "20261127-150000" / "model.pth")
-    shutil.copytree(trained, root / "runs" / "cv" / "fold-1")
-    shutil.copytree(trained, root / "runs" / "cv" / "fold-2")
+    (root / "runs" / "cv").symlink_to(recipe / "cv", target_is_directory=True)  # a real --cv run and its final fit
+    shutil.copytree(recipe / "final", root / "runs" / "final")  # the export writes beside it
     return root
 
 

@@ -189,6 +189,15 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
     "writes OUT/cv.json (mean ± std macro F2, accuracy, tumor sensitivity) and cv.png; 0 = off.",
 )
 @click.option(
+    "--cv-fold",
+    "only_folds",
+    multiple=True,
+    type=click.IntRange(1, 20),
+    help="With --cv K: train only fold N of K (repeat for several), e.g. folds 1-2 and 3-5 in two processes or on "
+    "two machines into the same --out; then the same --cv command without --cv-fold reuses them and writes the "
+    "complete cv.json.",
+)
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the run in --out from its checkpoint.pth, with the configuration it was started "
@@ -196,7 +205,7 @@ RESUME_MAY_CHANGE = {"data", "threads", "out", "device"}
 )
 @click.option("--overwrite", is_flag=True, help="Train into an --out that already holds a run, replacing it.")
 @version_option("tumor-train")
-def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
+def main(resume: bool, overwrite: bool, folds: int, only_folds: tuple[int, ...], **options) -> None:
     """Train a brain-tumor MRI classifier (glioma, meningioma, notumor, pituitary).
 
     Selects the epoch with the best validation macro F2 and writes model.pth, the dynamic
@@ -205,13 +214,13 @@ def main(resume: bool, overwrite: bool, folds: int, **options) -> None:
     from tumor_runtime.core.command import guarded
 
     try:
-        guarded(train_command, resume, overwrite, folds, options)
+        guarded(train_command, resume, overwrite, (folds, only_folds), options)
     except KeyboardInterrupt:  # Ctrl-C while torch is still loading: 130, not click's "Aborted!" and 1
         click.echo("Stopped: interrupted before training started", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
 
-def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> None:
+def train_command(resume: bool, overwrite: bool, cv: tuple[int, tuple[int, ...]], options: dict) -> None:
     from tumor_runtime.core.command import require_extra
     from tumor_runtime.core.signals import interrupted_exit_code, raise_on_sigterm
 
@@ -229,8 +238,13 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
 
         click.echo(f"ImageNet weights placed at {place(pretrained_file)}", err=True)
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    folds, only_folds = cv
     if folds == 1:
         fail("--cv needs at least 2 folds")
+    if only_folds and not folds:
+        fail("--cv-fold picks folds of a --cv K run: give --cv K too")
+    if any(k > folds for k in only_folds):
+        fail(f"--cv-fold {max(only_folds)}: --cv {folds} has folds 1 to {folds}")
     options["teachers"] = [os.path.abspath(t) for t in options["teachers"]]  # a list, as the checkpoint stores it
     folder = next((t for t in options["teachers"] if os.path.isdir(t)), None)
     if folder and not folds:
@@ -239,7 +253,7 @@ def train_command(resume: bool, overwrite: bool, folds: int, options: dict) -> N
         fail("under torchrun, give --out: every process must write to (and resume from) the same folder")
     try:
         if folds:
-            return cross_validate(options, folds, overwrite)
+            return cross_validate(options, folds, overwrite, set(only_folds))
         cfg = resumed_config(options) if resume else new_config(options, overwrite)
         metrics = run(cfg, resume=resume)
     except Interrupted as exc:
@@ -302,7 +316,7 @@ def architecture_defaults(options: dict) -> None:
         raise UsageError("--init and --pretrained imagenet both set the starting weights: give one")
 
 
-def cross_validate(options: dict, folds: int, overwrite: bool) -> None:
+def cross_validate(options: dict, folds: int, overwrite: bool, only_folds: set[int]) -> None:
     from tumor_train.cv import run_cv
 
     if options["val_list"]:
@@ -310,11 +324,19 @@ def cross_validate(options: dict, folds: int, overwrite: bool) -> None:
     cfg = TrainConfig(
         **TrainConfig.known(options | {"out": options["out"] or f"runs/cv-{time.strftime('%Y%m%d-%H%M%S')}"})
     )
-    summary = run_cv(cfg, folds, overwrite)["summary"]
+    report = run_cv(cfg, folds, overwrite, only_folds)
+    summary, done = report["summary"], [r["fold"] for r in report["folds"]]
     f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
+    scope = f"{folds}-fold grouped CV" if report["complete"] else f"folds {', '.join(map(str, done))} of {folds}"
     click.echo(
-        f"{folds}-fold grouped CV: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
+        f"{scope}: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
         f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json"
+        + (
+            ""
+            if report["complete"]
+            else f"; once every fold is trained, the same --cv {folds} command without "
+            "--cv-fold writes the complete one"
+        )
     )
 
 

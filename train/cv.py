@@ -134,8 +134,9 @@ def check_folds(splits: list, labels: np.ndarray, classes: list[str]) -> None:
             )
 
 
-def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
-    """Train one model per fold into cfg.out/fold-<k>/; returns (and writes) the cv.json record."""
+def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False, only: set[int] | None = None) -> dict:
+    """Train one model per fold into cfg.out/fold-<k>/ (or only the folds in `only`, so that several processes
+    share the folds); returns (and writes) the cv.json record."""
     cfg.check()
     if launched_by_torchrun():
         raise UsageError("--cv runs its folds one after another in one process: start it without torchrun")
@@ -152,6 +153,8 @@ def run_cv(cfg: TrainConfig, folds: int, overwrite: bool = False) -> dict:
     check_folds(splits, everything.labels, classes)  # before the first fold trains, not after the second
     records = []
     for k, (train_idx, val_idx) in enumerate(splits, start=1):
+        if only and k not in only:
+            continue
         fold_cfg = replace(cfg, out=str(out / f"fold-{k}"))
         records.append(
             fold_record(

@@ -34,6 +34,7 @@ import numpy as np
 from tumor_runtime.imaging.descriptors import DESCRIPTOR_LENGTH
 
 COMPONENTS = {"features": 24, "image": 16}  # principal directions kept per measurement
+MEASUREMENTS = tuple(COMPONENTS)  # ("features", "image")
 PASS_SHARE = 0.9975  # per measurement: together at most 0.5 % of real validation slices are flagged
 METHOD = "mahalanobis-ppca:features+image"
 
@@ -133,12 +134,14 @@ class OodModel:
     features: Gaussian  # on unit-length pooled features
     image: Gaussian  # on image descriptors
 
+    def distances(self, features: np.ndarray, descriptors: np.ndarray) -> dict[str, np.ndarray]:
+        """Per measurement, the (N,) distances of pooled features (N, k) and image descriptors (N, 23)."""
+        return {"features": self.features.distance(unit_rows(features)), "image": self.image.distance(descriptors)}
+
     def score(self, features: np.ndarray, descriptors: np.ndarray) -> np.ndarray:
         """(N,) scores: the larger of the two distances, each over its threshold; >= 1 is out of distribution."""
-        return np.maximum(
-            self.features.distance(unit_rows(features)) / self.features.threshold,
-            self.image.distance(descriptors) / self.image.threshold,
-        )
+        d = self.distances(features, descriptors)
+        return np.maximum(d["features"] / self.features.threshold, d["image"] / self.image.threshold)
 
     @staticmethod
     def flags(scores) -> np.ndarray:
@@ -172,14 +175,19 @@ def fit_ood(features: np.ndarray, descriptors: np.ndarray, labels: np.ndarray) -
 
 
 def with_thresholds(
-    model: OodModel, features: np.ndarray, descriptors: np.ndarray, pass_share: float = PASS_SHARE
+    model: OodModel,
+    features: np.ndarray,
+    descriptors: np.ndarray,
+    pass_share: float = PASS_SHARE,
+    margins: dict[str, float] | None = None,
 ) -> OodModel:
-    """Each measurement's threshold at the `pass_share` quantile of these (validation) inputs."""
+    """Each measurement's threshold at the `pass_share` quantile of these (validation) inputs' distances, times
+    its margin: 1 when the inputs are unseen slices; from held-out images (tumor_export.heldout) when they are
+    images the model trained on, which sit closer to their class than new ones."""
+    distances, margins = model.distances(features, descriptors), margins or {}
 
-    def at(gaussian: Gaussian, distances: np.ndarray) -> Gaussian:
-        return replace(gaussian, threshold=float(np.quantile(distances, pass_share, method="higher")) * (1 + 1e-6))
+    def at(gaussian: Gaussian, name: str) -> Gaussian:
+        quantile = float(np.quantile(distances[name], pass_share, method="higher"))
+        return replace(gaussian, threshold=quantile * margins.get(name, 1.0) * (1 + 1e-6))
 
-    return OodModel(
-        at(model.features, model.features.distance(unit_rows(features))),
-        at(model.image, model.image.distance(descriptors)),
-    )
+    return OodModel(at(model.features, "features"), at(model.image, "image"))

@@ -275,3 +275,24 @@ def test_a_teacher_folder_of_other_folds_or_an_unfinished_fold_is_refused(tmp_pa
     (tmp_path / "teacher" / "fold-2" / "model.pth").unlink()
     with pytest.raises(UsageError, match=r"its fold-2 is not finished"):
         cv.run_cv(replace(student, out=str(tmp_path / "student2")), 2)
+
+
+def test_only_the_chosen_folds_train_and_a_later_full_run_reuses_them(tmp_path, fake_training):
+    """--cv-fold: two processes (or machines) share the folds of one run; the full run afterwards trains only the
+    rest and writes the complete record."""
+    data = make_dataset(tmp_path / "data", per_class=6)
+    cfg = replace(TrainConfig(), data=str(data), out=str(tmp_path / "cv"), image_size=32, width=8)
+    part = cv.run_cv(cfg, 3, only={2})
+    assert [c.out for c, _, _ in fake_training] == [str(tmp_path / "cv" / "fold-2")]
+    assert [f["fold"] for f in part["folds"]] == [2] and part["complete"] is False
+    assert not (tmp_path / "cv" / "fold-1").exists()
+    metrics = {
+        "best_epoch": 42,
+        "validation": {"n_images": 8, "f2_macro": 0.5, "accuracy": 0.5, "tumor_sensitivity": 1},
+    }
+    (tmp_path / "cv" / "fold-2" / "metrics.json").write_text(json.dumps(metrics))  # what a real fold leaves
+    fake_training.clear()
+    full = cv.run_cv(cfg, 3)
+    assert [c.out for c, _, _ in fake_training] == [str(tmp_path / "cv" / f"fold-{k}") for k in (1, 3)]
+    assert [f["fold"] for f in full["folds"]] == [1, 2, 3] and full["complete"] is True
+    assert full["folds"][1]["best_epoch"] == 42

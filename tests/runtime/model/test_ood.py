@@ -10,6 +10,8 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers.datasets import SAMPLES
 from tests.helpers.onnx_fakes import tiny_model
@@ -262,6 +264,21 @@ def test_thresholds_sit_just_above_the_chosen_quantile():
     assert fitted.image.threshold == pytest.approx(expected, rel=1e-9)
     assert (distances < fitted.image.threshold).mean() == pytest.approx(0.905, abs=0.006)
     assert ood.PASS_SHARE == 0.9975 and ood.COMPONENTS == {"features": 24, "image": 16}
+
+
+@given(st.floats(0.2, 5.0), st.floats(0.5, 0.999))
+@settings(max_examples=25, deadline=None)
+def test_a_margin_scales_its_own_measurements_threshold_only(margin, share):
+    """Held-out margins (tumor_export.heldout): the features threshold is the margin times the quantile of these
+    inputs' distances; the image measurement, with no margin given, keeps its plain quantile."""
+    model = ood.OodModel(image_gaussian(), image_gaussian())
+    rng = np.random.default_rng(11)
+    d = rng.normal(0, 1, (200, descriptors.DESCRIPTOR_LENGTH)).astype(np.float32)
+    f = rng.normal(0, 1, (200, descriptors.DESCRIPTOR_LENGTH)).astype(np.float32)
+    plain = ood.with_thresholds(model, f, d, share)
+    scaled = ood.with_thresholds(model, f, d, share, {"features": margin})
+    assert scaled.features.threshold == pytest.approx(plain.features.threshold * margin, rel=1e-9)
+    assert scaled.image.threshold == plain.image.threshold
 
 
 def test_the_ood_benchmark_prints_a_table_of_what_each_source_caught():
