@@ -92,6 +92,68 @@ def seen_line(table: dict) -> list[str]:
     ]
 
 
+def parity_set_line(table: dict) -> str:
+    """How many labelled images F2 parity was measured on (a run of a subset of the benchmarks may have none)."""
+    scored = [kinds["f2"][1] for rows in table.values() for kinds in rows.values() if "f2" in kinds]
+    if not scored:
+        return "F2 parity was not measured in this run."
+    return f"F2 parity on the bench set of {scored[0]['images']} labelled images."
+
+
+def rate_of(rows: dict, variant: str, kind: str) -> float | None:
+    """Images per second of an end-to-end benchmark (median round), or None if it did not run."""
+    stats, extra = rows.get(variant, {}).get(kind, (None, None))
+    return extra["images"] / stats["median"] if stats else None
+
+
+def goal_lines(rows: dict, http: list[dict]) -> list[str]:
+    """The speed goals (issue 32), each as the ratio measured in this run against its limit: met or missed."""
+    goals = []
+    e2e, base = rate_of(rows, "onnx-int8", "end_to_end"), rate_of(rows, "baseline-int8", "end_to_end")
+    if e2e and base:
+        images = rows["onnx-int8"]["end_to_end"][1]["images"]
+        goals.append((f"tumor-infer end to end, {images:,} images, shipped ÷ baseline-int8", e2e / base, 2.0, "x"))
+    large = [rate_of(rows, v, "end_to_end_large_processes") for v in ("onnx-int8", "baseline-int8")]
+    if all(large):
+        images = rows["onnx-int8"]["end_to_end_large_processes"][1]["images"]
+        goals.append(
+            (f"tumor-infer end to end, {images:,} images, shipped ÷ baseline-int8", large[0] / large[1], 2.0, "x")
+        )
+    by_concurrency = {e["concurrency"]: e for e in http}
+    if 8 in by_concurrency and e2e:
+        goals.append(
+            (
+                "tumor-serve requests/s at concurrency 8 ÷ tumor-infer img/s",
+                by_concurrency[8]["requests_per_second"] / e2e,
+                0.75,
+                "x",
+            )
+        )
+    latency = rows.get("onnx-int8", {}).get("latency")
+    if 1 in by_concurrency and latency:
+        limit = latency[0]["median"] * 1e3 + 1.0
+        goals.append(
+            (
+                "tumor-serve p50 at concurrency 1 (ms; limit: the model's 1-image latency + 1 ms)",
+                by_concurrency[1]["p50_ms"],
+                limit,
+                " ms",
+            )
+        )
+    startup = rows.get("onnx-int8", {}).get("startup")
+    if startup:
+        goals.append(("start-up to first result (s)", startup[0]["median"], 0.3, " s"))
+    if not goals:
+        return []
+    lines = ["### Speed goals", "", "| goal | measured | limit | |", "|---|---|---|---|"]
+    for name, value, limit, unit in goals:
+        at_most = unit != "x"  # ratios must reach their limit; times must stay under it
+        met = value <= limit if at_most else value >= limit
+        sign = "≤" if at_most else "≥"
+        lines.append(f"| {name} | {value:.2f}{unit} | {sign} {limit:.2f}{unit} | {'met' if met else 'missed'} |")
+    return lines + [""]
+
+
 def large_folder_lines(rows: dict) -> list[str]:
     """tumor-infer over a large folder, decoding in threads and in worker processes, shipped against baseline."""
 
@@ -133,8 +195,7 @@ def main(path: str) -> None:
         "",
         *machine_lines(machine),
         "",
-        "Latency uses 1 thread; throughput and end-to-end use all cores. F2 parity on the bench set of "
-        f"{next(iter(table['compact'].values()))['f2'][1]['images']} labelled images.",
+        "Latency uses 1 thread; throughput and end-to-end use all cores. " + parity_set_line(table),
         "",
         *seen_line(table),
         "Regenerate: `pytest --benchmark-only --benchmark-json=.benchmarks/latest.json && "
@@ -194,16 +255,17 @@ def main(path: str) -> None:
         out += [
             "### tumor-serve (HTTP, single-image POSTs from a local client)",
             "",
-            "| concurrency | requests/s | p50 ms | p99 ms | tumor-infer img/s ÷ requests/s |",
+            "| concurrency | requests/s | p50 ms | p99 ms | requests/s ÷ tumor-infer img/s |",
             "|---|---|---|---|---|",
         ]
         out += [
             f"| {e['concurrency']} | {e['requests_per_second']:,.0f} | {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | "
-            f"{plain / e['requests_per_second']:.1f}x |"
+            f"{e['requests_per_second'] / plain:.2f}x |"
             for e in http
         ]
         out.append("")
     out += large_folder_lines(table["compact"])
+    out += goal_lines(table["compact"], http)
     out += ["### Ratios that matter", ""]
     for model, v in values.items():
         if "onnx-int8" in v and "onnx-fp32" in v:

@@ -68,3 +68,49 @@ def test_the_share_of_bench_images_a_model_trained_on(tmp_path):
 
     assert "trained on 100% of these images (a final fit)" in seen_line(table(1.0))[0]
     assert seen_line(table(0.0)) == [] and seen_line(table(None)) == []
+
+
+def test_the_speed_goals_print_each_ratio_against_its_limit():
+    from benchmarks.report import goal_lines
+
+    def row(seconds, images=400):
+        return ({"median": seconds}, {"images": images})
+
+    rows = {
+        "onnx-int8": {
+            "end_to_end": row(0.2),  # 2,000 img/s
+            "end_to_end_large_processes": row(4.0, 4000),
+            "latency": ({"median": 0.0005}, {}),
+            "startup": ({"median": 0.35}, {}),
+        },
+        "baseline-int8": {"end_to_end": row(0.5), "end_to_end_large_processes": row(6.0, 4000)},
+    }
+    http = [
+        {"concurrency": 1, "requests_per_second": 400, "p50_ms": 1.2},
+        {"concurrency": 8, "requests_per_second": 1600},
+    ]
+    text = "\n".join(goal_lines(rows, http))
+    assert "| tumor-infer end to end, 400 images, shipped ÷ baseline-int8 | 2.50x | ≥ 2.00x | met |" in text
+    assert "| tumor-infer end to end, 4,000 images, shipped ÷ baseline-int8 | 1.50x | ≥ 2.00x | missed |" in text
+    assert "| tumor-serve requests/s at concurrency 8 ÷ tumor-infer img/s | 0.80x | ≥ 0.75x | met |" in text
+    assert "+ 1 ms) | 1.20 ms | ≤ 1.50 ms | met |" in text
+    assert "| start-up to first result (s) | 0.35 s | ≤ 0.30 s | missed |" in text
+    assert goal_lines({}, []) == []
+
+
+def test_a_run_of_some_benchmarks_only_still_makes_a_report(tmp_path, capsys):
+    """A subset (for example -k end_to_end) has no F2 parity row: the header says so instead of a KeyError."""
+    import json
+
+    from benchmarks.conftest import machine_info
+    from benchmarks.report import main
+
+    bench = {
+        "stats": {"median": 0.5, "iqr": 0.01},
+        "extra_info": {"model": "compact", "variant": "onnx-int8", "kind": "end_to_end", "images": 400}
+        | {"machine": machine_info()},
+    }
+    (tmp_path / "r.json").write_text(json.dumps({"benchmarks": [bench]}))
+    main(str(tmp_path / "r.json"))
+    text = capsys.readouterr().out
+    assert "F2 parity was not measured in this run." in text and "| onnx-int8 | – | – | – | 800 | – |" in text
