@@ -9,11 +9,7 @@ Scratch folders of killed exports are removed by the next export.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +17,9 @@ import numpy as np
 from tumor_export import gate, heldout
 from tumor_export.calibration import (
     ArrayReader,
-    CalibrationError,
-    load_inputs,
     load_slices,
-    sample_files,
 )
+from tumor_export.inputs import calibration_folder, calibration_inputs, evaluation_set, relative_name
 from tumor_export.metadata import model_metadata, tool_versions, write_metadata
 from tumor_export.onnx_export import (
     check_against_torch,
@@ -33,151 +27,25 @@ from tumor_export.onnx_export import (
     export_fp32,
     fixed_inputs,
 )
+from tumor_export.options import ExportOptions
+from tumor_export.scratch import open_scratch, remove_stale_scratch
 from tumor_export.static_int8 import describe_nodes, int8_convolutions, prepare_graph
 from tumor_runtime.core import scoring
 from tumor_runtime.core.contract import EXPORT_REPORT, FP32_MODEL, INPUT_NAME, INT8_MODEL, MODEL_FILES
-from tumor_runtime.core.errors import EXIT_PARTIAL, KitError, OptionError, OutputError
+from tumor_runtime.core.errors import EXIT_PARTIAL, KitError
 from tumor_runtime.core.fileio import atomic_write_text, sha256_file
-from tumor_runtime.core.options import finite_in_range, int_in_range
-from tumor_runtime.imaging.listing import class_of
 from tumor_runtime.imaging.transform import normalize
 from tumor_runtime.model.manifest import commit
 from tumor_train.data import DataError
 from tumor_train.model_file import load_model
 
 PARITY_SAMPLES = 8  # inputs on which ONNX Runtime must match torch to 1e-4
-SCRATCH_PREFIX = ".export-"
-
-
-@dataclass
-class ExportOptions:
-    checkpoint: Path  # model.pth written by tumor-train
-    out: Path | None = None  # output folder; default: the checkpoint's folder
-    int8: bool = False  # also write model.int8.onnx (static QDQ int8)
-    calibration: Path | None = None  # calibration images; default: the training folder in the checkpoint
-    calibration_size: int = 256  # images drawn (sorted list, fixed seed) for calibration
-    calibration_method: str = "percentile"  # percentile (99.999th), minmax or entropy
-    activation_type: str = "u8"  # u8 or s8 activations; weights are always per-channel s8
-    eval_dir: Path | None = None  # labelled folder for the gate; default: the validation split in the checkpoint
-    max_f2_drop: float = 0.005  # the most macro F2 that int8 may lose against FP32, in [0, 1]
-    seed: int = 0  # seeds the calibration sample
-    temperature: str | None = None  # "fit" (on held-out evaluation images) or a number
-    cv: Path | None = None  # the recipe's --cv run: temperature, tumor and OOD thresholds from its held-out images
-
-    def check(self) -> None:
-        """ValueError for options that would silently disable a check (NaN or negative allowed drop)."""
-        finite_in_range("--max-f2-drop", self.max_f2_drop, 0.0, 1.0)
-        if self.cv is not None and self.temperature is not None:
-            raise OptionError("--cv fits the temperature on its out-of-fold predictions: give --cv or --temperature")
-        if self.temperature not in (None, "fit"):
-            try:
-                value = float(self.temperature)
-            except ValueError:
-                raise OptionError(f"--temperature must be fit or a number, got {self.temperature!r}") from None
-            finite_in_range("--temperature", value, *scoring.TEMPERATURE_RANGE)
-        int_in_range("--calibration-size", self.calibration_size, 1, 1_000_000)
 
 
 class GateError(KitError):
     """int8 could not meet the parity gate; nothing was written."""
 
     exit_code = EXIT_PARTIAL  # the work ran and the int8 model failed its check
-
-
-def eval_images(folder: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    """--eval DIR by the kit's one labelled-folder rule (as tumor-infer --evaluate reads it)."""
-    from tumor_runtime.core.errors import UsageError
-    from tumor_runtime.imaging.listing import readable_labelled
-
-    try:
-        files, labels = readable_labelled(folder, classes)
-    except UsageError as exc:
-        raise DataError(f"--eval: {exc}") from None
-    return files, np.asarray(labels)
-
-
-def evaluation_set(opts: ExportOptions, ckpt: dict, required: bool) -> tuple[list[Path], np.ndarray] | None:
-    """Labelled images for the gate and the threshold: --eval, else the checkpoint's validation split.
-    None when neither is at hand and the export does not need them (FP32 only)."""
-    classes = ckpt["classes"]
-    if opts.eval_dir is not None:
-        if not Path(opts.eval_dir).is_dir():
-            raise DataError(f"--eval folder {opts.eval_dir} does not exist")
-        return eval_images(Path(opts.eval_dir), classes)
-    root = recorded_folder(ckpt, "root")
-    files = [root / f for f in ckpt.get("data", {}).get("val_files", [])] if root else []
-    named = [class_of(f, classes) for f in ckpt.get("data", {}).get("val_files", [])]
-    if files and all(f.is_file() for f in files) and None not in named:
-        return files, np.array([classes.index(name) for name in named])
-    if required:
-        where = f"recorded in the checkpoint is not under {root}" if files else "is not recorded in the checkpoint"
-        raise DataError(
-            f"--int8 needs labelled images for the parity gate and images to calibrate on; the "
-            f"validation split {where}: pass --eval DIR (DIR/<class>/...) and --calibration DIR"
-        )
-    return None
-
-
-def recorded_folder(ckpt: dict, key: str) -> Path | None:
-    """A folder the checkpoint recorded under "data" ("root", "train_dir"); None if it recorded none, as older
-    checkpoints (never Path(""), which would be the working directory)."""
-    value = ckpt.get("data", {}).get(key)
-    return Path(value) if value else None
-
-
-def calibration_folder(opts: ExportOptions, ckpt: dict) -> Path | None:
-    """--calibration, else the training folder the checkpoint recorded (also the OOD fit's training images)."""
-    return Path(opts.calibration) if opts.calibration else recorded_folder(ckpt, "train_dir")
-
-
-def relative_name(path: Path, folder: Path) -> str:
-    """`path` relative to `folder` (POSIX separators), or its name alone when it lies elsewhere."""
-    try:
-        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
-    except ValueError:
-        return Path(path).name
-
-
-def calibration_inputs(opts: ExportOptions, ckpt: dict, exclude: list[Path]) -> tuple[np.ndarray, list[Path]]:
-    folder = calibration_folder(opts, ckpt)
-    if folder is None:
-        raise DataError("the checkpoint records no training folder to calibrate on; pass --calibration DIR")
-    if not folder.is_dir():
-        raise DataError(f"calibration folder {folder} does not exist; pass --calibration DIR")
-    pre = ckpt["preprocess"]
-    files = sample_files(folder, opts.calibration_size, opts.seed, {p.resolve() for p in exclude})
-    inputs = load_inputs(files, pre["size"], pre["mean"], pre["std"], pre.get("crop", "none"))
-    if len(inputs) == 0:
-        raise CalibrationError(f"none of the {len(files)} calibration images drawn from {folder} could be read")
-    return inputs, files
-
-
-def remove_stale_scratch(out: Path, log) -> None:
-    """Scratch folders left by killed exports (their process is gone) are deleted."""
-    for folder in out.glob(f"{SCRATCH_PREFIX}*"):
-        pid = folder.name[len(SCRATCH_PREFIX) :].split("-")[0]
-        if folder.is_dir() and not (pid.isdigit() and process_alive(int(pid))):
-            shutil.rmtree(folder, ignore_errors=True)
-            log(f"Removed {folder.name}, left by an interrupted export")
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def open_scratch(out: Path) -> tempfile.TemporaryDirectory:
-    """The scratch folder, created before any work so that an unwritable output folder fails first."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        return tempfile.TemporaryDirectory(dir=out, prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
-    except OSError as exc:
-        raise OutputError(f"cannot write to the output folder {out}: {exc.strerror or exc}") from None
 
 
 def run_export(opts: ExportOptions, log=print) -> dict:

@@ -61,7 +61,7 @@ def test_08_an_interrupted_commit_leaves_usable_vouched_models(
         calls.append(dst)
         real_replace(src, dst)
 
-    monkeypatch.setattr(pipeline.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_export(
             pipeline.ExportOptions(

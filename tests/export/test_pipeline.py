@@ -17,7 +17,10 @@ import torch
 from tests.helpers.checkpoints import model_checkpoint
 from tests.helpers.datasets import make_dataset
 from tumor_export import gate as gate_module
+from tumor_export import inputs as export_inputs
 from tumor_export import pipeline
+from tumor_export import scratch as scratch_folder
+from tumor_export.calibration import CalibrationError
 from tumor_export.metadata import read_metadata
 from tumor_export.pipeline import ExportOptions, GateError, run_export
 from tumor_runtime.core.errors import OutputError
@@ -137,7 +140,6 @@ def test_interrupted_export_keeps_earlier_files(trained, tmp_path, monkeypatch):
     opts = ExportOptions(checkpoint=trained / "model.pth", out=tmp_path, int8=True, calibration_size=8)
     run_export(opts, log=lambda m: None)
     before = {p.name: sha256_file(p) for p in tmp_path.iterdir()}
-    import tumor_export.pipeline as pipeline
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
@@ -220,20 +222,20 @@ def test_options_refuse_a_nan_drop_and_a_zero_calibration_size(tmp_path):
 def test_the_evaluation_set_is_eval_else_the_recorded_split_else_an_error(small, tmp_path):
     path, root = small
     ckpt = torch.load(path, weights_only=True)
-    files, labels = pipeline.evaluation_set(ExportOptions(path), ckpt, required=True)
+    files, labels = export_inputs.evaluation_set(ExportOptions(path), ckpt, required=True)
     assert [str(f.relative_to(root)) for f in files] == ckpt["data"]["val_files"]
     assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    files, labels = pipeline.evaluation_set(ExportOptions(path, eval_dir=root), ckpt, required=True)
+    files, labels = export_inputs.evaluation_set(ExportOptions(path, eval_dir=root), ckpt, required=True)
     assert len(files) == 24 and labels.tolist() == sorted(labels.tolist())
     with pytest.raises(DataError) as caught:
-        pipeline.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "absent"), ckpt, required=True)
+        export_inputs.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "absent"), ckpt, required=True)
     assert str(caught.value) == f"--eval folder {tmp_path / 'absent'} does not exist"
     with pytest.raises(DataError, match="^--eval: "):
-        pipeline.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "run"), ckpt, required=True)
+        export_inputs.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "run"), ckpt, required=True)
     moved = ckpt | {"data": ckpt["data"] | {"root": str(tmp_path / "elsewhere")}}
-    assert pipeline.evaluation_set(ExportOptions(path), moved, required=False) is None
+    assert export_inputs.evaluation_set(ExportOptions(path), moved, required=False) is None
     with pytest.raises(DataError) as caught:
-        pipeline.evaluation_set(ExportOptions(path), moved, required=True)
+        export_inputs.evaluation_set(ExportOptions(path), moved, required=True)
     assert str(caught.value).startswith(
         f"--int8 needs labelled images for the parity gate and images to calibrate "
         f"on; the validation split recorded in the checkpoint is not under "
@@ -245,16 +247,16 @@ def test_calibration_leaves_out_the_evaluation_images_and_names_a_missing_folder
     path, root = small
     ckpt = torch.load(path, weights_only=True)
     excluded = [root / f for f in ckpt["data"]["val_files"]]
-    inputs, files = pipeline.calibration_inputs(ExportOptions(path, calibration_size=100), ckpt, excluded)
+    inputs, files = export_inputs.calibration_inputs(ExportOptions(path, calibration_size=100), ckpt, excluded)
     assert len(files) == 16 and not {f.resolve() for f in files} & {f.resolve() for f in excluded}
     assert inputs.shape == (16, 1, 32, 32)
     with pytest.raises(DataError) as caught:
-        pipeline.calibration_inputs(ExportOptions(path, calibration=tmp_path / "absent"), ckpt, [])
+        export_inputs.calibration_inputs(ExportOptions(path, calibration=tmp_path / "absent"), ckpt, [])
     assert str(caught.value) == f"calibration folder {tmp_path / 'absent'} does not exist; pass --calibration DIR"
     (tmp_path / "junk" / "glioma").mkdir(parents=True)
     (tmp_path / "junk" / "glioma" / "a.jpg").write_bytes(b"junk")
-    with pytest.raises(pipeline.CalibrationError) as caught:
-        pipeline.calibration_inputs(ExportOptions(path, calibration=tmp_path / "junk"), ckpt, [])
+    with pytest.raises(CalibrationError) as caught:
+        export_inputs.calibration_inputs(ExportOptions(path, calibration=tmp_path / "junk"), ckpt, [])
     assert str(caught.value) == f"none of the 1 calibration images drawn from {tmp_path / 'junk'} could be read"
 
 
@@ -264,17 +266,17 @@ def test_scratch_left_by_a_dead_export_is_removed_and_a_live_ones_kept(tmp_path)
     for folder in (dead, live, odd):
         folder.mkdir()
     said = []
-    pipeline.remove_stale_scratch(tmp_path, said.append)
+    scratch_folder.remove_stale_scratch(tmp_path, said.append)
     assert not dead.exists() and live.exists() and not odd.exists()
     assert sorted(said) == sorted(f"Removed {f.name}, left by an interrupted export" for f in (dead, odd))
-    assert pipeline.process_alive(os.getpid()) and not pipeline.process_alive(2**22 + 7)
-    assert pipeline.process_alive(1)  # another user's process: alive, even if signalling it is not allowed
+    assert scratch_folder.process_alive(os.getpid()) and not scratch_folder.process_alive(2**22 + 7)
+    assert scratch_folder.process_alive(1)  # another user's process: alive, even if signalling it is not allowed
 
 
 def test_an_unwritable_output_folder_fails_first(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match=f"^cannot write to the output folder {tmp_path / 'file' / 'out'}: "):
-        pipeline.open_scratch(tmp_path / "file" / "out")
+        scratch_folder.open_scratch(tmp_path / "file" / "out")
 
 
 def test_commit_vouches_for_old_or_new_at_every_step_and_drops_stale_files(tmp_path, monkeypatch):
@@ -295,7 +297,7 @@ def test_commit_vouches_for_old_or_new_at_every_step_and_drops_stale_files(tmp_p
             seen.append(json.loads((out / "manifest.json").read_text()))
         real_replace(src, dst)
 
-    monkeypatch.setattr(pipeline.os, "replace", watching_replace)
+    monkeypatch.setattr(os, "replace", watching_replace)
     manifest.commit(out, {"model.onnx": scratch / "model.onnx"}, stale=["model.int8.onnx"], log=said.append)
     assert seen == [{"files": {"model.onnx": new}, "replacing": {"model.onnx": old["model.onnx"]}}]
     assert json.loads((out / "manifest.json").read_text()) == {"files": {"model.onnx": new}}
@@ -447,7 +449,7 @@ def test_a_brain_crop_model_is_calibrated_gated_and_thresholded_on_cropped_slice
     pre, excluded = ckpt["preprocess"], [root / f for f in val]
     assert not np.array_equal(load_slices(excluded, 32, "brain"), load_slices(excluded, 32, "none"))
 
-    inputs, files = pipeline.calibration_inputs(ExportOptions(path, calibration_size=8), ckpt, excluded)
+    inputs, files = export_inputs.calibration_inputs(ExportOptions(path, calibration_size=8), ckpt, excluded)
     np.testing.assert_array_equal(inputs, load_inputs(files, 32, pre["mean"], pre["std"], "brain"))
 
     report = run_export(ExportOptions(path, out=tmp_path / "e", int8=True, max_f2_drop=1.0, calibration_size=8))
