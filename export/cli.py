@@ -136,8 +136,14 @@ def format_report(report: dict) -> str:
         )
     if report["fp32"] is not None:
         stats = report["fp32"]["screening"]
+        rule, shown = scoring.THRESHOLD_RULE, ": flags"
+        if report.get("held_out"):  # chosen on the --cv run's held-out images; shown on the evaluation images
+            rule, shown = (
+                rule.replace("the evaluation images'", "the held-out images'"),
+                "; on the evaluation images it flags",
+            )
         lines.append(
-            f"Tumor threshold {report['tumor_threshold']:.4f} ({scoring.THRESHOLD_RULE}): flags "
+            f"Tumor threshold {report['tumor_threshold']:.4f} ({rule}){shown} "
             f"{percent(stats['sensitivity'])} of tumor slices and {percent(stats['false_alarm_rate'])} of "
             "no-tumor slices (false alarms)"
         )

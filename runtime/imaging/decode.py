@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tumor_runtime.core.errors import ImageError
+from tumor_runtime.imaging.colour import SAMPLE_SIDE, refuse_colour
 
 # Refuse images above this many pixels before decoding them (decompression bombs).
 MAX_PIXELS = 50_000_000
@@ -101,13 +102,20 @@ def to_gray(img: Image.Image) -> Image.Image:
         return img
     if img.mode in DEEP_MODES:
         return Image.fromarray(rescale_to_8bit(np.asarray(img)))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info) or img.mode == "RGBA":
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(black, rgba).convert("L")
+        return gray_of_rgb(Image.alpha_composite(black, rgba).convert("RGB"))
     if img.mode == "1":
         return img.convert("L")
-    return img.convert("RGB").convert("L")  # RGB, CMYK, YCbCr, P, ...
+    return gray_of_rgb(img if img.mode == "RGB" else img.convert("RGB"))  # RGB, CMYK, YCbCr, P, ...
+
+
+def gray_of_rgb(rgb: Image.Image) -> Image.Image:
+    """An RGB image in gray (PIL's luma weights), refused if it is colourful: an MRI slice is not (`colour`)."""
+    side = min(rgb.width, rgb.height, SAMPLE_SIDE)
+    refuse_colour(np.asarray(rgb.resize((side, side), Image.Resampling.NEAREST)))  # a sample: cheap
+    return rgb.convert("L")
 
 
 def file_kind(mode: int) -> str | None:
@@ -196,9 +204,9 @@ def open_image(path: str | os.PathLike | EncodedImage, size: int | None = None) 
         if frames > 1:  # multi-page TIFF, animated GIF/APNG: classifying only the first frame would be silent
             raise ImageError(f"{img.format} with {frames} frames: save each slice as its own image")
         if img.format == "JPEG" and img.mode in ("L", "RGB", "YCbCr"):
-            # Decode straight to gray (the luma channel: within 2 levels of converting the RGB, 40 % faster),
-            # at the smallest DCT scale still at least `size` when one is given (PIL's draft mode).
-            img.draft("L", (size, size) if size is not None else img.size)
+            # At the smallest DCT scale still at least `size` when one is given (PIL's draft mode). A colour
+            # JPEG is decoded in colour, not straight to its luma (40 % faster), so that a photo is refused.
+            img.draft("L" if img.mode == "L" else "RGB", (size, size) if size is not None else img.size)
         refuse_costly_decode(img.width, img.height, decode_cost(img.mode, img.width * img.height), f"{img.mode} ")
         try:
             img.load()

@@ -25,6 +25,7 @@ import numpy as np
 
 from tumor_runtime.core.errors import ImageError
 from tumor_runtime.core.system import installed, missing_extra
+from tumor_runtime.imaging.colour import refuse_colour
 from tumor_runtime.imaging.decode import refuse_costly_decode, refuse_too_many_pixels, rescale_to_8bit
 
 MISSING_EXTRA = missing_extra("DICOM input", "dicom")
@@ -173,7 +174,9 @@ def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
 
     if rgb.dtype != np.uint8:
         rgb = np.rint(rgb.astype(np.float64) / 257).clip(0, 255) if rgb.dtype == np.uint16 else rescale_to_8bit(rgb)
-    return np.asarray(Image.fromarray(rgb.astype(np.uint8), "RGB").convert("L"))
+    rgb = rgb.astype(np.uint8)
+    refuse_colour(rgb)  # an ultrasound or a screenshot in colour is not an MRI slice
+    return np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
 
 
 def has_voi(ds) -> bool:

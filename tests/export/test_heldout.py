@@ -73,6 +73,7 @@ def test_a_final_fit_takes_temperature_and_thresholds_from_its_recipes_held_out_
     assert OodModel.from_metadata(meta["ood"])  # the thresholds it stored are a valid record
     assert f"On the 48 held-out images of {recipe / 'cv'}: the threshold flags" in result.stdout
     assert "expected calibration error on those held-out images" in result.stdout
+    assert "of the held-out images' tumor slices, at most 0.5); on the evaluation images it flags" in result.stdout
 
 
 def test_the_margins_move_the_ood_thresholds_and_nothing_else(recipe, tmp_path):

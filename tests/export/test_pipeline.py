@@ -19,11 +19,8 @@ from tests.helpers.datasets import make_dataset
 from tumor_export import gate as gate_module
 from tumor_export import inputs as export_inputs
 from tumor_export import pipeline
-from tumor_export import scratch as scratch_folder
-from tumor_export.calibration import CalibrationError
 from tumor_export.metadata import read_metadata
 from tumor_export.pipeline import ExportOptions, GateError, run_export
-from tumor_runtime.core.errors import OutputError
 from tumor_runtime.core.fileio import sha256_file
 from tumor_runtime.core.scoring import choose_threshold
 from tumor_runtime.model import manifest
@@ -189,94 +186,6 @@ def test_threshold_keeps_sensitivity_with_fewest_false_alarms():
 
 
 # The pipeline's parts, on an untrained 32 px model (seconds, no training).
-
-
-@pytest.fixture
-def small(tmp_path):
-    """(checkpoint path, dataset root): a model.pth whose recorded data and validation files exist."""
-    root = make_dataset(tmp_path / "data", per_class=6)
-    path = model_checkpoint(tmp_path / "run" / "model.pth", size=32, crop="none")
-    ckpt = torch.load(path, weights_only=True)
-    val = [f"{c}/img_00{i}.jpg" for c in ("glioma", "meningioma", "notumor", "pituitary") for i in (0, 1)]
-    save_atomic(ckpt | {"data": {"root": str(root), "train_dir": str(root), "val_files": val}}, path)
-    return path, root
-
-
-def test_options_refuse_a_nan_drop_and_a_zero_calibration_size(tmp_path):
-    ExportOptions(tmp_path).check()
-    with pytest.raises(ValueError, match=r"^--max-f2-drop must be a finite number in \[0.0, 1.0\], got nan$"):
-        ExportOptions(tmp_path, max_f2_drop=float("nan")).check()
-    with pytest.raises(ValueError, match=r"^--calibration-size must be an integer in \[1, 1000000\], got 0$"):
-        ExportOptions(tmp_path, calibration_size=0).check()
-    defaults = ExportOptions(tmp_path)
-    assert (
-        defaults.calibration_size,
-        defaults.calibration_method,
-        defaults.activation_type,
-        defaults.max_f2_drop,
-        defaults.seed,
-        defaults.int8,
-    ) == (256, "percentile", "u8", 0.005, 0, False)
-
-
-def test_the_evaluation_set_is_eval_else_the_recorded_split_else_an_error(small, tmp_path):
-    path, root = small
-    ckpt = torch.load(path, weights_only=True)
-    files, labels = export_inputs.evaluation_set(ExportOptions(path), ckpt, required=True)
-    assert [str(f.relative_to(root)) for f in files] == ckpt["data"]["val_files"]
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    files, labels = export_inputs.evaluation_set(ExportOptions(path, eval_dir=root), ckpt, required=True)
-    assert len(files) == 24 and labels.tolist() == sorted(labels.tolist())
-    with pytest.raises(DataError) as caught:
-        export_inputs.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "absent"), ckpt, required=True)
-    assert str(caught.value) == f"--eval folder {tmp_path / 'absent'} does not exist"
-    with pytest.raises(DataError, match="^--eval: "):
-        export_inputs.evaluation_set(ExportOptions(path, eval_dir=tmp_path / "run"), ckpt, required=True)
-    moved = ckpt | {"data": ckpt["data"] | {"root": str(tmp_path / "elsewhere")}}
-    assert export_inputs.evaluation_set(ExportOptions(path), moved, required=False) is None
-    with pytest.raises(DataError) as caught:
-        export_inputs.evaluation_set(ExportOptions(path), moved, required=True)
-    assert str(caught.value).startswith(
-        f"--int8 needs labelled images for the parity gate and images to calibrate "
-        f"on; the validation split recorded in the checkpoint is not under "
-        f"{tmp_path / 'elsewhere'}: pass --eval DIR"
-    )
-
-
-def test_calibration_leaves_out_the_evaluation_images_and_names_a_missing_folder(small, tmp_path):
-    path, root = small
-    ckpt = torch.load(path, weights_only=True)
-    excluded = [root / f for f in ckpt["data"]["val_files"]]
-    inputs, files = export_inputs.calibration_inputs(ExportOptions(path, calibration_size=100), ckpt, excluded)
-    assert len(files) == 16 and not {f.resolve() for f in files} & {f.resolve() for f in excluded}
-    assert inputs.shape == (16, 1, 32, 32)
-    with pytest.raises(DataError) as caught:
-        export_inputs.calibration_inputs(ExportOptions(path, calibration=tmp_path / "absent"), ckpt, [])
-    assert str(caught.value) == f"calibration folder {tmp_path / 'absent'} does not exist; pass --calibration DIR"
-    (tmp_path / "junk" / "glioma").mkdir(parents=True)
-    (tmp_path / "junk" / "glioma" / "a.jpg").write_bytes(b"junk")
-    with pytest.raises(CalibrationError) as caught:
-        export_inputs.calibration_inputs(ExportOptions(path, calibration=tmp_path / "junk"), ckpt, [])
-    assert str(caught.value) == f"none of the 1 calibration images drawn from {tmp_path / 'junk'} could be read"
-
-
-def test_scratch_left_by_a_dead_export_is_removed_and_a_live_ones_kept(tmp_path):
-
-    dead, live, odd = (tmp_path / f".export-{pid}-x" for pid in (2**22 + 7, os.getpid(), "abc"))
-    for folder in (dead, live, odd):
-        folder.mkdir()
-    said = []
-    scratch_folder.remove_stale_scratch(tmp_path, said.append)
-    assert not dead.exists() and live.exists() and not odd.exists()
-    assert sorted(said) == sorted(f"Removed {f.name}, left by an interrupted export" for f in (dead, odd))
-    assert scratch_folder.process_alive(os.getpid()) and not scratch_folder.process_alive(2**22 + 7)
-    assert scratch_folder.process_alive(1)  # another user's process: alive, even if signalling it is not allowed
-
-
-def test_an_unwritable_output_folder_fails_first(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputError, match=f"^cannot write to the output folder {tmp_path / 'file' / 'out'}: "):
-        scratch_folder.open_scratch(tmp_path / "file" / "out")
 
 
 def test_commit_vouches_for_old_or_new_at_every_step_and_drops_stale_files(tmp_path, monkeypatch):

@@ -181,7 +181,7 @@ def test_table_warnings_follow_the_models_score_and_only_the_flagged_rows(tmp_pa
     for path in sorted(SAMPLES.rglob("*.jpg"))[:3]:
         shutil.copy(path, scans / path.name)
     rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(scans / "zz_noise.png")
+    Image.fromarray(rng.integers(0, 256, (224, 224), dtype=np.uint8)).save(scans / "zz_noise.png")
     plain = tiny_model(tmp_path / "plain.onnx", 227)
     without = infer([scans, "--model", plain, "--format", "table"])
     assert without.returncode == 0, without.stderr

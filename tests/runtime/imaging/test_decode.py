@@ -26,11 +26,20 @@ def reference_gray(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("L"))
 
 
+def tinted(gray: np.ndarray) -> list[np.ndarray]:
+    """Three channels that differ, as a slice stored in colour may: a faint tint, under the colour limit."""
+    return [
+        gray,
+        np.clip(gray.astype(int) + 6, 0, 255).astype(np.uint8),
+        np.clip(gray.astype(int) - 6, 0, 255).astype(np.uint8),
+    ]
+
+
 def test_colour_is_converted_with_luma_weights_not_one_channel():
     rgb = np.zeros((8, 8, 3), np.uint8)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 50, 10
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 120, 110, 100  # a faint tint (a colourful image is refused: test_colour)
     gray = np.asarray(to_gray(Image.fromarray(rgb)))  # one colour everywhere: load_gray refuses it as constant
-    assert int(gray[0, 0]) == round(200 * 0.299 + 50 * 0.587 + 10 * 0.114)
+    assert int(gray[0, 0]) == round(120 * 0.299 + 110 * 0.587 + 100 * 0.114)
 
 
 def test_transparent_pixels_become_black():
@@ -90,9 +99,10 @@ def test_open_image_refuses_what_is_not_an_image(tmp_path):
 def test_jpeg_draft_decoding_keeps_at_least_the_target_size(tmp_path):
     from tumor_runtime.imaging.decode import open_image
 
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    noise = np.random.default_rng(0).integers(0, 255, (600, 600), dtype=np.uint8)
+    Image.fromarray(np.repeat(noise[..., None], 3, axis=2)).save(tmp_path / "a.jpg")  # a gray slice in a colour JPEG
     drafted = open_image(tmp_path / "a.jpg", 227)
-    assert drafted.mode == "L" and min(drafted.size) >= 227 and drafted.size[0] < 600  # scaled 1/2 in the DCT
+    assert drafted.mode == "RGB" and min(drafted.size) >= 227 and drafted.size[0] < 600  # scaled 1/2 in the DCT
     assert open_image(tmp_path / "a.jpg").size == (600, 600)
     assert load_gray(tmp_path / "a.jpg", 227).shape == (227, 227)
 
@@ -168,14 +178,16 @@ def test_every_mode_converts_to_the_reference_gray(mode):
     elif mode == "F":
         img = Image.fromarray(gray.astype(np.float32) / 255)
     elif mode in ("RGBA", "LA", "PA"):
-        colour = np.stack([gray, 255 - gray, gray // 2, rng.integers(0, 256, (12, 12)).astype(np.uint8)], axis=2)
+        colour = np.stack([*tinted(gray), rng.integers(0, 256, (12, 12)).astype(np.uint8)], axis=2)
         img = Image.fromarray(colour, "RGBA")
         img = img if mode == "RGBA" else img.convert("LA") if mode == "LA" else img.convert("PA")
     elif mode == "P-transparent":
         img = Image.fromarray(gray).convert("P")
         img.info["transparency"] = int(np.asarray(img)[0, 0])  # that palette entry is see-through
     else:
-        img = Image.fromarray(np.stack([gray, 255 - gray, gray // 3], axis=2), "RGB").convert(mode)
+        rgb = Image.fromarray(np.stack(tinted(gray), axis=2), "RGB")
+        # P: an adaptive palette keeps the tint (the web palette's dithering would make it colourful)
+        img = rgb.convert(mode, palette=Image.Palette.ADAPTIVE) if mode == "P" else rgb.convert(mode)
     assert img.mode == mode.split("-")[0]
     got = np.asarray(to_gray(img))
     if mode == "P-transparent":
@@ -226,8 +238,8 @@ def test_hot_pixels_clip_at_white_and_nan_is_the_darkest():
 def test_load_gray_uses_draft_decoding_like_the_cache(tmp_path):
     from tumor_runtime.imaging.decode import open_image
 
-    rgb = np.random.default_rng(2).integers(0, 255, (600, 600, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=90)
+    gray = np.random.default_rng(2).integers(0, 255, (600, 600), dtype=np.uint8)
+    Image.fromarray(np.repeat(gray[..., None], 3, axis=2)).save(tmp_path / "a.jpg", quality=90)
     drafted = np.asarray(to_gray(open_image(tmp_path / "a.jpg", 227)).resize((227, 227), Image.BILINEAR))
     full = np.asarray(to_gray(open_image(tmp_path / "a.jpg")).resize((227, 227), Image.BILINEAR))
     assert not np.array_equal(drafted, full)  # the two decodings differ, so this test can tell them apart

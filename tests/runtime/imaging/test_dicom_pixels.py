@@ -185,8 +185,8 @@ def test_colour_to_gray_by_depth():
     gray = dicom.rgb_to_gray(rgb16)
     assert gray.dtype == np.uint8 and gray[0, 0] == 255 and gray[1, 1] == 100 and gray[0, 1] == 0
     rgb8 = np.zeros((1, 1, 3), np.uint8)
-    rgb8[0, 0] = (255, 0, 0)
-    assert dicom.rgb_to_gray(rgb8)[0, 0] == 76  # the luma weight of red
+    rgb8[0, 0] = (110, 100, 90)  # a faint tint: a colourful frame is refused (test_colour)
+    assert dicom.rgb_to_gray(rgb8)[0, 0] == 102  # the luma weights, not one channel
     floats = np.zeros((2, 2, 3), np.float32)
     floats[0, 0] = 2.0
     assert dicom.rgb_to_gray(floats)[0, 0] == 255
@@ -304,8 +304,7 @@ def test_a_one_row_colour_image_stays_one_row_of_gray(tmp_path):
 
     path = write_dicom(tmp_path / "rgb.dcm", np.zeros((1, 8), np.uint16))
     ds = pydicom.dcmread(path)
-    rgb = np.zeros((1, 8, 3), np.uint8)
-    rgb[..., 0] = 255  # pure red: luma 76
+    rgb = np.full((1, 8, 3), 76, np.uint8)  # gray stored as RGB (a colour image is refused: test_colour)
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = rgb.tobytes()
