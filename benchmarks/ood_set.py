@@ -3,7 +3,8 @@
 Sources (each a name -> list of 2-D uint8 arrays or file paths):
 - dicom: the single-frame images in pydicom's test files (CT, MR of other anatomy, ultrasound, colour
   screenshots, dose maps), when pydicom is installed;
-- photos: scikit-learn's sample photos and matplotlib's sample pictures, whole and as 224 px crops;
+- photos: scikit-learn's sample photos and matplotlib's sample pictures, in gray, whole and as 224 px crops;
+- colour photos: the same pictures whole and in colour (refused by the runtime's colour check);
 - maps: matplotlib's elevation and bathymetry grids rendered as images;
 - synthetic: noise (uniform, Gaussian, salt and pepper), gradients, checkerboards, stripes, rendered text,
   random shapes, smooth blobs;
@@ -29,17 +30,21 @@ def dicom_images() -> list[Path]:
     except ImportError:
         return []
     from tumor_runtime.core.errors import ImageError
+    from tumor_runtime.imaging.colour import REFUSAL
     from tumor_runtime.imaging.dicom import DicomFrame, frames_of, load_frame
 
     found = []
     for path in sorted((Path(pydicom.__file__).parent / "data" / "test_files").glob("*.dcm")):
         try:
-            frames = frames_of(path)
-            if len(frames) == 1:
-                load_frame(DicomFrame(path, None))
-                found.append(path)
-        except (ImageError, OSError, ValueError):
+            if len(frames_of(path)) != 1:
+                continue
+            load_frame(DicomFrame(path, None))
+        except ImageError as exc:  # a file the runtime cannot read is left out; one it refuses as colour is caught
+            if not str(exc).startswith(REFUSAL):
+                continue
+        except (OSError, ValueError):
             continue
+        found.append(path)
     return found
 
 
@@ -53,12 +58,13 @@ def crops(image: np.ndarray, count: int, rng: np.random.Generator) -> list[np.nd
     return out
 
 
-def photos(rng: np.random.Generator) -> list[np.ndarray]:
-    pictures = []
+def pictures() -> list[np.ndarray]:
+    """RGB (H, W, 3): scikit-learn's sample photos and matplotlib's sample pictures (a portrait among them)."""
+    found = []
     try:
         from sklearn.datasets import load_sample_images
 
-        pictures += list(load_sample_images().images)
+        found += list(load_sample_images().images)
     except ImportError:
         pass
     try:
@@ -67,14 +73,24 @@ def photos(rng: np.random.Generator) -> list[np.ndarray]:
         folder = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data"
         for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"):
             if (folder / name).is_file():
-                pictures.append(np.asarray(Image.open(folder / name).convert("RGB")))
+                found.append(np.asarray(Image.open(folder / name).convert("RGB")))
     except ImportError:
         pass
+    return found
+
+
+def photos(rng: np.random.Generator) -> list[np.ndarray]:
+    """The pictures in gray, whole and as four 224 px crops each: what the out-of-distribution score must catch."""
     out = []
-    for picture in pictures:
+    for picture in pictures():
         out.append(np.asarray(Image.fromarray(picture).convert("L")))
         out += [np.asarray(Image.fromarray(c).convert("L")) for c in crops(picture, 4, rng)]
     return out
+
+
+def colour_photos() -> list[np.ndarray]:
+    """The same pictures whole, in colour, as a user would give them (the runtime refuses colour: `colour.py`)."""
+    return pictures()
 
 
 def maps() -> list[np.ndarray]:
@@ -153,6 +169,7 @@ def non_brain_sources(slices: list[np.ndarray], seed: int = 0) -> dict[str, list
     return {
         "dicom (pydicom test files)": dicom_images(),
         "photos": photos(rng),
+        "colour photos": colour_photos(),
         "maps": maps(),
         "synthetic": synthetic(rng),
         "broken slices": broken_slices(slices),

@@ -62,7 +62,8 @@ def recipe(tmp_path_factory):
     args = ["--data", str(data), "--epochs", "2", "--width", "16", "--lr", "0.01"]
     part = CliRunner().invoke(main, args + ["--out", str(root / "cv"), "--cv", "2", "--cv-fold", "2"])
     assert part.exit_code == 0, part.output
-    assert "folds 2 of 2: macro F2" in part.output and "without --cv-fold writes the complete one" in part.output
+    assert "fold 2 of 2: macro F2" in part.output and " ± " not in part.output
+    assert "without --cv-fold writes the complete one" in part.output
     assert not (root / "cv" / "fold-1").exists()
     full = CliRunner().invoke(main, args + ["--out", str(root / "cv"), "--cv", "2"])
     assert full.exit_code == 0, full.output

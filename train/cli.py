@@ -326,17 +326,19 @@ def cross_validate(options: dict, folds: int, overwrite: bool, only_folds: set[i
     )
     report = run_cv(cfg, folds, overwrite, only_folds)
     summary, done = report["summary"], [r["fold"] for r in report["folds"]]
-    f2, acc, sens = (summary[k] for k in ("f2_macro", "accuracy", "tumor_sensitivity"))
-    scope = f"{folds}-fold grouped CV" if report["complete"] else f"folds {', '.join(map(str, done))} of {folds}"
+
+    def figure(key: str) -> str:  # mean ± sample std; one fold has no spread to give
+        stat = summary[key]
+        return f"{stat['mean']:.4f}" + (f" ± {stat['std']:.4f}" if len(done) > 1 else "")
+
+    if report["complete"]:
+        scope, rest = f"{folds}-fold grouped CV", ""
+    else:
+        scope = f"fold{'s' * (len(done) > 1)} {', '.join(map(str, done))} of {folds}"
+        rest = f"; once every fold is trained, the same --cv {folds} command without --cv-fold writes the complete one"
     click.echo(
-        f"{scope}: macro F2 {f2['mean']:.4f} ± {f2['std']:.4f}, accuracy {acc['mean']:.4f} ± "
-        f"{acc['std']:.4f}, tumor sensitivity {sens['mean']:.4f} ± {sens['std']:.4f}. Report: {cfg.out}/cv.json"
-        + (
-            ""
-            if report["complete"]
-            else f"; once every fold is trained, the same --cv {folds} command without "
-            "--cv-fold writes the complete one"
-        )
+        f"{scope}: macro F2 {figure('f2_macro')}, accuracy {figure('accuracy')}, tumor sensitivity "
+        f"{figure('tumor_sensitivity')}. Report: {cfg.out}/cv.json{rest}"
     )
 
 

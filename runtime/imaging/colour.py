@@ -15,6 +15,7 @@ import numpy as np
 from tumor_runtime.core.errors import ImageError
 
 COLOUR_LIMIT = 24.0  # 1.5 times the most colourful training slice; photos start at about 33
+REFUSAL = "a colour image"  # how the error row starts
 SAMPLE_SIDE = 32  # colourfulness is measured on about this many rows and columns of the frame (cheap)
 
 
@@ -36,6 +37,6 @@ def refuse_colour(rgb: np.ndarray) -> None:
     value = colourfulness(rgb)
     if value > COLOUR_LIMIT:
         raise ImageError(
-            f"a colour image (colourfulness {value:.0f}; MRI slices stay under {COLOUR_LIMIT:.0f}): not an MRI "
+            f"{REFUSAL} (colourfulness {value:.0f}; MRI slices stay under {COLOUR_LIMIT:.0f}): not an MRI "
             "slice. If it is one, save it in grayscale to classify it"
         )

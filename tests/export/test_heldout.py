@@ -138,3 +138,22 @@ def test_cv_fold_needs_cv_and_a_fold_it_has():
     assert alone.exit_code == 2 and "--cv-fold picks folds of a --cv K run: give --cv K too" in alone.output
     beyond = CliRunner().invoke(main, ["--cv", "3", "--cv-fold", "4"])
     assert beyond.exit_code == 2 and "--cv-fold 4: --cv 3 has folds 1 to 3" in beyond.output
+
+
+def test_the_reliability_figure_draws_the_same_temperature_as_the_export(recipe, tmp_path, capsys):
+    """tools/reliability_figure.py (artifacts/calibration.png) fits the temperature the export stores."""
+    import importlib.util
+
+    from tests.helpers.datasets import REPO
+
+    spec = importlib.util.spec_from_file_location("reliability_figure", REPO / "tools" / "reliability_figure.py")
+    figure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figure)
+    figure.main(str(recipe / "cv"), str(recipe / "final" / "model.pth"), str(tmp_path / "c.png"))
+    probabilities, labels = out_of_fold(recipe / "cv")
+    printed = float(capsys.readouterr().out.split("temperature ")[1].split()[0])
+    assert printed == pytest.approx(scoring.fit_temperature(probabilities, labels), rel=1e-3)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    confidence, accuracy, share = figure.reliability(probabilities, labels)
+    assert share.sum() == pytest.approx(1.0) and np.all((0 <= accuracy) & (accuracy <= 1))
+    assert np.all(np.diff(confidence) > 0)  # one point per bin, in order
