@@ -44,9 +44,17 @@ def server_port():
         stderr=subprocess.DEVNULL,
     )
     wait_until_healthy(port)
-    yield port
+    yield port, server.pid
     server.terminate()
     server.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc), in seconds."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def post_all(port: int, bodies: list[bytes], concurrency: int) -> list[tuple[float, int, bytes]]:
@@ -77,10 +85,13 @@ def test_http_requests_per_second(benchmark, request, bench_set, server_port, co
     bodies = [f.read_bytes() for f in files]
     results = {}
 
+    port, pid = server_port
+
     def run():
-        tic = time.perf_counter()
-        results["rows"] = post_all(server_port, bodies, concurrency)
+        tic, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(pid), time.process_time()
+        results["rows"] = post_all(port, bodies, concurrency)
         results["seconds"] = time.perf_counter() - tic
+        results["server_cpu"], results["client_cpu"] = cpu_seconds(pid) - server_cpu, time.process_time() - client_cpu
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     latencies = np.array([r[0] for r in results["rows"]])
@@ -94,6 +105,9 @@ def test_http_requests_per_second(benchmark, request, bench_set, server_port, co
             "requests_per_second": count / results["seconds"],
             "p50_ms": float(np.percentile(latencies, 50) * 1e3),
             "p99_ms": float(np.percentile(latencies, 99) * 1e3),
+            # core time per request, server and client: with the cores, the most requests/s this machine allows
+            "server_cpu_ms": results["server_cpu"] / count * 1e3,
+            "client_cpu_ms": results["client_cpu"] / count * 1e3,
             "machine": machine_info(),
         }
     )

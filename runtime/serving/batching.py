@@ -33,6 +33,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue | None = None
         self.decoding = 0  # requests between "received" and "queued": worth waiting for
+        self.changed = asyncio.Event()  # set when a request is queued or stops decoding (bound at first use)
         self.worker: asyncio.Task | None = None
         self.calls: deque[int] = deque(maxlen=CALLS_KEPT)  # the last batch sizes (tests, benchmark): bounded
 
@@ -47,21 +48,29 @@ class Batcher:
             decoded = await loop.run_in_executor(self.pool, lambda: [self.classifier.decode(x) for x in items])
         finally:
             self.decoding -= 1
+            self.changed.set()  # a batch that waits for this request stops waiting
         job = Job(items, decoded, heatmaps, loop.create_future())
         await self.queue.put(job)
+        self.changed.set()
         return await job.done
 
     async def gather(self) -> list[Job]:
         """The next batch: everything queued (up to max_batch slices), waiting briefly only for requests
         that are decoding right now. Heat-map jobs run apart (they fetch another output)."""
         assert self.queue is not None  # made by the first submit
+        loop = asyncio.get_running_loop()
         jobs = [await self.queue.get()]
-        deadline = asyncio.get_running_loop().time() + self.max_wait
+        deadline = loop.time() + self.max_wait
         while sum(len(j.items) for j in jobs) < self.max_batch:
             if not self.queue.empty():
                 job = self.queue.get_nowait()
-            elif self.decoding and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.0002)
+            elif self.decoding and loop.time() < deadline:
+                # Sleep until a request is queued or stops decoding (not a poll: its wake-ups held the GIL).
+                self.changed.clear()
+                try:
+                    await asyncio.wait_for(self.changed.wait(), deadline - loop.time())
+                except TimeoutError:
+                    pass
                 continue
             else:
                 break

@@ -73,13 +73,20 @@ def test_gather_waits_for_decoding_requests_only_until_the_deadline():
         batcher.queue.put_nowait(job(["a"]))
         batcher.decoding = decoding
         loop = asyncio.get_running_loop()
-        loop.call_later(0.2, batcher.queue.put_nowait, job(["late"]))
+
+        def queue_late():  # as classify does: the request stops decoding, is queued, and wakes the waiting batch
+            batcher.decoding -= 1
+            batcher.queue.put_nowait(job(["late"]))
+            batcher.changed.set()
+
+        loop.call_later(0.2, queue_late)
         start = loop.time()
         jobs = await batcher.gather()
         return [j.items for j in jobs], loop.time() - start
 
     items, waited = asyncio.run(scenario(decoding=1, max_wait_ms=5000))
     assert items == [["a"], ["late"]] and waited >= 0.19  # a request was decoding: it was waited for
+    assert waited < 2.0  # and the batch woke when it was queued, not at the 5 s deadline
     items, waited = asyncio.run(scenario(decoding=1, max_wait_ms=10))
     assert items == [["a"]] and waited >= 0.009  # waited until the deadline, not for "late"
     assert asyncio.run(scenario(decoding=0, max_wait_ms=5000))[0] == [["a"]]  # nothing decoding: no wait
