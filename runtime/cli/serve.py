@@ -13,6 +13,7 @@ from tumor_runtime.core.options import MAX_UPLOAD_MB, UPLOAD_MB_RANGE
 from tumor_runtime.model.backends import BACKENDS
 
 GRACEFUL_SHUTDOWN_S = 10  # on SIGTERM/Ctrl-C: stop accepting, give in-flight requests this long, then exit
+MAX_AUTO_WORKERS = 8  # --workers 0: one process per core, but no more (each holds a model session and ~100 MB)
 
 
 def is_loopback(host: str) -> bool:
@@ -68,8 +69,9 @@ def check_token(token: str) -> None:
     "--workers",
     default=1,
     show_default=True,
-    type=click.IntRange(1, 64),
-    help="Server processes, each with its own model session.",
+    type=click.IntRange(0, 64),
+    help="Server processes, each with its own model session; 0 = one per available core (up to 8), each with one "
+    "inference thread unless --threads says otherwise: more requests/s under load (one process leaves cores idle).",
 )
 @click.option(
     "--token",
@@ -135,6 +137,7 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
         click.echo(f"warning: {caveat}", err=True)
     import uvicorn
 
+    workers, threads = worker_layout(workers, threads)
     os.environ.update(
         {
             "TUMOR_SERVE_MODEL": model or "",
@@ -160,6 +163,17 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
         log_level="warning",
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
+
+
+def worker_layout(workers: int, threads: int) -> tuple[int, int]:
+    """(processes, inference threads each) for --workers and --threads; 0 workers: one per available core, up to
+    MAX_AUTO_WORKERS. Threads left at 0 are the cores shared out, so that the processes do not oversubscribe them.
+    One process runs its requests' Python code under one GIL and kept 2 cores 70 % busy (docs/serving.md)."""
+    from tumor_runtime.core.system import available_cores
+
+    cores = available_cores()
+    workers = workers or max(1, min(cores, MAX_AUTO_WORKERS))
+    return workers, threads or (0 if workers == 1 else max(1, cores // workers))
 
 
 if __name__ == "__main__":

@@ -809,3 +809,18 @@ def test_the_work_for_a_client_that_left_stops_between_frames(tmp_path):
     watched = threading.Event()
     asyncio.run(asyncio.wait_for(server.until_gone(Leaving(), watched), 5))
     assert watched.is_set()
+
+
+@pytest.mark.parametrize("cores", [1, 2, 3, 16])
+def test_workers_0_serves_with_one_process_per_core_and_shares_out_the_threads(monkeypatch, cores):
+    """--workers 0: one process per available core, at most 8, each with one inference thread (or the cores shared
+    out); given values are kept, and one worker (the default) leaves its threads to the classifier (0)."""
+    from tumor_runtime.cli import serve
+    from tumor_runtime.core import system
+
+    monkeypatch.setattr(system, "available_cores", lambda: cores)
+    workers, threads = serve.worker_layout(0, 0)
+    assert workers == min(cores, serve.MAX_AUTO_WORKERS) and threads == (0 if workers == 1 else cores // workers)
+    assert workers * max(threads, 1) <= max(cores, 1)  # never more threads than cores
+    assert serve.worker_layout(3, 0) == (3, max(1, cores // 3))
+    assert serve.worker_layout(1, 0) == (1, 0) and serve.worker_layout(0, 5)[1] == 5
