@@ -144,6 +144,7 @@ def main(model, host, port, workers, token, max_upload_mb, threads, tumor_thresh
             "TUMOR_SERVE_TOKEN": token or "",
             "TUMOR_SERVE_MAX_UPLOAD_MB": str(max_upload_mb),
             "TUMOR_SERVE_THREADS": str(threads),
+            "TUMOR_SERVE_WORKERS": str(workers),
             "TUMOR_SERVE_BACKEND": backend,
             "TUMOR_SERVE_ACCESS_LOG": "1" if access_log else "0",
             "TUMOR_SERVE_TUMOR_THRESHOLD": "" if tumor_threshold is None else repr(tumor_threshold),

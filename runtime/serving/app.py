@@ -194,9 +194,12 @@ def create_app(
     threads: int | None = None,
     tumor_threshold: float | None = None,
     backend: str = "onnxruntime",
+    load_at_startup: bool = False,
 ) -> Starlette:
     """The ASGI app. The model loads in a background thread when the server starts (503 until then),
-    or at once with `load_now`."""
+    or at once with `load_now`. With `load_at_startup` (one of several worker processes) the server's startup
+    waits for it: the process accepts no connection before it can answer, so a client is never sent to a
+    worker that is still loading while another is ready (their shared socket queues it meanwhile)."""
     service = Service(model, token, max_upload_mb, threads, tumor_threshold, backend)
 
     async def not_found(request: Request, exc: HTTPException) -> JSONResponse:
@@ -207,7 +210,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         if service.classifier is None and service.load_error is None:
-            threading.Thread(target=service.load, daemon=True).start()
+            if load_at_startup:
+                await asyncio.get_running_loop().run_in_executor(None, service.load)
+            else:
+                threading.Thread(target=service.load, daemon=True).start()
         yield
         service.pool.shutdown(wait=False)
 
@@ -237,4 +243,5 @@ def app_from_environment() -> Starlette:
         threads=int(env("TUMOR_SERVE_THREADS") or 0) or None,
         tumor_threshold=float(threshold) if (threshold := env("TUMOR_SERVE_TUMOR_THRESHOLD")) else None,
         backend=env("TUMOR_SERVE_BACKEND") or "onnxruntime",
+        load_at_startup=int(env("TUMOR_SERVE_WORKERS") or 1) > 1,
     )

@@ -824,3 +824,31 @@ def test_workers_0_serves_with_one_process_per_core_and_shares_out_the_threads(m
     assert workers * max(threads, 1) <= max(cores, 1)  # never more threads than cores
     assert serve.worker_layout(3, 0) == (3, max(1, cores // 3))
     assert serve.worker_layout(1, 0) == (1, 0) and serve.worker_layout(0, 5)[1] == 5
+
+
+def test_one_of_several_workers_loads_its_model_before_it_accepts_a_request(monkeypatch):
+    """With --workers N > 1 each process loads its model in the server's startup, so that none answers 503
+    while another is ready (a request right after start got 503 from a worker still loading, 2 runs in 5);
+    one worker keeps loading in the background and answering 503 meanwhile."""
+    monkeypatch.setenv("TUMOR_SERVE_WORKERS", "2")
+    monkeypatch.setenv("TUMOR_SERVE_ACCESS_LOG", "0")
+    app = server.app_from_environment()
+    with TestClient(app) as c:  # entering runs the startup
+        assert app.state.service.classifier is not None
+        assert c.get("/models/tumor").status_code == 200
+    monkeypatch.setenv("TUMOR_SERVE_WORKERS", "1")
+    started = threading.Event()
+    from tumor_runtime.serving.service import Service
+
+    real_load = Service.load
+
+    def slow_load(self):
+        started.wait(5)
+        real_load(self)
+
+    monkeypatch.setattr(Service, "load", slow_load)
+    app = server.app_from_environment()
+    with TestClient(app) as c:
+        assert app.state.service.classifier is None  # the startup did not wait for it
+        assert c.get("/models/tumor").status_code == 503
+        started.set()
