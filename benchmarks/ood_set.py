@@ -88,11 +88,6 @@ def photos(rng: np.random.Generator) -> list[np.ndarray]:
     return out
 
 
-def colour_photos() -> list[np.ndarray]:
-    """The same pictures whole, in colour, as a user would give them (the runtime refuses colour: `colour.py`)."""
-    return pictures()
-
-
 def maps() -> list[np.ndarray]:
     try:
         import matplotlib
@@ -169,7 +164,7 @@ def non_brain_sources(slices: list[np.ndarray], seed: int = 0) -> dict[str, list
     return {
         "dicom (pydicom test files)": dicom_images(),
         "photos": photos(rng),
-        "colour photos": colour_photos(),
+        "colour photos": pictures(),  # whole, in colour, as a user would give them (the runtime refuses colour)
         "maps": maps(),
         "synthetic": synthetic(rng),
         "broken slices": broken_slices(slices),

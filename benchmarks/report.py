@@ -158,8 +158,7 @@ def large_folder_lines(rows: dict) -> list[str]:
     """tumor-infer over a large folder, decoding in threads and in worker processes, shipped against baseline."""
 
     def rate(variant: str, decode: str) -> float | None:
-        stats, extra = rows.get(variant, {}).get(f"end_to_end_large_{decode}", (None, None))
-        return extra["images"] / stats["median"] if stats else None
+        return rate_of(rows, variant, f"end_to_end_large_{decode}")
 
     if rate("onnx-int8", "threads") is None:
         return []
@@ -230,16 +229,20 @@ def main(path: str) -> None:
                 )
         out.append("")
     if "end_to_end_heatmaps" in process and "end_to_end" in process:
-        with_maps = process["end_to_end_heatmaps"][1]["images"] / process["end_to_end_heatmaps"][0]["median"]
-        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        with_maps, plain = (
+            rate_of(table["compact"], "onnx-int8", "end_to_end_heatmaps"),
+            rate_of(table["compact"], "onnx-int8", "end_to_end"),
+        )
         out += [
             f"- heat-maps on: {with_maps:,.0f} img/s end to end against {plain:,.0f} img/s off "
             f"({plain / with_maps:.2f}x the time per image)",
             "",
         ]
     if "end_to_end_ray" in process and "end_to_end" in process:
-        on_ray = process["end_to_end_ray"][1]["images"] / process["end_to_end_ray"][0]["median"]
-        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        on_ray, plain = (
+            rate_of(table["compact"], "onnx-int8", "end_to_end_ray"),
+            rate_of(table["compact"], "onnx-int8", "end_to_end"),
+        )
         out += [
             f"- `tumor-infer --ray auto` on this machine (one actor, {process['end_to_end_ray'][1]['images']:,} "
             f"images, actor start-up included): {on_ray:,.0f} img/s against {plain:,.0f} img/s for the plain run "
@@ -251,7 +254,7 @@ def main(path: str) -> None:
         key=lambda e: (e.get("workers", "1") != "1", e["concurrency"]),
     )
     if http and "end_to_end" in process:
-        plain = process["end_to_end"][1]["images"] / process["end_to_end"][0]["median"]
+        plain = rate_of(table["compact"], "onnx-int8", "end_to_end")
         out += [
             "### tumor-serve (HTTP, single-image POSTs from a local client)",
             "",

@@ -23,10 +23,11 @@ import numpy as np
 
 from tumor_export import gate, ood_fit
 from tumor_export.calibration import load_slices
+from tumor_export.inputs import evaluation_set
 from tumor_export.onnx_export import export_fp32
 from tumor_export.ood_fit import TRAINED_SHARE
+from tumor_export.options import ExportOptions
 from tumor_runtime.core.contract import CV_REPORT, MODEL_FILE
-from tumor_runtime.imaging.listing import class_of
 from tumor_runtime.imaging.transform import normalize
 from tumor_runtime.model.ood import MEASUREMENTS, fit_ood
 from tumor_train.data import DataError
@@ -66,13 +67,16 @@ def transform(ckpt: dict) -> dict:
     return {key: value for key, value in ckpt["preprocess"].items() if key not in ("mean", "std")}
 
 
-def validation_split(fold: dict, k: int, folder: Path) -> tuple[list[Path], np.ndarray]:
-    """The files and labels of fold k's validation images, as its checkpoint recorded them."""
-    root, names, classes = Path(fold["data"]["root"]), fold["data"]["val_files"], fold["classes"]
-    files = [root / name for name in names]
-    if not all(f.is_file() for f in files):
-        raise DataError(f"--cv {folder}: the validation images of fold {k} are not under {root} on this machine")
-    return files, np.array([classes.index(class_of(name, classes)) for name in names])
+def validation_split(path: Path, fold: dict, k: int, folder: Path) -> tuple[list[Path], np.ndarray]:
+    """The files and labels of fold k's validation images, as its checkpoint at `path` recorded them."""
+    try:
+        labelled = evaluation_set(ExportOptions(checkpoint=path), fold, required=True)
+    except DataError:  # its message is about --int8 and --eval, which a fold has nothing to do with
+        raise DataError(
+            f"--cv {folder}: the validation images of fold {k} are not under {fold['data'].get('root')} on this machine"
+        ) from None
+    assert labelled is not None  # required=True raises instead
+    return labelled
 
 
 def measure(folder: Path, ckpt: dict, scratch: Path, seed: int, log) -> HeldOut:
@@ -83,7 +87,7 @@ def measure(folder: Path, ckpt: dict, scratch: Path, seed: int, log) -> HeldOut:
         model, fold = load_model(path)
         if (fold["classes"], fold["arch"], transform(fold)) != (ckpt["classes"], ckpt["arch"], transform(ckpt)):
             raise DataError(f"--cv {folder}: fold {k} has other classes, architecture or preprocessing than the model")
-        files, fold_labels = validation_split(fold, k, folder)
+        files, fold_labels = validation_split(path, fold, k, folder)
         log(f"Held-out check: fold {k} of {folder} on its {len(files)} validation images ...")
         pre, onnx_path = fold["preprocess"], scratch / f"fold-{k}.onnx"
         export_fp32(model, pre["size"], onnx_path)

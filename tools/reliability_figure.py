@@ -23,18 +23,6 @@ from tumor_train.plots import plt
 REPO = Path(__file__).resolve().parents[1]
 
 
-def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = scoring.ECE_BINS):
-    """Per non-empty confidence bin: (mean confidence, accuracy, share of rows)."""
-    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    kept = [b for b in range(bins) if np.any(which == b)]
-    return (
-        np.array([confidence[which == b].mean() for b in kept]),
-        np.array([correct[which == b].mean() for b in kept]),
-        np.array([np.mean(which == b) for b in kept]),
-    )
-
-
 def main(cv_dir: str, checkpoint: str = str(REPO / "artifacts" / "model.pth"), out: str = "") -> None:
     out = out or str(REPO / "artifacts" / "calibration.png")
     _, ckpt = load_model(checkpoint)
@@ -45,7 +33,7 @@ def main(cv_dir: str, checkpoint: str = str(REPO / "artifacts" / "model.pth"), o
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfectly calibrated")
     for name, t, colour in (("before", 1.0, "tab:red"), (f"after T = {temperature:.3f}", temperature, "tab:blue")):
         p = scoring.calibrated(held.probabilities, t).astype(np.float64)
-        confidence, accuracy, share = reliability(p, held.labels)
+        confidence, accuracy, share = scoring.reliability_bins(p, held.labels)
         ece = scoring.expected_calibration_error(p, held.labels)
         ax.plot(confidence, accuracy, marker="o", color=colour, label=f"{name}: ECE {ece:.4f}")
         ax.scatter(confidence, accuracy, s=2000 * share, color=colour, alpha=0.2)  # area: the bin's share

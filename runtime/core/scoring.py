@@ -185,17 +185,25 @@ def calibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (q / q.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """|confidence - accuracy| averaged over `bins` equal-width confidence bins, weighted by their share of rows."""
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty one of `bins` equal-width confidence bins: (mean confidence, accuracy, share of rows)."""
     p = np.asarray(probabilities, np.float64)
     confidence, correct = p.max(axis=1), (p.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gaps = [
-        abs(confidence[which == b].mean() - correct[which == b].mean()) * np.mean(which == b)
-        for b in range(bins)
-        if np.any(which == b)
-    ]
-    return float(np.sum(gaps))
+    kept = [b for b in range(bins) if np.any(which == b)]
+    return (
+        np.array([confidence[which == b].mean() for b in kept]),
+        np.array([correct[which == b].mean() for b in kept]),
+        np.array([np.mean(which == b) for b in kept]),
+    )
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """|confidence - accuracy| averaged over `bins` equal-width confidence bins, weighted by their share of rows."""
+    confidence, accuracy, share = reliability_bins(probabilities, labels, bins)
+    return float(np.sum(np.abs(confidence - accuracy) * share))
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:

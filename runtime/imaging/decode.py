@@ -102,7 +102,7 @@ def to_gray(img: Image.Image) -> Image.Image:
         return img
     if img.mode in DEEP_MODES:
         return Image.fromarray(rescale_to_8bit(np.asarray(img)))
-    if img.mode in ("LA", "PA") or (img.mode == "P" and "transparency" in img.info) or img.mode == "RGBA":
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return gray_of_rgb(Image.alpha_composite(black, rgba).convert("RGB"))

@@ -154,6 +154,6 @@ def test_the_reliability_figure_draws_the_same_temperature_as_the_export(recipe,
     printed = float(capsys.readouterr().out.split("temperature ")[1].split()[0])
     assert printed == pytest.approx(scoring.fit_temperature(probabilities, labels), rel=1e-3)
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    confidence, accuracy, share = figure.reliability(probabilities, labels)
+    confidence, accuracy, share = scoring.reliability_bins(probabilities, labels)
     assert share.sum() == pytest.approx(1.0) and np.all((0 <= accuracy) & (accuracy <= 1))
     assert np.all(np.diff(confidence) > 0)  # one point per bin, in order
