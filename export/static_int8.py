@@ -82,11 +82,16 @@ def describe_nodes(path: Path) -> dict[str, str]:
     return labels
 
 
+# Layout nodes ahead of the first convolution (the space-to-depth stem): in int8 the image would be quantized
+# before them and again after them, two roundings where the stem had one.
+FLOAT_LAYOUT = ("Pad", "SpaceToDepth")
+
+
 def float_only_nodes(path: Path) -> list[str]:
-    """Softmax, and the node that makes the `cam` output: a heat-map has signed values that u8
-    activations would clip, and its 1x1 convolution costs next to nothing in float."""
+    """Softmax, the node that makes the `cam` output (a heat-map has signed values that u8 activations would
+    clip, and its 1x1 convolution costs next to nothing in float) and the stem's FLOAT_LAYOUT nodes."""
     graph = onnx.load(str(path)).graph
-    return [n.name for n in graph.node if n.op_type == "Softmax" or CAM_OUTPUT in n.output]
+    return [n.name for n in graph.node if n.op_type == "Softmax" or CAM_OUTPUT in n.output or n.op_type in FLOAT_LAYOUT]
 
 
 def quantize_int8(
