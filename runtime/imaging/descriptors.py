@@ -22,40 +22,46 @@ def image_descriptors(grays: np.ndarray) -> np.ndarray:
     return descriptors_of_thumbnails(np.stack([thumbnail(g) for g in grays]))
 
 
+def _border_frame(side: int, width: int = 4) -> np.ndarray:
+    """float32 (side * side,): 1 on the `width`-pixel frame of a thumbnail, 0 inside; a dot product counts it."""
+    frame = np.ones((side, side), np.float32)
+    frame[width:-width, width:-width] = 0
+    return frame.ravel()
+
+
+BORDER_FRAME = _border_frame(DESCRIPTOR_SIDE)  # 16 x 64 - 64 pixels
+
+
 def descriptors_of_thumbnails(small: np.ndarray) -> np.ndarray:
     """uint8 thumbnails (N, 64, 64) -> float32 (N, 23): sqrt of a 16-bin histogram, left-right symmetry, mean
     gradient, edge share, centre-to-mean brightness, dark border share, contrast, saturated share. Computed
-    for the whole batch at once: per image, numpy's call overhead would cost a quarter of the run."""
+    for the whole batch at once, in as few numpy calls as it takes: per call, numpy costs microseconds
+    whatever the size, which at a server's batch of one was half the score's time."""
     side = DESCRIPTOR_SIDE
-    n = len(small)
-    flat = small.reshape(n, -1)
+    n, pixels = len(small), side * side
+    flat = small.reshape(n, pixels)
     bins = (flat >> 4).astype(np.int64) + 16 * np.arange(n)[:, None]
-    histogram = np.bincount(bins.ravel(), minlength=16 * n).reshape(n, 16) / flat.shape[1]
+    histogram = np.bincount(bins.ravel(), minlength=16 * n).reshape(n, 16) / pixels
     g = small.astype(np.float32)
-    mean = g.mean(axis=(1, 2))
+    mean = g.sum(axis=(1, 2)) / pixels
     centred = g - mean[:, None, None]
-    variance = (centred**2).mean(axis=(1, 2))
-    mirrored = (centred * centred[:, :, ::-1]).mean(axis=(1, 2))
+    variance = np.einsum("nij,nij->n", centred, centred) / pixels
+    mirrored = np.einsum("nij,nij->n", centred, centred[:, :, ::-1]) / pixels
     symmetry = np.where(variance > 0, mirrored / np.maximum(variance, 1e-12), 1.0)  # a mirror keeps the variance
-    edges = np.abs(g[:, 1:, 1:] - g[:, :-1, 1:]) + np.abs(g[:, 1:, 1:] - g[:, 1:, :-1])  # L1 gradient magnitude
+    corner = g[:, 1:, 1:]
+    edges = np.abs(corner - g[:, :-1, 1:]) + np.abs(corner - g[:, 1:, :-1])  # L1 gradient magnitude
     q = side // 4
-    centre = g[:, q:-q, q:-q].mean(axis=(1, 2)) / (mean + 1e-3)
-    dark = small <= 10
-    border = (
-        dark[:, :4].sum((1, 2))
-        + dark[:, -4:].sum((1, 2))
-        + dark[:, 4:-4, :4].sum((1, 2))
-        + dark[:, 4:-4, -4:].sum((1, 2))
-    ) / (16 * side - 64)
+    centre = g[:, q:-q, q:-q].sum(axis=(1, 2)) / ((side - 2 * q) ** 2 * (mean + 1e-3))
+    border = ((flat <= 10).astype(np.float32) @ BORDER_FRAME) / BORDER_FRAME.sum()  # dark share of the frame
     stats = np.stack(
         [
             symmetry,
-            edges.mean(axis=(1, 2)) / 50,
-            (edges > 40).mean(axis=(1, 2)),
+            edges.sum(axis=(1, 2)) / (edges[0].size * 50),
+            (edges > 40).sum(axis=(1, 2)) / edges[0].size,
             centre,
             border,
             np.sqrt(variance) / 64,
-            (small >= 250).mean(axis=(1, 2)),
+            (flat >= 250).sum(axis=1) / pixels,
         ],
         axis=1,
     )

@@ -4,8 +4,10 @@ Each request's uploads are decoded in the thread pool (from memory), then queued
 task takes everything queued, up to `max_batch` slices, waits at most `max_wait_ms` for more
 only while the batch is not full and other requests are still decoding, and runs the model on
 the whole batch off the event loop. A lone request is never held back: with nothing else in
-flight it runs at once. Results go back to each request in its own order, as tumor-infer gives
-them (the same `Classifier.classify`).
+flight (decoding, queued or in a model call) it is decoded and classified in one call to the pool,
+without the queue (one thread hop instead of two: 0.07-0.1 ms of its 1.6 ms on 2 EPYC cores).
+Results go back to each request in its own order, as tumor-infer gives them (the same
+`Classifier.classify`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue | None = None
         self.decoding = 0  # requests between "received" and "queued": worth waiting for
+        self.running = 0  # model calls under way (a batch, or a lone request)
         self.changed = asyncio.Event()  # set when a request is queued or stops decoding (bound at first use)
         self.worker: asyncio.Task | None = None
         self.calls: deque[int] = deque(maxlen=CALLS_KEPT)  # the last batch sizes (tests, benchmark): bounded
@@ -43,6 +46,8 @@ class Batcher:
         if self.queue is None:
             self.queue = asyncio.Queue()
             self.worker = loop.create_task(self.run())
+        if not (self.decoding or self.running or self.queue.qsize()):
+            return await self.alone(items, heatmaps)
         self.decoding += 1
         try:
             decoded = await loop.run_in_executor(self.pool, lambda: [self.classifier.decode(x) for x in items])
@@ -53,6 +58,20 @@ class Batcher:
         await self.queue.put(job)
         self.changed.set()
         return await job.done
+
+    async def alone(self, items: list, heatmaps: bool) -> list[dict]:
+        """A request with nothing else in flight: decoded and classified in one pool call, as one batch."""
+
+        def decode_and_classify() -> list[dict]:
+            decoded = [self.classifier.decode(x) for x in items]
+            return list(self.classifier.classify(list(enumerate(items)), decoded, heatmaps))
+
+        self.running += 1
+        self.calls.append(len(items))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, decode_and_classify)
+        finally:
+            self.running -= 1
 
     async def gather(self) -> list[Job]:
         """The next batch: everything queued (up to max_batch slices), waiting briefly only for requests
@@ -87,6 +106,7 @@ class Batcher:
             chunk = [(i, item) for i, item in enumerate(x for j in jobs for x in j.items)]
             decoded = [d for j in jobs for d in j.decoded]
             self.calls.append(len(chunk))
+            self.running += 1
             try:
                 records = await loop.run_in_executor(
                     self.pool, lambda: list(self.classifier.classify(chunk, decoded, jobs[0].heatmaps))
@@ -95,6 +115,8 @@ class Batcher:
                 for job in jobs:
                     job.done.set_exception(exc)
                 continue
+            finally:
+                self.running -= 1
             start = 0
             for job in jobs:
                 job.done.set_result(records[start : start + len(job.items)])

@@ -94,18 +94,24 @@ def test_gather_waits_for_decoding_requests_only_until_the_deadline():
 
 def test_requests_get_their_own_rows_and_share_one_call():
     async def scenario():
-        clf = FakeClassifier()
-        batcher = Batcher(clf, ThreadPoolExecutor(2))
+        gate = threading.Event()
+        clf = FakeClassifier(decode_gate=gate)
+        batcher = Batcher(clf, ThreadPoolExecutor(3))
         batcher.queue = asyncio.Queue()
+        first = asyncio.ensure_future(batcher.classify(["slow"]))  # alone: in flight while the others arrive
+        await asyncio.sleep(0.05)
         tasks = [asyncio.ensure_future(batcher.classify(items)) for items in (["a", "b"], ["c"], ["d", "e", "f"])]
         await asyncio.sleep(0.3)  # all decoded and queued before the worker starts
+        gate.set()
+        await first
         batcher.worker = asyncio.ensure_future(batcher.run())
         rows = await asyncio.gather(*tasks)
         batcher.worker.cancel()
         return clf, batcher, rows
 
     clf, batcher, rows = asyncio.run(scenario())
-    assert list(batcher.calls) == [6] and clf.batches == [(["a", "b", "c", "d", "e", "f"], False)]
+    assert list(batcher.calls) == [1, 6]
+    assert clf.batches == [(["slow"], False), (["a", "b", "c", "d", "e", "f"], False)]
     assert [[r["path"] for r in request] for request in rows] == [["a", "b"], ["c"], ["d", "e", "f"]]
     assert [r["index"] for request in rows for r in request] == list(range(6))
     assert rows[1][0]["decoded"] == ("decoded", "c")
@@ -142,6 +148,7 @@ def test_decoding_counts_requests_until_they_are_queued_even_when_decoding_fails
     async def scenario():
         gate = threading.Event()
         batcher = Batcher(FakeClassifier(decode_gate=gate), ThreadPoolExecutor(2))
+        batcher.running = 1  # a model call under way: requests take the queue, not the lone path
         slow = asyncio.ensure_future(batcher.classify(["slow"]))
         await asyncio.sleep(0.05)
         during = batcher.decoding
@@ -153,6 +160,31 @@ def test_decoding_counts_requests_until_they_are_queued_even_when_decoding_fails
         return during, batcher.decoding
 
     assert asyncio.run(scenario()) == (1, 0)
+
+
+def test_a_lone_request_is_decoded_and_classified_in_one_pool_call_without_the_queue():
+    class CountingPool(ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args, **kwargs):
+            CountingPool.submitted += 1
+            return super().submit(*args, **kwargs)
+
+    async def scenario():
+        clf = FakeClassifier()
+        batcher = Batcher(clf, CountingPool(1), max_wait_ms=5000)
+        rows = await batcher.classify(["x", "y"])
+        alone = (CountingPool.submitted, batcher.queue.qsize(), batcher.running, batcher.decoding)
+        batcher.classifier.decode = lambda item: 1 / 0
+        with pytest.raises(ZeroDivisionError):  # a failure in the lone call reaches its request
+            await batcher.classify(["z"])
+        batcher.worker.cancel()
+        return clf, batcher, rows, alone
+
+    clf, batcher, rows, alone = asyncio.run(scenario())
+    assert [r["path"] for r in rows] == ["x", "y"] and [r["index"] for r in rows] == [0, 1]
+    assert alone == (1, 0, 0, 0) and clf.batches == [(["x", "y"], False)]
+    assert batcher.running == 0 and list(batcher.calls) == [2, 1]
 
 
 def test_the_record_of_batch_sizes_is_bounded():
