@@ -144,6 +144,40 @@ def goal_lines(rows: dict, http: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def stage_lines(rows: dict) -> list[str]:
+    """Where an image's time goes (`benchmarks/stages.py`), shipped against baseline, with the physical limit
+    (cores ÷ one image's core time) and the end-to-end rate measured beside it."""
+    costs = {v: rows[v]["stages"][1] for v in ("onnx-int8", "baseline-int8") if "stages" in rows.get(v, {})}
+    if len(costs) < 2:
+        return []
+    new, old = costs["onnx-int8"], costs["baseline-int8"]
+    cores = new["cores"]
+    lines = [
+        f"### Where an image's time goes (one thread, µs per image, {new['images']:,} images)",
+        "",
+        "| stage | shipped (onnx-int8) | baseline-int8 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {stage} | {new['stages'][stage]:,.0f} | {old['stages'][stage]:,.0f} |" for stage in new["stages"]]
+    totals = [sum(c["stages"].values()) for c in (new, old)]
+    limits = [cores / t * 1e6 for t in totals]
+    lines.append(f"| **one image's core time** | **{totals[0]:,.0f}** | **{totals[1]:,.0f}** |")
+    lines.append(f"| physical limit: {cores} cores ÷ core time, img/s | {limits[0]:,.0f} | {limits[1]:,.0f} |")
+    measured = [rate_of(rows, v, "end_to_end") for v in ("onnx-int8", "baseline-int8")]
+    if all(measured):
+        lines.append(
+            f"| tumor-infer end to end, img/s (share of the limit) | {measured[0]:,.0f} "
+            f"({measured[0] / limits[0]:.0%}) | {measured[1]:,.0f} ({measured[1] / limits[1]:.0%}) |"
+        )
+    lines += [
+        "",
+        f"At the limit the shipped model is {limits[0] / limits[1]:.2f}x the baseline: the most any threading or "
+        "batching could give on this CPU without a cheaper stage.",
+        "",
+    ]
+    return lines
+
+
 def core_times(e: dict) -> str:
     return f"{e['server_cpu_ms']:.2f} / {e['client_cpu_ms']:.2f}" if "server_cpu_ms" in e else "–"
 
@@ -277,6 +311,7 @@ def main(path: str) -> None:
             "",
         ]
     out += large_folder_lines(table["compact"])
+    out += stage_lines(table["compact"])
     out += goal_lines(table["compact"], http)
     out += ["### Ratios that matter", ""]
     for model, v in values.items():

@@ -155,6 +155,19 @@ def test_end_to_end_folder(benchmark, variant, bench_set):
     assert len(records) == len(files) and all(r["error"] is None for r in records)
 
 
+@pytest.mark.parametrize("model, name", [pytest.param("compact", v, id=v) for v in ("onnx-int8", "baseline-int8")])
+def test_stage_costs_per_image(benchmark, variant, bench_set):
+    """Each stage of an image's path on one thread (`benchmarks/stages.py`): the per-stage table of RESULTS.md and
+    the physical limit, cores ÷ one image's core time, that the end-to-end rates are measured against."""
+    from benchmarks.stages import STAGES, stage_costs
+
+    files = bench_set[0]
+    costs = benchmark.pedantic(lambda: stage_costs(variant.path, files), rounds=1, iterations=1, warmup_rounds=1)
+    record(benchmark, variant, kind="stages", stages=costs, cores=cores(), images=len(files))
+    assert list(costs) == list(STAGES) and all(v >= 0 for v in costs.values())
+    assert costs["read and decode"] > 0 and costs["network (batch 32, 1 thread)"] > 0
+
+
 LARGE_REPEAT = 10  # the bench set ten times over: a folder large enough for tumor-infer to decode in processes
 
 
