@@ -29,8 +29,11 @@ AUGMENT_FIELDS = ("rotation", "translate", "scale", "hflip", "intensity")
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: where bf16 autocast speeds training up instead of slowing it down."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    """AVX512-BF16 or AMX, and torch dispatching to AVX-512 kernels: where bf16 autocast speeds training up
+    instead of slowing it down. With the kernels held to AVX2 (ATEN_CPU_CAPABILITY=avx2) bf16 is emulated even
+    on such a CPU: 1.13 s per batch of 32 against 0.107 s in FP32 on an AVX-512 EPYC."""
+    dispatch = torch.backends.cpu.get_cpu_capability()  # "AVX512", "AVX2", "DEFAULT", ...
+    return dispatch.startswith(("AVX512", "AMX")) and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def autocast(enabled: bool, device_type: str = "cpu"):

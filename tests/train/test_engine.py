@@ -235,6 +235,8 @@ def test_bf16_is_used_only_where_the_cpu_says_it_has_it(monkeypatch, tmp_path):
             "builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k)
         )
 
+    # torch's kernels as on such a CPU (this test runs on AVX2-only machines too, where torch says "AVX2")
+    monkeypatch.setattr(engine.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     opening("flags\t: fpu avx2 avx512_bf16 sse\n")
     assert engine.cpu_has_native_bf16()
     opening("flags\t: fpu avx2 amx_bf16\n")
@@ -242,6 +244,9 @@ def test_bf16_is_used_only_where_the_cpu_says_it_has_it(monkeypatch, tmp_path):
     opening("flags\t: fpu avx2 avx512f\n")
     assert not engine.cpu_has_native_bf16()
     monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
+    assert not engine.cpu_has_native_bf16()
+    opening("flags\t: fpu avx2 avx512_bf16 sse\n")
+    monkeypatch.setattr(engine.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
     assert not engine.cpu_has_native_bf16()
 
 
