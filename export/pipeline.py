@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,67 +71,42 @@ def run_export(opts: ExportOptions, log=print) -> dict:
 
 def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> dict:
     """Build model.onnx (and model.int8.onnx) in `scratch`, every check passed; returns the report."""
-    classes, pre = ckpt["classes"], ckpt["preprocess"]
+    pre = ckpt["preprocess"]
     labelled = evaluation_set(opts, ckpt, required=opts.int8)
     # required=True for int8: evaluation_set raises rather than give None. Calibration errors come first.
     calibration = calibration_inputs(opts, ckpt, labelled[0]) if opts.int8 and labelled is not None else None
-    if opts.cv is not None and labelled is None:
+    if labelled is None and opts.cv is not None:
         raise DataError("--cv needs labelled evaluation images too (the checkpoint's validation split or --eval)")
+    if labelled is None and opts.temperature is not None:
+        raise DataError("--temperature needs labelled evaluation images (the checkpoint's validation split or --eval)")
     held_out = heldout.measure(Path(opts.cv), ckpt, scratch, opts.seed, log) if opts.cv is not None else None
-    report = {
-        "checkpoint": str(opts.checkpoint),
-        "arch": ckpt["arch"],
-        "classes": classes,
-        "versions": tool_versions(),
-        "fp32": None,
-    }
+    report = {"checkpoint": str(opts.checkpoint), "arch": ckpt["arch"], "classes": ckpt["classes"]}
+    report |= {"versions": tool_versions(), "fp32": None}
     fp32_path = scratch / FP32_MODEL
     log("Exporting FP32 ONNX ...")
     report["cam_output"] = export_fp32(model, pre["size"], fp32_path)
     if not report["cam_output"]:
         log(f"{ckpt['arch']} has no global-average-pool head: exported without the 'cam' heat-map output")
-    if labelled is None:
+    evaluation = read_evaluation(labelled, pre) if labelled is not None else None
+    if evaluation is None:
         log("No evaluation images at hand: FP32 checked against torch on fixed inputs, not scored.")
-        report["evaluation"] = None
-        parity_inputs, threshold = (
-            fixed_inputs(pre["size"], PARITY_SAMPLES),
-            ckpt.get("tumor_threshold", scoring.MAX_THRESHOLD),
-        )
-    else:
-        eval_files, labels = labelled
-        eval_slices = load_slices(eval_files, pre["size"], pre.get("crop", "none"))  # uint8, decoded once
-        if len(eval_slices) != len(labels):
-            raise DataError(
-                f"{len(labels) - len(eval_slices)} of the {len(labels)} evaluation images could not be read"
-            )
-        eval_inputs = normalize(eval_slices, pre["mean"], pre["std"])
-        report["evaluation"] = {"source": str(opts.eval_dir or "validation split in checkpoint"), "images": len(labels)}
-        parity_inputs = eval_inputs[:PARITY_SAMPLES]
+    source = str(opts.eval_dir or "validation split in checkpoint")
+    report["evaluation"] = None if evaluation is None else {"source": source, "images": len(evaluation.labels)}
+    parity_inputs = evaluation.inputs[:PARITY_SAMPLES] if evaluation else fixed_inputs(pre["size"], PARITY_SAMPLES)
     report["torch_parity_max_abs_diff"] = check_against_torch(fp32_path, model, parity_inputs)
-    if labelled is not None:
-        fp32 = gate.score(fp32_path, eval_inputs, labels, classes)
-        # Temperature and tumor threshold: on held-out predictions when a --cv run gives them, else these images'.
-        probabilities, truth = (held_out.probabilities, held_out.labels) if held_out else (fp32.probabilities, labels)
-        report["temperature"] = temperature_of(opts, ckpt, probabilities, truth)
-        calibrated_p = scoring.calibrated(probabilities, report["temperature"]["value"])
-        tumor_p = scoring.tumor_probability(calibrated_p, classes, ckpt["negative_class"])
-        threshold = scoring.choose_threshold(tumor_p, is_tumor(truth, ckpt))  # on what the runtime gives: calibrated
-        if held_out:
-            report["held_out"] = held_out.report() | {
-                "screening": scoring.screening_stats(tumor_p, is_tumor(truth, ckpt), threshold)
-            }
-        report["fp32"] = summary(fp32, labels, threshold, ckpt, report["temperature"]["value"])
-    elif opts.temperature is not None:
-        raise DataError("--temperature needs labelled evaluation images (the checkpoint's validation split or --eval)")
+    threshold, fp32 = ckpt.get("tumor_threshold", scoring.MAX_THRESHOLD), None
+    if evaluation is not None:
+        fp32 = gate.score(fp32_path, evaluation.inputs, evaluation.labels, ckpt["classes"])
+        threshold = confidence_and_threshold(opts, ckpt, fp32, evaluation.labels, held_out, report)
     meta = model_metadata(ckpt, threshold)
     if report.get("temperature") and report["temperature"]["value"] != 1.0:
         meta["temperature"] = repr(report["temperature"]["value"])
     write_metadata(fp32_path, meta | {"precision": "fp32"})
     report["tumor_threshold"] = threshold
     if opts.int8:
-        assert calibration is not None  # made above for every int8 export
-        quantize(opts, ckpt, scratch, fp32, eval_inputs, labels, calibration, meta, report, log)
-    validation = None if labelled is None else (labelled[0], eval_slices)
+        assert calibration is not None and evaluation is not None and fp32 is not None  # int8 requires them
+        quantize(opts, ckpt, scratch, fp32, evaluation.inputs, evaluation.labels, calibration, meta, report, log)
+    validation = None if evaluation is None else (evaluation.files, evaluation.slices)
     margins = held_out.margins if held_out else None
     report["ood"] = out_of_distribution(scratch, opts, ckpt, validation, margins, log) if report["cam_output"] else None
     report["files"] = {
@@ -139,6 +115,42 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
         if (scratch / name).is_file()
     }
     return report
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The labelled evaluation images, decoded once: the parity gate, the threshold and the OOD check use them."""
+
+    files: list[Path]
+    labels: np.ndarray  # (N,) class indices
+    slices: np.ndarray  # uint8 (N, S, S), the runtime's transform
+    inputs: np.ndarray  # float32 (N, 1, S, S), normalised
+
+
+def read_evaluation(labelled: tuple[list[Path], np.ndarray], pre: dict) -> Evaluation:
+    """DataError unless every evaluation image can be read: a score over fewer images would not say so."""
+    files, labels = labelled
+    slices = load_slices(files, pre["size"], pre.get("crop", "none"))
+    if len(slices) != len(labels):
+        raise DataError(f"{len(labels) - len(slices)} of the {len(labels)} evaluation images could not be read")
+    return Evaluation(files, labels, slices, normalize(slices, pre["mean"], pre["std"]))
+
+
+def confidence_and_threshold(
+    opts: ExportOptions, ckpt: dict, fp32: gate.Scored, labels: np.ndarray, held_out, report: dict
+) -> float:
+    """The temperature and the tumor threshold, on held-out predictions when a --cv run gives them, else on the
+    evaluation images'; records them (and FP32's summary) in `report` and returns the threshold."""
+    probabilities, truth = (held_out.probabilities, held_out.labels) if held_out else (fp32.probabilities, labels)
+    report["temperature"] = temperature_of(opts, ckpt, probabilities, truth)
+    calibrated_p = scoring.calibrated(probabilities, report["temperature"]["value"])
+    tumor_p = scoring.tumor_probability(calibrated_p, ckpt["classes"], ckpt["negative_class"])
+    threshold = scoring.choose_threshold(tumor_p, is_tumor(truth, ckpt))  # on what the runtime gives: calibrated
+    if held_out:
+        screening = scoring.screening_stats(tumor_p, is_tumor(truth, ckpt), threshold)
+        report["held_out"] = held_out.report() | {"screening": screening}
+    report["fp32"] = summary(fp32, labels, threshold, ckpt, report["temperature"]["value"])
+    return threshold
 
 
 def out_of_distribution(
