@@ -160,7 +160,7 @@ def stage_lines(rows: dict) -> list[str]:
     ]
     lines += [f"| {stage} | {new['stages'][stage]:,.0f} | {old['stages'][stage]:,.0f} |" for stage in new["stages"]]
     totals = [sum(c["stages"].values()) for c in (new, old)]
-    limits = [cores / t * 1e6 for t in totals]
+    limits = [cores / total * 1e6 for total in totals]  # the physical limit: cores ÷ one image's core time
     lines.append(f"| **one image's core time** | **{totals[0]:,.0f}** | **{totals[1]:,.0f}** |")
     lines.append(f"| physical limit: {cores} cores ÷ core time, img/s | {limits[0]:,.0f} | {limits[1]:,.0f} |")
     measured = [rate_of(rows, v, "end_to_end") for v in ("onnx-int8", "baseline-int8")]

@@ -83,8 +83,3 @@ def stage_costs(model_path: Path, files: list[Path]) -> dict[str, float]:
             timed(clock, STAGES[8], lambda o=out, s=small: info.ood.score(o[1], descriptors_of_thumbnails(s)))
         timed(clock, STAGES[9], lambda o=out: [clf.record("x", p) for p in calibrated(o[0], info.temperature)])
     return {stage: clock.get(stage, 0.0) / len(files) * 1e6 for stage in STAGES}
-
-
-def physical_limit(costs: dict[str, float], cores: int) -> float:
-    """Images per second the cores allow when every stage keeps a core busy: cores ÷ one image's core time."""
-    return cores / (sum(costs.values()) / 1e6)

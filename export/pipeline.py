@@ -80,8 +80,13 @@ def export_into(scratch: Path, opts: ExportOptions, model, ckpt: dict, log) -> d
     if labelled is None and opts.temperature is not None:
         raise DataError("--temperature needs labelled evaluation images (the checkpoint's validation split or --eval)")
     held_out = heldout.measure(Path(opts.cv), ckpt, scratch, opts.seed, log) if opts.cv is not None else None
-    report = {"checkpoint": str(opts.checkpoint), "arch": ckpt["arch"], "classes": ckpt["classes"]}
-    report |= {"versions": tool_versions(), "fp32": None}
+    report = {
+        "checkpoint": str(opts.checkpoint),
+        "arch": ckpt["arch"],
+        "classes": ckpt["classes"],
+        "versions": tool_versions(),
+        "fp32": None,
+    }
     fp32_path = scratch / FP32_MODEL
     log("Exporting FP32 ONNX ...")
     report["cam_output"] = export_fp32(model, pre["size"], fp32_path)

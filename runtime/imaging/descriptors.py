@@ -29,7 +29,8 @@ def _border_frame(side: int, width: int = 4) -> np.ndarray:
     return frame.ravel()
 
 
-BORDER_FRAME = _border_frame(DESCRIPTOR_SIDE)  # 16 x 64 - 64 pixels
+BORDER_FRAME = _border_frame(DESCRIPTOR_SIDE)
+BORDER_PIXELS = float(BORDER_FRAME.sum())  # 16 x 64 - 64
 
 
 def descriptors_of_thumbnails(small: np.ndarray) -> np.ndarray:
@@ -52,7 +53,7 @@ def descriptors_of_thumbnails(small: np.ndarray) -> np.ndarray:
     edges = np.abs(corner - g[:, :-1, 1:]) + np.abs(corner - g[:, 1:, :-1])  # L1 gradient magnitude
     q = side // 4
     centre = g[:, q:-q, q:-q].sum(axis=(1, 2)) / ((side - 2 * q) ** 2 * (mean + 1e-3))
-    border = ((flat <= 10).astype(np.float32) @ BORDER_FRAME) / BORDER_FRAME.sum()  # dark share of the frame
+    border = ((flat <= 10).astype(np.float32) @ BORDER_FRAME) / BORDER_PIXELS  # dark share of the frame
     stats = np.stack(
         [
             symmetry,

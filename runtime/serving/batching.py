@@ -50,7 +50,7 @@ class Batcher:
             return await self.alone(items, heatmaps)
         self.decoding += 1
         try:
-            decoded = await loop.run_in_executor(self.pool, lambda: [self.classifier.decode(x) for x in items])
+            decoded = await loop.run_in_executor(self.pool, self.decode_all, items)
         finally:
             self.decoding -= 1
             self.changed.set()  # a batch that waits for this request stops waiting
@@ -59,12 +59,15 @@ class Batcher:
         self.changed.set()
         return await job.done
 
+    def decode_all(self, items: list) -> list:
+        """`Classifier.decode` of each item (in a pool thread): what a Job holds."""
+        return [self.classifier.decode(x) for x in items]
+
     async def alone(self, items: list, heatmaps: bool) -> list[dict]:
         """A request with nothing else in flight: decoded and classified in one pool call, as one batch."""
 
         def decode_and_classify() -> list[dict]:
-            decoded = [self.classifier.decode(x) for x in items]
-            return list(self.classifier.classify(list(enumerate(items)), decoded, heatmaps))
+            return list(self.classifier.classify(list(enumerate(items)), self.decode_all(items), heatmaps))
 
         self.running += 1
         self.calls.append(len(items))
